@@ -1,0 +1,1 @@
+"""FastAGI: the AGI protocol (sans-IO), its asyncio transport, and the server."""

@@ -1,0 +1,195 @@
+"""Wiring: build the parts from the settings, and the per-call handler the FastAGI server runs.
+
+``ivr serve``, ``ivr replay`` (in-process server) and ``ivr bench`` all start the robot through
+``Robot``, so they exercise the same code as production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ivr.accounts.api import AccountStore
+from ivr.agi.connection import AgiChannel
+from ivr.agi.protocol import AgiEnvironment
+from ivr.agi.server import FastAgiServer
+from ivr.config import LOCALES, Settings
+from ivr.dialogue.prompts import PromptBook
+from ivr.metrics import HealthServer, Metrics
+from ivr.parts import CallInfo, DialogueEngine, Expect, Recognizer, Synthesizer
+from ivr.session import CallSession, Parts
+
+log = logging.getLogger(__name__)
+
+MAX_CALLER_ID = 32
+
+
+def clean_caller_id(raw: str) -> str:
+    """Caller ID as the dialogue may see it: digits (and a leading +) only, bounded; "" when unusable."""
+    candidate = raw.strip()[:MAX_CALLER_ID * 2]
+    digits = re.sub(r"[^0-9]", "", candidate)[:MAX_CALLER_ID]
+    if not digits:
+        return ""
+    return digits
+
+
+def new_call_id(environment: AgiEnvironment) -> str:
+    unique = re.sub(r"[^0-9A-Za-z._-]", "", environment.unique_id)[:40]
+    return f"{unique or 'call'}-{uuid.uuid4().hex[:8]}"
+
+
+class GrammarBook:
+    """Per locale and dialogue state, the phrase list for the recognizer (built once, lazily)."""
+
+    def __init__(self, dialogs_dir: Path) -> None:
+        self._dir = dialogs_dir
+        self._built: dict[str, dict[Expect, list[str]]] = {}
+
+    def __call__(self, locale: str, expect: Expect) -> Sequence[str] | None:
+        if locale not in self._built:
+            from ivr.asr.grammar import build_grammars, load_nlu_examples
+
+            try:
+                self._built[locale] = build_grammars(load_nlu_examples(self._dir, locale), locale)
+            except Exception:
+                log.warning("no grammar for %s; free recognition", locale, exc_info=True)
+                self._built[locale] = {}
+        return self._built[locale].get(expect)
+
+
+@dataclass
+class Robot:
+    """The running robot: its parts, the FastAGI server and the health endpoint."""
+
+    settings: Settings
+    parts: Parts
+    store: AccountStore
+    closers: list[object] = field(default_factory=list)
+    server: FastAgiServer | None = None
+    health: HealthServer | None = None
+
+    async def handle_call(self, environment: AgiEnvironment, channel: AgiChannel) -> None:
+        locale = environment.params.get("lang") or self.settings.locale
+        if locale not in LOCALES:
+            log.warning("unknown locale %r in the AGI request; using %s", locale[:20], self.settings.locale)
+            locale = self.settings.locale
+        call = CallInfo(new_call_id(environment), clean_caller_id(environment.caller_id), locale)
+        await CallSession(self.parts, channel, call).run()
+
+    async def over_capacity(self, environment: AgiEnvironment, channel: AgiChannel) -> None:
+        """Beyond the admission limit: a spoken "please hold", then the human queue."""
+        self.parts.metrics.calls_over_capacity.inc()
+        locale = environment.params.get("lang") or self.settings.locale
+        locale = locale if locale in LOCALES else self.settings.locale
+        await channel.answer()
+        sound = self.parts.synthesizer.fallback("hold", locale)
+        if sound is None:
+            with contextlib.suppress(Exception):
+                text = self.parts.prompts.text("utter_hold", locale)
+                sound = await asyncio.wait_for(self.parts.synthesizer.render(text, locale), 2.0)
+        if sound is not None:
+            await channel.play(sound)
+        await channel.set_variable("IVR_TRANSFER_REASON", "capacity")
+        await channel.set_variable("IVR_RESULT", "transfer")
+        self.parts.metrics.calls_transferred.labels(reason="capacity").inc()
+
+    async def warm_up(self) -> None:
+        """Load the models before the first call (Rasa per locale, Vosk where installed), off the loop."""
+        for part in (self.parts.dialogue, self.parts.recognizer, self.parts.synthesizer):
+            warm = getattr(part, "warm_up", None)
+            if warm is None:
+                continue
+            try:
+                if inspect.iscoroutinefunction(warm):
+                    await warm()
+                else:
+                    await asyncio.to_thread(warm)
+            except Exception:
+                # The server still starts and answers: calls that need this part get the apology.
+                log.exception("could not load %s; calls needing it will be transferred", type(part).__name__)
+
+    async def start(self, host: str | None = None, port: int | None = None, *, http: bool = True) -> None:
+        self.server = FastAgiServer(self.settings, self.handle_call, self.over_capacity)
+        await self.server.start(host, port)
+        if http:
+            checks = {"database": self._database_ok, "dialogue": lambda: True}
+            self.health = HealthServer(self.parts.metrics, checks)
+            await self.health.start(self.settings.http_host, self.settings.http_port)
+
+    def _database_ok(self) -> bool:
+        return self.store.healthy()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        if self.server is not None:
+            await self.server.stop(grace_s)
+        if self.health is not None:
+            await self.health.stop()
+        for closer in self.closers:
+            close = getattr(closer, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    result = close()
+                    if asyncio.iscoroutine(result):
+                        await result
+
+
+def build_robot(
+    settings: Settings,
+    *,
+    text_input: bool = False,
+    dialogue: DialogueEngine | None = None,
+    recognizer: Recognizer | None = None,
+    synthesizer: Synthesizer | None = None,
+) -> Robot:
+    """The robot on real parts, unless a part is given (tests inject faults this way)."""
+    for folder in (settings.spool_dir, settings.sounds_dir, settings.transcripts_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    from ivr.accounts.store import SqlAccountStore
+
+    store = SqlAccountStore.from_settings(settings)
+    closers: list[object] = []
+    if synthesizer is None:
+        from ivr.tts.synth import PromptSynthesizer
+
+        synthesizer = PromptSynthesizer(settings)
+        closers.append(synthesizer)
+    if recognizer is None:
+        if text_input:
+            from ivr.testing.textinput import SidecarTextRecognizer
+
+            recognizer = SidecarTextRecognizer()
+        else:
+            from ivr.asr.recognizer import VoskRecognizer
+
+            recognizer = VoskRecognizer(settings)
+    if dialogue is None:
+        dialogue = build_dialogue(settings, store)
+        closers.append(dialogue)
+    parts = Parts(
+        settings=settings,
+        dialogue=dialogue,
+        recognizer=recognizer,
+        synthesizer=synthesizer,
+        prompts=PromptBook(settings.dialogs_dir),
+        metrics=Metrics(),
+        grammar=GrammarBook(settings.dialogs_dir),
+    )
+    return Robot(settings, parts, store, closers)
+
+
+def build_dialogue(settings: Settings, store: AccountStore) -> DialogueEngine:
+    """In-process Rasa by default; a Rasa HTTP server when ``dialogue_url`` is set."""
+    if settings.dialogue_url:
+        from ivr.dialogue.remote import RemoteRasaEngine
+
+        return RemoteRasaEngine(settings)
+    from ivr.dialogue.engine import RasaEngine
+
+    return RasaEngine(settings, store)

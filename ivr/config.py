@@ -1,0 +1,145 @@
+"""One typed configuration, read from ``ivr.toml`` and ``IVR_*`` environment variables.
+
+Precedence: built-in defaults < ``ivr.toml`` (or the file named by ``IVR_CONFIG``) < environment.
+Every field's environment variable is ``IVR_`` + the field name in upper case, e.g.
+``IVR_DATABASE_URL``, ``IVR_LOCALE``, ``IVR_AGI_HOST``, ``IVR_AGI_PORT``. Units are in the names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import tomli
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOCALES = ("zh-CN", "en-US", "ko-KR")
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or has a value of the wrong type."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # where things live
+    database_url: str = f"sqlite:///{PROJECT_ROOT / 'var' / 'accounts.db'}"
+    dialogs_dir: Path = PROJECT_ROOT / "dialogs"
+    models_dir: Path = PROJECT_ROOT / "models"
+    # Asterisk and the server must see these folders at the same absolute path.
+    sounds_dir: Path = PROJECT_ROOT / "var" / "sounds"
+    spool_dir: Path = PROJECT_ROOT / "var" / "spool"
+    transcripts_dir: Path = PROJECT_ROOT / "var" / "transcripts"
+    # the call server
+    locale: str = "zh-CN"
+    agi_host: str = "127.0.0.1"
+    agi_port: int = 4573
+    agi_allowed_peers: tuple[str, ...] = ("127.0.0.1", "::1")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8089
+    max_calls: int = 200
+    stop_grace_s: float = 30.0
+    header_timeout_s: float = 5.0
+    command_timeout_s: float = 120.0
+    # turn taking
+    record_max_s: float = 15.0
+    record_silence_s: int = 1
+    no_input_limit: int = 3
+    not_understood_limit: int = 3
+    digit_timeout_s: float = 4.0
+    # parts
+    dialogue_url: str = ""  # empty: in-process Rasa agent; else a Rasa HTTP server
+    dialogue_token: str = ""
+    dialogue_timeout_s: float = 5.0
+    lookup_timeout_s: float = 3.0
+    asr_timeout_s: float = 10.0
+    tts_timeout_s: float = 5.0
+    asr_min_confidence: float = 0.6
+    asr_dither: bool = True  # off in tests and replays, so transcripts are reproducible
+    tts_rate_wpm: int = 160
+    tts_voice: str = ""  # empty: the locale's default espeak-ng voice
+    tts_dynamic_cache_mb: int = 200
+    # caller verification
+    verify_max_failures: int = 3
+    lockout_failures: int = 5
+    lockout_s: int = 1800
+    # AMI (credentials never committed: from the environment or a local ivr.toml)
+    ami_host: str = "127.0.0.1"
+    ami_port: int = 5038
+    ami_user: str = "ivr"
+    ami_secret: str = ""
+    log_level: str = "INFO"
+    # ISO date that stands for "today" in account answers (days overdue); empty: the real date.
+    # Only for reproducible replays and golden transcripts.
+    fixed_date: str = ""
+
+
+def _convert(name: str, raw: Any) -> Any:
+    """Turn a TOML or environment value into the field's type, or raise ConfigError naming the field."""
+    target = typing.get_type_hints(Settings)[name]
+    origin = typing.get_origin(target)
+    try:
+        if target is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"not a boolean: {raw!r}")
+        if target is int:
+            if isinstance(raw, bool):
+                raise ValueError("a boolean is not an integer")
+            return int(raw)
+        if target is float:
+            return float(raw)
+        if target is Path:
+            return Path(raw).expanduser()
+        if origin is tuple:
+            items = raw if isinstance(raw, list | tuple) else [p for p in str(raw).split(",") if p.strip()]
+            return tuple(str(i).strip() for i in items)
+        if target is str:
+            if not isinstance(raw, str | int | float):
+                raise ValueError(f"not a string: {raw!r}")
+            return str(raw)
+    except ValueError as exc:
+        raise ConfigError(f"setting {name}: {exc}") from exc
+    raise ConfigError(f"setting {name}: unsupported type {target!r}")
+
+
+def load_settings(
+    path: Path | None = None, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Read the settings: defaults, then the TOML file (if any), then ``IVR_*`` variables, then overrides."""
+    env = os.environ if environ is None else environ
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    file = path or (Path(env["IVR_CONFIG"]) if env.get("IVR_CONFIG") else Path("ivr.toml"))
+    if file.exists():
+        try:
+            data = tomli.loads(file.read_text(encoding="utf-8"))
+        except (tomli.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file}: {exc}") from exc
+        for key, raw in data.items():
+            if key not in fields:
+                raise ConfigError(f"{file}: unknown setting {key!r}")
+            values[key] = _convert(key, raw)
+    elif path is not None:
+        raise ConfigError(f"{file}: no such configuration file")
+    for name in fields:
+        var = f"IVR_{name.upper()}"
+        if var in env:
+            values[name] = _convert(name, env[var])
+    for name, raw in overrides.items():
+        if raw is not None:
+            values[name] = _convert(name, raw)
+    settings = Settings(**values)
+    if settings.locale not in LOCALES:
+        raise ConfigError(f"setting locale: {settings.locale!r} is not one of {', '.join(LOCALES)}")
+    return settings
+

@@ -1,0 +1,47 @@
+"""Structured JSON logs with the call ID on every line; configured only by the entry point."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from ivr.masking import mask_text
+
+# Set by the call session for the duration of a call; asyncio tasks inherit it.
+call_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("call_id", default="-")
+
+_NOISY = ("rasa", "tensorflow", "absl", "sanic", "apscheduler", "matplotlib", "jieba", "urllib3", "asyncio",
+          "filelock", "root", "h5py", "numexpr", "aiohttp", "pydub", "comtypes", "py.warnings", "sqlalchemy")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "call_id": getattr(record, "call_id", None) or call_id_var.get(),
+            # Last line of defence: long digit runs never reach a log in clear.
+            "msg": mask_text(record.getMessage()),
+        }
+        for key in ("event", "outcome", "reason", "part", "intent"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_info:
+            entry["exc"] = mask_text(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str = "INFO", stream: Any = None) -> None:
+    """JSON lines on stderr (stdout may be a protocol channel). Third-party chatter capped at WARNING."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,391 @@
+"""One object per call owns the loop: greet → listen → recognize → decide → speak → repeat.
+
+The session knows its parts only through narrow interfaces (``ivr.parts``) and the call only through
+``Channel``; the FastAGI adapter, the replay harness and the unit tests drive this same code.
+
+Turn-taking policy: no input → reprompt; not understood → the dialogue's hint; low-confidence speech →
+"did you say …?"; low-confidence digits → keypad; after the configured number of failures, or when the
+caller asks for a person, transfer. Any failure of a part → a spoken apology and a transfer: never dead
+air, never a silent hang-up. A caller hanging up ends the session cleanly at any point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from ivr.config import Settings
+from ivr.dialogue.prompts import PromptBook
+from ivr.logs import call_id_var
+from ivr.masking import mask_secret, mask_text
+from ivr.metrics import Metrics
+from ivr.parts import (
+    CallerHangup,
+    CallInfo,
+    DialogueEngine,
+    Expect,
+    Outcome,
+    PartError,
+    Recognizer,
+    Reply,
+    Synthesizer,
+    SynthesisError,
+    UserInput,
+)
+
+log = logging.getLogger(__name__)
+
+KEYS = "0123456789*#"
+NOT_UNDERSTOOD = frozenset({"nlu_fallback", "out_of_scope"})
+MAX_KEYPAD_DIGITS = 20  # a keypad flood is cut here
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Recording:
+    path: Path  # the WAV Asterisk wrote (may be missing or empty if the caller pressed a key at once)
+    digit: str = ""  # the key that ended the recording, "" when silence or the time limit ended it
+
+
+class Channel(Protocol):
+    """The call itself, as the session sees it. Raises ``CallerHangup`` once the caller is gone."""
+
+    async def answer(self) -> None: ...
+
+    async def play(self, sound: Path, escape_digits: str = "") -> str: ...
+
+    async def record(self, path: Path, *, escape_digits: str, max_s: float, silence_s: int) -> Recording: ...
+
+    async def wait_digit(self, timeout_s: float) -> str: ...
+
+    async def set_variable(self, name: str, value: str) -> None: ...
+
+    async def hangup(self) -> None: ...
+
+
+GrammarSource = Callable[[str, Expect], Sequence[str] | None]
+
+
+@dataclass
+class Parts:
+    """Everything a session needs besides the call; built once per server (``ivr.app``)."""
+
+    settings: Settings
+    dialogue: DialogueEngine
+    recognizer: Recognizer
+    synthesizer: Synthesizer
+    prompts: PromptBook
+    metrics: Metrics
+    grammar: GrammarSource = lambda _locale, _expect: None
+
+
+@dataclass
+class TurnTiming:
+    """Where one turn's time went (seconds); the benchmark reads these."""
+
+    asr_s: float = 0.0
+    dialogue_s: float = 0.0
+    tts_s: float = 0.0
+    compute_s: float = 0.0  # recording handed over → the reply's first play command
+
+
+@dataclass
+class SessionResult:
+    outcome: Outcome
+    reason: str = ""
+    turns: list[TurnTiming] = field(default_factory=list)
+
+
+class Transcript:
+    """JSON lines per call, personal data masked before anything is written."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._lines: list[str] = []
+
+    def add(self, who: str, text: str, **extra: Any) -> None:
+        entry = {"t": round(time.time(), 3), "who": who, "text": text}
+        entry.update({k: v for k, v in extra.items() if v not in (None, "")})
+        self._lines.append(json.dumps(entry, ensure_ascii=False))
+
+    def write(self) -> None:
+        if self._path is None:
+            return
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._path.write_text("\n".join(self._lines) + "\n", encoding="utf-8")
+        except OSError:
+            log.exception("could not write the transcript")
+
+
+class CallSession:
+    def __init__(self, parts: Parts, channel: Channel, call: CallInfo) -> None:
+        self.parts = parts
+        self.settings = parts.settings
+        self.channel = channel
+        self.call = call
+        day = time.strftime("%Y-%m-%d")
+        self.transcript = Transcript(self.settings.transcripts_dir / day / f"{call.call_id}.jsonl")
+        self.result = SessionResult(Outcome.ERROR)
+        self._turn = 0
+        self._last_texts: tuple[str, ...] = ()
+        self._handed_over_at: float | None = None
+        self._timing = TurnTiming()
+
+    # ------------------------------------------------------------ the loop
+    async def run(self) -> SessionResult:
+        token = call_id_var.set(self.call.call_id)
+        metrics = self.parts.metrics
+        metrics.calls_answered.inc()
+        metrics.calls_active.inc()
+        try:
+            await self._run()
+        except CallerHangup:
+            self.result.outcome = Outcome.CALLER_HANGUP
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("call failed outside the turn loop")
+            self.result.outcome = Outcome.ERROR
+        finally:
+            metrics.calls_active.dec()
+            self._count(self.result)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.parts.dialogue.close(self.call), 2.0)
+            self.transcript.add("system", "", outcome=self.result.outcome.value, reason=self.result.reason)
+            self.transcript.write()
+            log.info("call ended", extra={"outcome": self.result.outcome.value, "reason": self.result.reason})
+            call_id_var.reset(token)
+        return self.result
+
+    def _count(self, result: SessionResult) -> None:
+        m = self.parts.metrics
+        if result.outcome is Outcome.COMPLETED:
+            m.calls_completed.inc()
+        elif result.outcome is Outcome.TRANSFER:
+            m.calls_transferred.labels(reason=result.reason or "unspecified").inc()
+        elif result.outcome is Outcome.CALLER_HANGUP:
+            m.calls_caller_hangup.inc()
+        else:
+            m.calls_failed.inc()
+
+    async def _run(self) -> None:
+        await self.channel.answer()
+        try:
+            reply = await self._part("dialogue", self.parts.dialogue.start(self.call))
+            while True:
+                await self._speak(reply)
+                if reply.outcome is not None:
+                    await self._finish(reply.outcome, reply.transfer_reason)
+                    return
+                reply = await self._next_reply(reply)
+        except (CallerHangup, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # any failure of a part: apologise and hand over, never dead air
+            part = exc.part if isinstance(exc, PartError) else type(exc).__name__
+            log.warning("part failed, transferring", extra={"part": part}, exc_info=True)
+            self.parts.metrics.part_errors.labels(part=part).inc()
+            await self._apologise_and_transfer(f"{part}_failed")
+
+    async def _next_reply(self, reply: Reply) -> Reply:
+        """Listen until the caller gives usable input, then ask the dialogue for the next step."""
+        no_input = 0
+        not_understood = 0
+        while True:
+            user = await self._listen(reply)
+            if user is None:
+                no_input += 1
+                if no_input >= self.settings.no_input_limit:
+                    return self._transfer_reply("no_input")
+                await self._say_prompt("utter_no_input")
+                await self._repeat_last()
+                continue
+            if user.text == "*" and user.keypad:  # star alone: hear the question again
+                await self._repeat_last()
+                continue
+            confirmed = await self._confirm_if_unsure(user, reply)
+            if confirmed is None:
+                not_understood += 1
+                if not_understood >= self.settings.not_understood_limit:
+                    return self._transfer_reply("not_understood")
+                continue
+            started = time.monotonic()
+            nxt = await self._part("dialogue", self.parts.dialogue.handle(self.call, confirmed))
+            self._timing.dialogue_s += time.monotonic() - started
+            if nxt.transfer_reason == "verification_failed" or nxt.intent == "verification_failed":
+                self.parts.metrics.verification_failures.inc()
+            if nxt.intent in NOT_UNDERSTOOD and nxt.outcome is None:
+                not_understood += 1
+                if not_understood >= self.settings.not_understood_limit:
+                    await self._speak(nxt)
+                    return self._transfer_reply("not_understood")
+            return nxt
+
+    def _transfer_reply(self, reason: str) -> Reply:
+        text = self.parts.prompts.text("utter_transfer", self.call.locale)
+        return Reply(texts=(text,), outcome=Outcome.TRANSFER, transfer_reason=reason)
+
+    # ------------------------------------------------------------ listening
+    async def _listen(self, reply: Reply) -> UserInput | None:
+        """One caller turn: speech (recognized) or keys. None when nothing usable came."""
+        self._turn += 1
+        spool = self.settings.spool_dir
+        path = spool / f"{self.call.call_id}-{self._turn}.wav"
+        try:
+            recording = await self.channel.record(
+                path,
+                escape_digits=KEYS,
+                max_s=self.settings.record_max_s,
+                silence_s=self.settings.record_silence_s,
+            )
+            self._handed_over_at = time.monotonic()
+            self._timing = TurnTiming()
+            if recording.digit:
+                return await self._keypad(recording.digit, reply)
+            recognition = await self._recognize(recording.path, reply.expect)
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        text = recognition.text.strip()
+        shown = mask_secret(text) if reply.secret else mask_text(text)
+        self.transcript.add("caller", shown, confidence=round(recognition.confidence, 3))
+        if not text:
+            return None
+        return UserInput(text=text, keypad=False, confidence=recognition.confidence)
+
+    async def _recognize(self, wav: Path, expect: Expect) -> Any:
+        grammar = self.parts.grammar(self.call.locale, expect)
+        started = time.monotonic()
+        result = await self._part(
+            "asr",
+            asyncio.to_thread(self.parts.recognizer.transcribe, wav, self.call.locale, grammar),
+            self.settings.asr_timeout_s,
+        )
+        self._timing.asr_s += time.monotonic() - started
+        return result
+
+    async def _keypad(self, first: str, reply: Reply) -> UserInput | None:
+        """Collect keys after the first one until ``#``, the expected count, or a pause."""
+        keys = first
+        wanted = reply.max_digits or MAX_KEYPAD_DIGITS
+        while keys[-1] != "#" and sum(k.isdigit() for k in keys) < wanted and len(keys) < MAX_KEYPAD_DIGITS:
+            key = await self.channel.wait_digit(self.settings.digit_timeout_s)
+            if not key:
+                break
+            keys += key
+        digits = "".join(k for k in keys if k.isdigit())
+        shown = mask_secret(digits) if (reply.secret or digits) else keys
+        self.transcript.add("caller", shown, keypad=True)
+        if digits:
+            return UserInput(text=digits, keypad=True)
+        if "*" in keys:
+            return UserInput(text="*", keypad=True)
+        return None  # only '#': nothing entered
+
+    async def _confirm_if_unsure(self, user: UserInput, reply: Reply) -> UserInput | None:
+        """Below the confidence threshold, confirm speech or ask digits by keypad; never act on a guess."""
+        if user.keypad or user.confidence >= self.settings.asr_min_confidence:
+            return user
+        if reply.expect is Expect.DIGITS:
+            await self._say_prompt("utter_ask_keypad")
+            again = await self._listen(reply)
+            return again if again is not None and again.keypad else None
+        heard = user.text
+        await self._say_prompt("utter_did_you_say", heard=heard)
+        answer = await self._listen(Reply(texts=(), expect=Expect.YES_NO))
+        if answer is None:
+            return None
+        intent, _ = await self._part("dialogue", self.parts.dialogue.classify(answer.text, self.call.locale))
+        if intent == "affirm":
+            return UserInput(text=user.text, keypad=False, confidence=1.0)
+        if intent == "deny":
+            await self._say_prompt("utter_not_understood")
+            return None
+        # Neither yes nor no: take the answer itself as the new request.
+        return answer if answer.confidence >= self.settings.asr_min_confidence else None
+
+    # ------------------------------------------------------------ speaking
+    async def _speak(self, reply: Reply) -> None:
+        if reply.texts:
+            self._last_texts = reply.texts if reply.outcome is None else self._last_texts
+        for i, text in enumerate(reply.texts):
+            started = time.monotonic()
+            sound = await self._part(
+                "tts", self.parts.synthesizer.render(text, self.call.locale), self.settings.tts_timeout_s
+            )
+            self._timing.tts_s += time.monotonic() - started
+            if self._handed_over_at is not None:
+                self._timing.compute_s = time.monotonic() - self._handed_over_at
+                self.parts.metrics.turn_latency.observe(self._timing.compute_s)
+                self.result.turns.append(self._timing)
+                self._handed_over_at = None
+            self.transcript.add("robot", mask_text(text), intent=reply.intent if i == 0 else None)
+            await self.channel.play(sound)
+
+    async def _repeat_last(self) -> None:
+        await self._speak(Reply(texts=self._last_texts))
+
+    async def _say_prompt(self, name: str, **values: str) -> None:
+        text = self.parts.prompts.text(name, self.call.locale, **values)
+        self.transcript.add("robot", mask_text(text))
+        sound = await self._part(
+            "tts", self.parts.synthesizer.render(text, self.call.locale), self.settings.tts_timeout_s
+        )
+        await self.channel.play(sound)
+
+    # ------------------------------------------------------------ ending
+    async def _finish(self, outcome: Outcome, reason: str) -> None:
+        self.result.outcome = outcome
+        self.result.reason = reason
+        if outcome is Outcome.TRANSFER:
+            await self.channel.set_variable("IVR_TRANSFER_REASON", reason or "unspecified")
+            await self.channel.set_variable("IVR_RESULT", "transfer")
+            return  # back to the dialplan, which puts the caller through to a person
+        await self.channel.set_variable("IVR_RESULT", outcome.value)
+        await self.channel.hangup()
+
+    async def _apologise_and_transfer(self, reason: str) -> None:
+        """Speak the apology (fresh, else the pre-rendered one) and hand the call to a person."""
+        text = ""
+        sound: Path | None = None
+        try:
+            text = self.parts.prompts.text("utter_apology", self.call.locale)
+            sound = await asyncio.wait_for(
+                self.parts.synthesizer.render(text, self.call.locale), self.settings.tts_timeout_s
+            )
+        except (CallerHangup, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.warning("apology could not be synthesized; using the pre-rendered one", exc_info=True)
+            sound = self.parts.synthesizer.fallback("apology", self.call.locale)
+        if sound is not None:
+            self.transcript.add("robot", text or "(apology)")
+            with contextlib.suppress(CallerHangup, OSError, ValueError, RuntimeError):
+                await self.channel.play(sound)
+        # Even without audio, the dialplan plays its own apology before the queue.
+        await self._finish(Outcome.TRANSFER, reason)
+
+    # ------------------------------------------------------------ parts with a time limit
+    async def _part(self, part: str, work: Awaitable[T], timeout_s: float | None = None) -> T:
+        limit = timeout_s if timeout_s is not None else self.settings.dialogue_timeout_s
+        try:
+            return await asyncio.wait_for(work, limit)
+        except asyncio.TimeoutError:
+            raise _PartTimeout(part, limit) from None
+
+
+class _PartTimeout(PartError):
+    def __init__(self, part: str, limit: float) -> None:
+        super().__init__(f"{part} gave no answer within {limit} s")
+        self.part = part
+
+
+__all__ = ["CallSession", "Channel", "Parts", "Recording", "SessionResult", "SynthesisError", "TurnTiming"]

@@ -1,0 +1,163 @@
+"""The call-file format: what a caller does in a recorded or scripted call (the project's contract).
+
+```yaml
+caller_id: "13800000001"      # agi_callerid; "" for withheld
+locale: zh-CN                 # optional; default from config
+turns:                        # consumed in order, one each time the robot listens
+  - say: "我想查一下余额"
+  - audio: audio/balance.wav  # 8 kHz mono 16-bit WAV, relative to this file
+  - dtmf: "1234#"
+  - silence: 6
+  - hangup: true
+expect:                       # optional checks; a failed one makes the replay exit non-zero
+  said: ["1,234.56"]
+  not_said: ["6222"]
+  outcome: transfer           # completed | transfer | caller_hangup | error
+```
+"""
+
+from __future__ import annotations
+
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ivr.config import LOCALES
+
+OUTCOMES = ("completed", "transfer", "caller_hangup", "error")
+TURN_KINDS = ("say", "audio", "dtmf", "silence", "hangup")
+MAX_CALLER_ID = 64
+
+
+class CallFileError(ValueError):
+    """A call file that cannot be replayed; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    kind: str  # say | audio | dtmf | silence | hangup
+    value: Any  # text, Path, keys, seconds, True
+
+
+@dataclass(frozen=True)
+class Expect:
+    said: tuple[str, ...] = ()
+    not_said: tuple[str, ...] = ()
+    outcome: str | None = None
+
+
+@dataclass(frozen=True)
+class CallFile:
+    path: Path
+    caller_id: str
+    locale: str | None
+    turns: tuple[Turn, ...]
+    expect: Expect = field(default_factory=Expect)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+def _fail(path: Path, where: str, problem: str) -> CallFileError:
+    return CallFileError(f"{path}: {where}: {problem}")
+
+
+def load_call_file(path: Path) -> CallFile:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CallFileError(f"{path}: no such call file") from None
+    except UnicodeDecodeError as exc:
+        raise CallFileError(f"{path}: not UTF-8 text ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise CallFileError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise _fail(path, "top level", "must be a mapping with caller_id, turns and optional locale, expect")
+    unknown = set(data) - {"caller_id", "locale", "turns", "expect", "description"}
+    if unknown:
+        raise _fail(path, "top level", f"unknown keys {sorted(unknown)}")
+    caller_id = data.get("caller_id", "")
+    if caller_id is None:
+        caller_id = ""
+    if not isinstance(caller_id, str | int):
+        raise _fail(path, "caller_id", "must be a string (quote it: \"13800000001\")")
+    caller_id = str(caller_id)
+    if len(caller_id) > MAX_CALLER_ID or "\n" in caller_id:
+        raise _fail(path, "caller_id", f"longer than {MAX_CALLER_ID} characters or multi-line")
+    locale = data.get("locale")
+    if locale is not None and locale not in LOCALES:
+        raise _fail(path, "locale", f"{locale!r} is not one of {', '.join(LOCALES)}")
+    raw_turns = data.get("turns")
+    if not isinstance(raw_turns, list):
+        raise _fail(path, "turns", "must be a list")
+    turns = tuple(_turn(path, i, t) for i, t in enumerate(raw_turns, 1))
+    return CallFile(path, caller_id, locale, turns, _expect(path, data.get("expect") or {}))
+
+
+def _turn(path: Path, index: int, raw: Any) -> Turn:
+    where = f"turn {index}"
+    if not isinstance(raw, dict) or len(raw) != 1:
+        raise _fail(path, where, f"must be exactly one of {', '.join(TURN_KINDS)}")
+    ((kind, value),) = raw.items()
+    if kind == "say":
+        if not isinstance(value, str) or not value.strip():
+            raise _fail(path, where, "say needs non-empty text")
+        return Turn("say", value)
+    if kind == "audio":
+        if not isinstance(value, str):
+            raise _fail(path, where, "audio needs a WAV path")
+        wav = (path.parent / value).resolve()
+        _check_wav(path, where, wav)
+        return Turn("audio", wav)
+    if kind == "dtmf":
+        keys = str(value)
+        if not keys or any(k not in "0123456789*#ABCD" for k in keys):
+            raise _fail(path, where, f"dtmf keys must be 0-9, *, #, A-D, got {keys!r}")
+        return Turn("dtmf", keys)
+    if kind == "silence":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 300:
+            raise _fail(path, where, "silence needs seconds between 0 and 300")
+        return Turn("silence", float(value))
+    if kind == "hangup":
+        if value is not True:
+            raise _fail(path, where, "hangup must be true")
+        return Turn("hangup", True)
+    raise _fail(path, where, f"unknown turn {kind!r} (one of {', '.join(TURN_KINDS)})")
+
+
+def _check_wav(path: Path, where: str, wav: Path) -> None:
+    try:
+        with wave.open(str(wav), "rb") as w:
+            if w.getnchannels() != 1 or w.getsampwidth() != 2 or w.getframerate() != 8000:
+                raise _fail(
+                    path,
+                    where,
+                    f"{wav.name} is {w.getframerate()} Hz, {w.getnchannels()} channel(s), "
+                    f"{8 * w.getsampwidth()}-bit; need 8 kHz mono 16-bit",
+                )
+    except FileNotFoundError:
+        raise _fail(path, where, f"audio file {wav} not found") from None
+    except (wave.Error, EOFError) as exc:
+        raise _fail(path, where, f"{wav.name} is not a WAV file ({exc})") from None
+
+
+def _expect(path: Path, raw: Any) -> Expect:
+    if not isinstance(raw, dict):
+        raise _fail(path, "expect", "must be a mapping")
+    unknown = set(raw) - {"said", "not_said", "outcome"}
+    if unknown:
+        raise _fail(path, "expect", f"unknown keys {sorted(unknown)}")
+    lists = {}
+    for key in ("said", "not_said"):
+        value = raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str | int | float) for v in value):
+            raise _fail(path, f"expect.{key}", "must be a list of strings")
+        lists[key] = tuple(str(v) for v in value)
+    outcome = raw.get("outcome")
+    if outcome is not None and outcome not in OUTCOMES:
+        raise _fail(path, "expect.outcome", f"{outcome!r} is not one of {', '.join(OUTCOMES)}")
+    return Expect(said=lists["said"], not_said=lists["not_said"], outcome=outcome)

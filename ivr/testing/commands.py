@@ -1,0 +1,66 @@
+"""``ivr replay`` (recorded calls against the robot) and ``ivr bench`` (latency and capacity)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from ivr.config import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("replay", help="replay call files against the robot and check their expectations")
+    p.add_argument("files", nargs="+", metavar="FILE.yaml")
+    p.add_argument("--text", action="store_true", help="give 'say' turns to the dialogue as recognized text")
+    p.add_argument("--json", action="store_true", help="print one JSON object per call")
+    p.add_argument("--server", metavar="HOST:PORT", help="a running FastAGI server (default: start one in-process)")
+    p.add_argument("--asterisk", action="store_true", help="place each call through the local Asterisk (AMI)")
+    p.set_defaults(handler=replay)
+
+    b = sub.add_parser("bench", help="simultaneous calls in real time: latency, CPU and memory")
+    b.add_argument("--calls", type=int, default=5, help="simultaneous calls (default 5)")
+    b.add_argument("--duration", type=float, default=30.0, help="seconds to keep calling (default 30)")
+    b.add_argument("--locale", help="locale of the calls (default: ko-KR, the one with an installed Vosk model)")
+    b.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    b.add_argument("--plot", metavar="FILE.png", help="with --sweep: plot latency percentiles and CPU")
+    b.add_argument("--sweep", help="comma-separated call counts, e.g. 1,5,10,20,50,100")
+    b.add_argument("--text", action="store_true", help="skip recognition (text turns): isolates the rest")
+    b.add_argument("--asterisk", action="store_true", help="place the calls through the local Asterisk")
+    b.set_defaults(handler=bench)
+
+
+def replay(args: argparse.Namespace, settings: Settings) -> int:
+    from ivr.testing.replay import load_all, parse_server, replay_calls
+
+    calls = load_all(args.files)
+    if args.asterisk:
+        from ivr.asterisk.testcall import replay_via_asterisk
+
+        reports = asyncio.run(replay_via_asterisk(settings, calls))
+    else:
+        server = parse_server(args.server) if args.server else None
+        reports = asyncio.run(replay_calls(settings, calls, text_mode=args.text, server=server))
+    failed = 0
+    for call, report in zip(calls, reports, strict=True):
+        failures = report.failures(call)
+        failed += bool(failures)
+        if args.json:
+            print(json.dumps({**report.to_json(), "failures": failures}, ensure_ascii=False))
+            continue
+        print(f"== {call.path}: {report.outcome}" + (f" ({report.transfer_reason})" if report.transfer_reason else ""))
+        for event in report.events:
+            label = event.get("kind", "")
+            print(f"  {event['who']:>6}{'/' + label if label else ''}: {event['text']}")
+        for failure in failures:
+            print(f"  FAILED: {failure}")
+    if failed:
+        print(f"{failed} of {len(calls)} calls failed their expectations", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def bench(args: argparse.Namespace, settings: Settings) -> int:
+    from ivr.testing.bench import run_bench
+
+    return run_bench(args, settings)

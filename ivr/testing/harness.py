@@ -1,0 +1,338 @@
+"""The replay harness: a scripted Asterisk that plays the AGI side of a call against the server.
+
+It connects over real TCP, sends the ``agi_*`` environment, answers each command the way Asterisk
+does, and feeds the caller's turns whenever the robot listens (``RECORD FILE``): speech as an 8 kHz
+WAV written where Asterisk would write the recording, keys as the ``(dtmf)`` reply plus the keys
+``WAIT FOR DIGIT`` reads next, silence as a silent recording, hang-up as the ``HANGUP`` line.
+What the robot said is read from the ``.txt`` sidecar the synthesizer writes beside each prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import audioop
+import itertools
+import json
+import shutil
+import time
+import wave
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ivr.masking import mask_secret, mask_text
+from ivr.testing.callfile import CallFile, Turn
+
+SpeechRenderer = Callable[[str, str], Awaitable[Path]]
+_call_numbers = itertools.count(1)
+
+
+@dataclass
+class CallReport:
+    name: str
+    outcome: str = "error"
+    transfer_reason: str = ""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    variables: dict[str, str] = field(default_factory=dict)
+    answered: bool = False
+    time_to_answer_s: float | None = None
+    # recording handed to the server → its next play command (seconds)
+    compute_latencies_s: list[float] = field(default_factory=list)
+    # silence the recorder waited after the caller's last word (seconds, realtime mode only)
+    silence_waits_s: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def robot_text(self) -> str:
+        return "\n".join(e["text"] for e in self.events if e["who"] == "robot")
+
+    def failures(self, call: CallFile) -> list[str]:
+        """The call file's ``expect`` checks that did not hold, as readable lines."""
+        out = [f"harness: {e}" for e in self.errors]
+        said = self.robot_text
+        for text in call.expect.said:
+            if text not in said:
+                out.append(f"expected the robot to say {text!r}")
+        for text in call.expect.not_said:
+            if text in said:
+                out.append(f"the robot said {text!r}, which it must not")
+        if call.expect.outcome and call.expect.outcome != self.outcome:
+            out.append(f"expected outcome {call.expect.outcome}, got {self.outcome}")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "call": self.name,
+            "outcome": self.outcome,
+            "transfer_reason": self.transfer_reason,
+            "answered": self.answered,
+            "events": self.events,
+            "errors": self.errors,
+        }
+
+
+def parse_arguments(line: str) -> list[str]:
+    """Split an AGI command line the way Asterisk does: spaces outside quotes, ``\\`` escapes."""
+    args: list[str] = []
+    current: list[str] = []
+    in_quotes = escaped = started = False
+    for ch in line:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = started = True
+        elif ch == '"':
+            in_quotes = not in_quotes
+            started = True
+        elif ch == " " and not in_quotes:
+            if started:
+                args.append("".join(current))
+                current, started = [], False
+        else:
+            current.append(ch)
+            started = True
+    if started:
+        args.append("".join(current))
+    return args
+
+
+def write_silence(path: Path, seconds: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\x00\x00" * int(8000 * seconds))
+
+
+def wav_duration_s(path: Path) -> float:
+    with wave.open(str(path), "rb") as w:
+        return w.getnframes() / float(w.getframerate())
+
+
+def copy_as_8k(source: Path, target: Path) -> None:
+    """Put a caller utterance where Asterisk would have recorded it (8 kHz mono 16-bit)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(source), "rb") as w:
+        params = w.getparams()
+        frames = w.readframes(w.getnframes())
+    if (params.nchannels, params.sampwidth, params.framerate) == (1, 2, 8000):
+        shutil.copyfile(source, target)
+        return
+    if params.nchannels == 2:
+        frames = audioop.tomono(frames, params.sampwidth, 0.5, 0.5)
+    if params.sampwidth != 2:
+        frames = audioop.lin2lin(frames, params.sampwidth, 2)
+    frames, _ = audioop.ratecv(frames, 2, 1, params.framerate, 8000, None)
+    with wave.open(str(target), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(frames)
+
+
+class ScriptedAsterisk:
+    """One call: the Asterisk side of the FastAGI conversation, following a call file."""
+
+    def __init__(
+        self,
+        call: CallFile,
+        *,
+        locale: str,
+        text_mode: bool,
+        speech: SpeechRenderer | None = None,
+        realtime: bool = False,
+        timeout_s: float = 120.0,
+    ) -> None:
+        self.call = call
+        self.locale = locale
+        self.text_mode = text_mode
+        self.speech = speech
+        self.realtime = realtime
+        self.timeout_s = timeout_s
+        self.report = CallReport(call.name)
+        self._turns = list(call.turns)
+        self._keys = ""  # keys the caller pressed that WAIT FOR DIGIT has not read yet
+        self._hung_up = False
+        self._recorded_at: float | None = None
+        self._number = next(_call_numbers)
+
+    def environment(self, host: str, port: int) -> bytes:
+        caller = self.call.caller_id or "unknown"
+        unique = f"{time.time():.0f}.{self._number}"
+        variables = {
+            "agi_network": "yes",
+            "agi_network_script": f"ivr?lang={self.locale}",
+            "agi_request": f"agi://{host}:{port}/ivr?lang={self.locale}",
+            "agi_channel": f"Local/replay-{self._number}@hotline-0000;2",
+            "agi_language": "en",
+            "agi_type": "Local",
+            "agi_uniqueid": unique,
+            "agi_version": "22.0.0",
+            "agi_callerid": caller.replace("\n", " "),
+            "agi_calleridname": "replay",
+            "agi_callingpres": "0",
+            "agi_dnid": "unknown",
+            "agi_context": "hotline",
+            "agi_extension": "s",
+            "agi_priority": "2",
+            "agi_enhanced": "0.0",
+            "agi_accountcode": "",
+            "agi_threadid": str(140000000 + self._number),
+        }
+        return ("".join(f"{k}: {v}\n" for k, v in variables.items()) + "\n").encode()
+
+    async def run(self, host: str, port: int) -> CallReport:
+        started = time.monotonic()
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError as exc:
+            self.report.errors.append(f"cannot connect to the FastAGI server at {host}:{port}: {exc}")
+            return self.report
+        try:
+            writer.write(self.environment(host, port))
+            await writer.drain()
+            await asyncio.wait_for(self._converse(reader, writer, started), self.timeout_s)
+        except asyncio.TimeoutError:
+            self.report.errors.append(f"the call did not end within {self.timeout_s} s")
+        except (ConnectionError, OSError) as exc:
+            self.report.errors.append(f"connection error: {exc}")
+        finally:
+            writer.close()
+        self._decide_outcome()
+        return self.report
+
+    def _decide_outcome(self) -> None:
+        result = self.report.variables.get("IVR_RESULT", "")
+        self.report.transfer_reason = self.report.variables.get("IVR_TRANSFER_REASON", "")
+        if self._hung_up:
+            self.report.outcome = "caller_hangup"
+        elif result in ("transfer", "completed"):
+            self.report.outcome = result
+        else:
+            self.report.outcome = "error"
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, started: float) -> None:
+        while True:
+            raw = await reader.readline()
+            if not raw:
+                return  # the server ended the AGI session: back to the dialplan
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            reply = await self._answer(line, started)
+            if reply is None:
+                return
+            writer.write(reply.encode())
+            await writer.drain()
+
+    async def _answer(self, line: str, started: float) -> str | None:
+        if self._hung_up:
+            return "511 Command Not Permitted on a dead channel or intercepted\n"
+        args = parse_arguments(line)
+        name = " ".join(args[:2]).upper() if len(args) >= 2 else (args[0].upper() if args else "")
+        if name.startswith("ANSWER"):
+            if not self.report.answered:
+                self.report.answered = True
+                self.report.time_to_answer_s = time.monotonic() - started
+            return "200 result=0\n"
+        if name == "STREAM FILE":
+            return self._stream_file(args)
+        if name == "RECORD FILE":
+            return await self._record_file(args)
+        if name == "WAIT FOR":  # WAIT FOR DIGIT
+            return self._wait_digit()
+        if name == "SET VARIABLE" and len(args) >= 4:
+            self.report.variables[args[2]] = args[3]
+            return "200 result=1\n"
+        if name.startswith("HANGUP"):
+            self.report.events.append({"who": "robot", "text": "", "action": "hangup"})
+            return "200 result=1\n"
+        if name.startswith("VERBOSE") or name.startswith("NOOP"):
+            return "200 result=1\n"
+        if name == "GET VARIABLE":
+            return "200 result=0\n"
+        return "510 Invalid or unknown command\n"
+
+    def _stream_file(self, args: list[str]) -> str:
+        if len(args) < 3:
+            return "520-Invalid command syntax.  Proper usage follows:\nUsage: STREAM FILE\n520 End of proper usage.\n"
+        sound = Path(args[2])
+        wav = sound.with_suffix(".wav")
+        if not wav.exists():
+            self.report.errors.append(f"the robot played a prompt that does not exist: {wav}")
+            return "200 result=-1 endpos=0\n"
+        sidecar = sound.with_suffix(".txt")
+        text = sidecar.read_text(encoding="utf-8") if sidecar.exists() else f"<{sound.name}>"
+        if self._recorded_at is not None:
+            self.report.compute_latencies_s.append(time.monotonic() - self._recorded_at)
+            self._recorded_at = None
+        self.report.events.append({"who": "robot", "text": text})
+        return f"200 result=0 endpos={int(wav_duration_s(wav) * 8000)}\n"
+
+    async def _record_file(self, args: list[str]) -> str:
+        if len(args) < 6:
+            return "520-Invalid command syntax.  Proper usage follows:\nUsage: RECORD FILE\n520 End of proper usage.\n"
+        target = Path(args[2]).with_suffix("." + args[3])
+        silence_s = next((float(a[2:]) for a in args[6:] if a.startswith("s=")), 0.0)
+        if not self._turns:  # the script is over: the caller hangs up
+            return self._hangup()
+        turn = self._turns.pop(0)
+        if turn.kind == "hangup":
+            self.report.events.append({"who": "caller", "text": "", "kind": "hangup"})
+            return self._hangup()
+        if turn.kind == "dtmf":
+            keys: str = turn.value
+            self.report.events.append({"who": "caller", "text": mask_secret(keys), "kind": "dtmf"})
+            write_silence(target, 0.2)
+            self._keys = keys[1:]
+            self._recorded_at = time.monotonic()
+            return f"200 result={ord(keys[0])} (dtmf) endpos=1600\n"
+        if turn.kind == "silence":
+            seconds = float(turn.value)
+            self.report.events.append({"who": "caller", "text": "", "kind": "silence", "seconds": seconds})
+            # With s=N, Asterisk ends the recording after N seconds of silence even before speech.
+            recorded = min(seconds, silence_s) if silence_s else seconds
+            if self.realtime:
+                await asyncio.sleep(recorded)
+            write_silence(target, recorded)
+            self._recorded_at = time.monotonic()
+            return f"200 result=0 (timeout) endpos={int(recorded * 8000)}\n"
+        return await self._speech(turn, target, silence_s)
+
+    async def _speech(self, turn: Turn, target: Path, silence_s: float) -> str:
+        if turn.kind == "say":
+            text: str = turn.value
+            self.report.events.append({"who": "caller", "text": mask_text(text), "kind": "say"})
+            if self.text_mode:
+                write_silence(target, 0.5)
+                target.with_suffix(".txt").write_text(text, encoding="utf-8")
+            else:
+                if self.speech is None:
+                    raise RuntimeError("audio mode needs a speech renderer for say turns")
+                copy_as_8k(await self.speech(text, self.locale), target)
+        else:
+            source: Path = turn.value
+            self.report.events.append({"who": "caller", "text": "", "kind": "audio", "file": source.name})
+            copy_as_8k(source, target)
+        if self.realtime:
+            # The caller speaks at the pace of speech, then the recorder waits for the silence.
+            await asyncio.sleep(wav_duration_s(target))
+            await asyncio.sleep(silence_s)
+            self.report.silence_waits_s.append(silence_s)
+        self._recorded_at = time.monotonic()
+        return f"200 result=0 (timeout) endpos={int(wav_duration_s(target) * 8000)}\n"
+
+    def _wait_digit(self) -> str:
+        if not self._keys:
+            return "200 result=0\n"
+        key, self._keys = self._keys[0], self._keys[1:]
+        return f"200 result={ord(key)}\n"
+
+    def _hangup(self) -> str:
+        self._hung_up = True
+        return "HANGUP\n200 result=-1 (hangup) endpos=0\n"
+
+
+def report_json(reports: list[CallReport]) -> str:
+    return json.dumps([r.to_json() for r in reports], ensure_ascii=False, indent=2)

@@ -1,0 +1,76 @@
+"""Replaying call files against a robot: in-process (default) or a running server (``--server``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from ivr.config import Settings
+from ivr.testing.callfile import CallFile
+from ivr.testing.harness import CallReport, ScriptedAsterisk
+
+
+@contextlib.asynccontextmanager
+async def running_robot(settings: Settings, *, text_input: bool) -> AsyncIterator[tuple[str, int, object]]:
+    """An in-process robot on an ephemeral loopback port; yields (host, port, robot)."""
+    from ivr.app import build_robot
+
+    robot = build_robot(settings, text_input=text_input)
+    await robot.warm_up()
+    await robot.start("127.0.0.1", 0, http=False)
+    assert robot.server is not None
+    try:
+        yield "127.0.0.1", robot.server.port, robot
+    finally:
+        await robot.stop(grace_s=5)
+
+
+def replay_settings(settings: Settings) -> Settings:
+    """Replays are reproducible: no dither in the recognizer's features."""
+    return dataclasses.replace(settings, asr_dither=False)
+
+
+async def replay_calls(
+    settings: Settings,
+    calls: list[CallFile],
+    *,
+    text_mode: bool,
+    server: tuple[str, int] | None = None,
+) -> list[CallReport]:
+    settings = replay_settings(settings)
+    if server is not None:
+        from ivr.tts.synth import PromptSynthesizer
+
+        synth = PromptSynthesizer(settings)
+        try:
+            return [await _one(call, settings, server, text_mode, synth.render) for call in calls]
+        finally:
+            synth.close()
+    async with running_robot(settings, text_input=text_mode) as (host, port, robot):
+        render = robot.parts.synthesizer.render  # type: ignore[attr-defined]
+        return [await _one(call, settings, (host, port), text_mode, render) for call in calls]
+
+
+async def _one(call: CallFile, settings: Settings, server: tuple[str, int], text_mode: bool, render) -> CallReport:  # type: ignore[no-untyped-def]
+    peer = ScriptedAsterisk(call, locale=call.locale or settings.locale, text_mode=text_mode, speech=render)
+    return await peer.run(*server)
+
+
+def parse_server(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--server must be HOST:PORT, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def load_all(paths: list[str]) -> list[CallFile]:
+    from ivr.testing.callfile import load_call_file
+
+    return [load_call_file(Path(p)) for p in paths]
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
