@@ -145,7 +145,7 @@ class CustomerData:
 
 
 # ---------------------------------------------------------------- YAML with line numbers
-class _Mapping(dict):  # type: ignore[type-arg]
+class _Mapping(dict[str, Any]):
     """A YAML mapping that remembers the line it started on."""
 
     line: int | None = None

@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 import yaml
 
-from ivr.asr.digits import DIGIT_WORDS
+from ivr.asr.digits import DIGIT_WORDS, REPEAT_WORDS
 from ivr.asr.models import MODELS
 from ivr.parts import Expect
 
@@ -199,7 +199,7 @@ def _unk(locale: str) -> str:
 
 def digit_grammar_words(locale: str) -> list[str]:
     """The words a caller says for digits, as grammar phrases (one word each)."""
-    return list(DIGIT_WORDS.get(locale, {}))
+    return [*DIGIT_WORDS.get(locale, {}), *REPEAT_WORDS.get(locale, {})]
 
 
 # ---------------------------------------------------------------- vocabulary

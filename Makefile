@@ -1,0 +1,64 @@
+# The README's two commands: `make run` (the robot answering calls) and `make test` (the whole suite).
+# Each one sets up what it needs first: Debian packages (as root), the Python 3.10 virtualenv with the
+# pinned dependencies, the demo database, the trained Rasa models and the pre-rendered prompts.
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -eu -o pipefail -c
+
+VENV := .venv
+PY := $(VENV)/bin/python
+IVR := $(VENV)/bin/ivr
+DEBIAN_PACKAGES := espeak-ng libespeak-ng1 ffmpeg sox debootstrap
+STAMP := $(VENV)/.installed
+export RASA_TELEMETRY_ENABLED := false
+export TF_CPP_MIN_LOG_LEVEL := 3
+
+.PHONY: run test setup system-packages models lint clean
+
+run: setup models
+	@echo "== bringing up the local Asterisk (optional: the robot also runs without it)"
+	$(IVR) asterisk up || echo "!! local Asterisk not started (see above); FastAGI still listens for yours"
+	@echo "== the robot answers on FastAGI $${IVR_AGI_HOST:-127.0.0.1}:$${IVR_AGI_PORT:-4573} (Ctrl-C stops it)"
+	$(IVR) serve
+
+test: setup models
+	@echo "== lint and types"
+	$(VENV)/bin/ruff check ivr tests
+	$(VENV)/bin/mypy
+	@echo "== test suite"
+	$(VENV)/bin/pytest -ra --durations=15
+
+setup: system-packages $(STAMP)
+
+system-packages:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done
+	if [ -z "$$missing" ]; then echo "== Debian packages present: $(DEBIAN_PACKAGES)"; exit 0; fi
+	if [ "$$(id -u)" != 0 ]; then echo "!! missing Debian packages:$$missing (install them as root)"; exit 1; fi
+	echo "== installing Debian packages:$$missing"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing
+
+$(STAMP): pyproject.toml constraints.txt
+	@py=""
+	if python3.10 -c '' 2>/dev/null; then py=python3.10
+	else py=$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10*/bin/python3.10 2>/dev/null | tail -n1 || true); fi
+	if [ -z "$$py" ]; then echo "!! Python 3.10 is needed (Rasa 3.6 needs < 3.11): install it, e.g. with pyenv"; exit 1; fi
+	echo "== creating the virtualenv with $$py"
+	[ -x $(PY) ] || $$py -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel
+	echo "== installing pinned dependencies (constraints.txt); the first time takes a few minutes"
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+models: $(STAMP)
+	@echo "== demo account database, Rasa models (trained only when dialogs/ changed), prompts"
+	$(IVR) db init --demo
+	$(IVR) train
+	$(IVR) prompts build
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ivr tests
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf var models/rasa

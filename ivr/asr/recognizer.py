@@ -1,0 +1,286 @@
+"""Speech in: Vosk behind ``ivr.parts.Recognizer``.
+
+One ``vosk.Model`` per locale per process, shared read-only by every call (loading the Korean model
+takes ~2 s and ~500 MB); one ``KaldiRecognizer`` per listen, never shared. ``transcribe`` blocks
+(Vosk releases the GIL while decoding), so the session runs it in a worker thread.
+
+Kaldi dithers the audio features by default, so the same audio gives different words and confidences
+from run to run. With ``settings.asr_dither`` off (tests, replays) the model is loaded through a
+temporary copy of its folder whose ``conf/mfcc.conf`` has ``--dither=0.0`` (the large files are
+symlinked, only ``conf/`` is copied; the installed model is never edited; the copy is removed once the
+model is in memory), and results are reproducible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import wave
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ivr.asr.models import ModelError, model_path, spec_for
+from ivr.config import Settings
+from ivr.parts import Recognition, RecognizerError, Word
+
+logger = logging.getLogger(__name__)
+
+UNK_WORD = "<UNK>"  # how a word outside the vocabulary or grammar appears in Recognition.words
+# Tokens of the supported models that stand for unknown speech or noise, never for a word.
+_UNK_TOKENS = frozenset({"<UNK>", "<unk>", "[unk]", "<SPOKEN_NOISE>", "[noise]", "<noise>", "!SIL"})
+_CHUNK_FRAMES = 4000
+MIN_RATE_HZ = 8000
+MAX_RATE_HZ = 48000
+
+
+def heard_nothing(result: Recognition) -> bool:
+    """True when the caller said nothing at all (silence): the session's no-input case. A result with
+    an empty text but some words is speech the model could not place (only unknown words): the
+    not-understood case."""
+    return not result.text and not result.words
+
+
+class _Loaded:
+    """One locale's model, or the reason it could not be loaded."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.model: Any = None
+        self.unk_token = UNK_WORD
+        self.error: str = ""
+        self.load_s = 0.0
+
+
+class VoskRecognizer:
+    """``ivr.parts.Recognizer`` on Vosk. Thread-safe; create one per process and share it.
+
+    ``model_dirs`` overrides where a locale's model is (tests, ``ivr asr transcribe --model``);
+    ``dither`` overrides ``settings.asr_dither``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        model_dirs: Mapping[str, Path] | None = None,
+        dither: bool | None = None,
+    ) -> None:
+        self._settings = settings
+        self._model_dirs = dict(model_dirs or {})
+        self.dither = settings.asr_dither if dither is None else dither
+        self._lock = threading.Lock()
+        self._loaded: dict[str, _Loaded] = {}
+
+    # ------------------------------------------------------------ models
+    def load(self, locale: str) -> None:
+        """Load the locale's model now (at server start) instead of at the first call. Raises RecognizerError."""
+        self._model(locale)
+
+    def loaded_locales(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(k for k, v in self._loaded.items() if v.model is not None)
+
+    def load_seconds(self, locale: str) -> float:
+        """How long the locale's model took to load (0.0 if it is not loaded)."""
+        with self._lock:
+            entry = self._loaded.get(locale)
+        return entry.load_s if entry else 0.0
+
+    def has_word(self, locale: str, word: str) -> bool:
+        """Whether the locale's model knows ``word`` (loads the model)."""
+        return int(self._model(locale).vosk_model_find_word(word)) >= 0
+
+    def model_dir(self, locale: str) -> Path:
+        if locale in self._model_dirs:
+            return self._model_dirs[locale]
+        try:
+            return model_path(locale, self._settings)
+        except ModelError as exc:
+            raise RecognizerError(str(exc)) from exc
+
+    def _model(self, locale: str) -> Any:
+        with self._lock:
+            entry = self._loaded.setdefault(locale, _Loaded())
+        with entry.lock:  # one loader per locale; other locales load in parallel
+            if entry.model is None and not entry.error:
+                try:
+                    entry.model, entry.unk_token, entry.load_s = self._load_model(locale)
+                except RecognizerError as exc:
+                    entry.error = str(exc)
+            if entry.error:
+                raise RecognizerError(entry.error)
+            return entry.model
+
+    def _load_model(self, locale: str) -> tuple[Any, str, float]:
+        try:
+            unk = spec_for(locale).unk_token
+        except ModelError as exc:
+            raise RecognizerError(str(exc)) from exc
+        path = self.model_dir(locale)
+        if not path.is_dir():
+            raise RecognizerError(f"{path}: the {locale} speech model is not there (run: ivr models pull {locale})")
+        import vosk
+
+        vosk.SetLogLevel(0 if logger.isEnabledFor(logging.DEBUG) else -2)
+        started = time.perf_counter()
+        copy: Path | None = None
+        try:
+            load_from = path
+            if not self.dither:
+                copy = _undithered_copy(path)
+                load_from = copy
+            try:
+                model = vosk.Model(str(load_from))
+            except Exception as exc:  # vosk raises a bare Exception("Failed to create a model")
+                raise RecognizerError(f"{path}: the {locale} speech model failed to load: {exc}") from exc
+        except OSError as exc:
+            raise RecognizerError(f"{path}: cannot prepare the {locale} speech model: {exc}") from exc
+        finally:
+            if copy is not None:
+                shutil.rmtree(copy, ignore_errors=True)
+        elapsed = time.perf_counter() - started
+        logger.info("loaded the %s speech model from %s in %.1f s (dither %s)", locale, path, elapsed,
+                    "on" if self.dither else "off")
+        return model, unk, elapsed
+
+    # ------------------------------------------------------------ decoding
+    def transcribe(self, wav: Path, locale: str, grammar: Sequence[str] | None = None) -> Recognition:
+        """Decode one mono 16-bit PCM WAV (any rate from 8 kHz; Vosk resamples to the model's rate).
+
+        ``grammar``: phrases the caller may say (None or empty: free recognition). The text holds the
+        recognized words without unknown-word tokens; ``words`` keeps those as ``UNK_WORD``; the
+        confidence is the mean over all words, unknown ones counting as 0. Raises RecognizerError.
+        """
+        model = self._model(locale)
+        with self._lock:
+            unk = self._loaded[locale].unk_token
+        import vosk
+
+        with _open_wav(wav) as wf:
+            rate = wf.getframerate()
+            frames = wf.getnframes()
+            grammar_json = _grammar_json(grammar, unk)
+            try:
+                if grammar_json is None:
+                    rec = vosk.KaldiRecognizer(model, float(rate))
+                else:
+                    rec = vosk.KaldiRecognizer(model, float(rate), grammar_json)
+                rec.SetWords(True)
+            except Exception as exc:
+                raise RecognizerError(f"{wav}: cannot create a {locale} recognizer: {exc}") from exc
+            started = time.perf_counter()
+            raw: list[dict[str, Any]] = []
+            try:
+                while True:
+                    data = wf.readframes(_CHUNK_FRAMES)
+                    if not data:
+                        break
+                    if rec.AcceptWaveform(data):  # an endpoint: a pause inside the recording
+                        raw.extend(json.loads(rec.Result()).get("result", []))
+                raw.extend(json.loads(rec.FinalResult()).get("result", []))
+            except (wave.Error, EOFError, OSError) as exc:
+                raise RecognizerError(f"{wav}: the audio data is unreadable: {exc}") from exc
+            except Exception as exc:
+                raise RecognizerError(f"{wav}: decoding failed: {exc}") from exc
+        elapsed = time.perf_counter() - started
+        duration = frames / rate if rate else 0.0
+        logger.debug("decoded %.2f s of audio in %.3f s (rtf %.3f, %s)", duration, elapsed,
+                     elapsed / duration if duration else 0.0, "grammar" if grammar_json else "free")
+        return _recognition(raw)
+
+
+def _grammar_json(grammar: Sequence[str] | None, unk: str) -> str | None:
+    if not grammar:
+        return None
+    phrases: list[str] = []
+    for item in grammar:
+        words = [unk if w in _UNK_TOKENS else w for w in str(item).split()]
+        text = " ".join(words)
+        if text and text not in phrases:
+            phrases.append(text)
+    if not phrases:
+        return None
+    if unk not in phrases:
+        phrases.append(unk)
+    return json.dumps(phrases, ensure_ascii=False)
+
+
+def _recognition(raw: list[dict[str, Any]]) -> Recognition:
+    words: list[Word] = []
+    for item in raw:
+        token = str(item.get("word", ""))
+        if not token:
+            continue
+        conf = min(max(float(item.get("conf", 0.0)), 0.0), 1.0)
+        start, end = float(item.get("start", 0.0)), float(item.get("end", 0.0))
+        if token in _UNK_TOKENS:
+            words.append(Word(UNK_WORD, conf, start, end))
+        else:
+            words.append(Word(_unbracket(token), conf, start, end))
+    if not words:
+        return Recognition(text="", confidence=0.0)
+    known = [w for w in words if w.word != UNK_WORD]
+    text = " ".join(w.word for w in known)
+    confidence = sum(w.confidence for w in known) / len(words)
+    return Recognition(text=text, confidence=round(confidence, 6), words=tuple(words))
+
+
+def _unbracket(token: str) -> str:
+    """The Korean model spells some number readings ``[일]``, ``[12]``, ``(백)``: keep the reading."""
+    if len(token) > 2 and token[0] + token[-1] in ("[]", "()"):
+        return token[1:-1]
+    return token
+
+
+@contextlib.contextmanager
+def _open_wav(path: Path) -> Iterator[wave.Wave_read]:
+    """``wave.open`` with the checks and the errors the recognizer promises."""
+    try:
+        wf = wave.open(str(path), "rb")
+    except FileNotFoundError as exc:
+        raise RecognizerError(f"{path}: no such audio file") from exc
+    except (wave.Error, EOFError) as exc:
+        raise RecognizerError(f"{path}: not a readable WAV file: {exc}") from exc
+    except OSError as exc:
+        raise RecognizerError(f"{path}: cannot read the audio file: {exc}") from exc
+    try:
+        problems = []
+        if wf.getnchannels() != 1:
+            problems.append(f"{wf.getnchannels()} channels")
+        if wf.getsampwidth() != 2:
+            problems.append(f"{8 * wf.getsampwidth()}-bit samples")
+        if wf.getcomptype() != "NONE":
+            problems.append(f"compression {wf.getcomptype()}")
+        if not MIN_RATE_HZ <= wf.getframerate() <= MAX_RATE_HZ:
+            problems.append(f"{wf.getframerate()} Hz")
+        if problems:
+            raise RecognizerError(f"{path}: expected a mono 16-bit PCM WAV at 8-48 kHz, got " + ", ".join(problems))
+        yield wf
+    finally:
+        wf.close()
+
+
+def _undithered_copy(model_dir: Path) -> Path:
+    """A temporary folder that looks like ``model_dir`` but whose ``conf/mfcc.conf`` turns dither off."""
+    copy = Path(tempfile.mkdtemp(prefix="ivr-vosk-nodither-"))
+    try:
+        for entry in model_dir.iterdir():
+            if entry.name != "conf":
+                os.symlink(entry.resolve(), copy / entry.name, target_is_directory=entry.is_dir())
+        conf = model_dir / "conf"
+        shutil.copytree(conf, copy / "conf", symlinks=False)
+        mfcc = copy / "conf" / "mfcc.conf"
+        lines = mfcc.read_text(encoding="utf-8").splitlines() if mfcc.exists() else []
+        lines = [line for line in lines if not line.strip().startswith("--dither")]
+        mfcc.write_text("\n".join([*lines, "--dither=0.0"]) + "\n", encoding="utf-8")
+    except OSError:
+        shutil.rmtree(copy, ignore_errors=True)
+        raise
+    return copy
