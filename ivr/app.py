@@ -24,7 +24,7 @@ from ivr.config import LOCALES, Settings
 from ivr.dialogue.prompts import PromptBook
 from ivr.metrics import HealthServer, Metrics
 from ivr.parts import CallInfo, DialogueEngine, Expect, Recognizer, Synthesizer
-from ivr.session import CallSession, Parts
+from ivr.session import CallSession, Parts, SessionResult
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ class Robot:
     closers: list[object] = field(default_factory=list)
     server: FastAgiServer | None = None
     health: HealthServer | None = None
+    # Set by the benchmark to collect each call's per-turn timings; None in production.
+    results: list[SessionResult] | None = None
 
     async def handle_call(self, environment: AgiEnvironment, channel: AgiChannel) -> None:
         locale = environment.params.get("lang") or self.settings.locale
@@ -81,7 +83,9 @@ class Robot:
             log.warning("unknown locale %r in the AGI request; using %s", locale[:20], self.settings.locale)
             locale = self.settings.locale
         call = CallInfo(new_call_id(environment), clean_caller_id(environment.caller_id), locale)
-        await CallSession(self.parts, channel, call).run()
+        result = await CallSession(self.parts, channel, call).run()
+        if self.results is not None:
+            self.results.append(result)
 
     async def over_capacity(self, environment: AgiEnvironment, channel: AgiChannel) -> None:
         """Beyond the admission limit: a spoken "please hold", then the human queue."""

@@ -140,8 +140,8 @@ class CustomerData:
     accounts: tuple[AccountData, ...] = ()
     loans: tuple[LoanData, ...] = ()
     transactions: tuple[TransactionData, ...] = ()
-    index: int = 0  # position in the file, for error messages
-    line: int | None = None
+    index: int = field(default=0, compare=False)  # position in the file, for error messages
+    line: int | None = field(default=None, compare=False)
 
 
 # ---------------------------------------------------------------- YAML with line numbers
@@ -279,13 +279,13 @@ def _line(item: object) -> int | None:
 
 
 def _check_fields(ctx: _Ctx, item: Mapping[str, Any], required: Sequence[str], optional: Sequence[str]) -> None:
+    unknown = sorted(str(k) for k in item if k not in required and k not in optional)
+    if unknown:  # first: a misspelt field would otherwise be reported as a missing one
+        allowed = ", ".join((*required, *optional))
+        raise ctx.error(unknown[0], f"unknown field (expected: {allowed})")
     for name in required:
         if name not in item or item[name] is None:
             raise ctx.error(name, "missing (required)")
-    unknown = sorted(str(k) for k in item if k not in required and k not in optional)
-    if unknown:
-        allowed = ", ".join((*required, *optional))
-        raise ctx.error(unknown[0], f"unknown field (expected: {allowed})")
 
 
 def _mapping(ctx: _Ctx, item: object, what: str) -> Mapping[str, Any]:
@@ -369,12 +369,13 @@ def _amount(ctx: _Ctx, item: Mapping[str, Any], name: str, currency: str | None,
     if abs(amount) >= MAX_AMOUNT:
         raise ctx.error(name, f"amount out of range: {value}")
     decimals = currency_exponent(currency) if currency else 2
-    if amount != amount.quantize(Decimal(1).scaleb(-decimals)):
+    exact = amount.quantize(Decimal(1).scaleb(-decimals))
+    if amount != exact:
         unit = f"{currency} amounts" if currency else "amounts"
         raise ctx.error(name, f"{unit} have at most {decimals} decimals: {value}")
     if non_negative and amount < 0:
         raise ctx.error(name, f"must not be negative: {value}")
-    return amount
+    return exact  # canonical: as many places as the currency has
 
 
 def _currency(ctx: _Ctx, item: Mapping[str, Any], default: str | None) -> str:

@@ -23,7 +23,7 @@ import math
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -150,6 +150,8 @@ class SqlAccountStore:
         self._clock = clock
         self._caller_key: bytes | None = None
         self._key_lock = threading.Lock()
+        # An in-memory SQLite database is one shared connection: take turns on it.
+        self._serial: AbstractContextManager[Any] = nullcontext()
         try:
             parsed = make_url(url)
         except (ArgumentError, ValueError, TypeError):
@@ -163,6 +165,7 @@ class SqlAccountStore:
             database = parsed.database or ""
             if database in ("", ":memory:") or parsed.query.get("mode") == "memory":
                 kwargs["poolclass"] = StaticPool  # one shared in-memory database for all threads
+                self._serial = threading.Lock()
             elif not database.startswith("file:"):
                 try:
                     Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +215,7 @@ class SqlAccountStore:
     def _transaction(self, what: str, *, write: bool = False) -> Iterator[Session]:
         factory = self._writer if write else self._reader
         try:
-            with factory() as session, session.begin():
+            with self._serial, factory() as session, session.begin():
                 yield session
         except SQLAlchemyError as exc:
             message = self._describe(what, exc)
@@ -242,7 +245,7 @@ class SqlAccountStore:
     def init_schema(self) -> None:
         """Create the tables that are missing (existing data is kept) and the store's hashing key."""
         try:
-            with self._engine.begin() as conn:
+            with self._serial, self._engine.begin() as conn:
                 metadata.create_all(conn)
         except SQLAlchemyError as exc:
             message = self._describe("creating the schema", exc)
@@ -328,7 +331,7 @@ class SqlAccountStore:
         customer = _cap(customer_id, 32)
         call = _cap(call_id, 128)
         caller_digits = normalize_phone(caller_id)
-        caller_masked = mask_phone(caller_digits or _cap(caller_id, 64))[:24]
+        caller_masked = mask_phone(caller_digits or _cap(caller_id, 64))[-24:]
         caller_key = self._load_caller_key() if caller_digits else None
         caller_hash = (hmac.new(caller_key, caller_digits.encode(), hashlib.sha256).hexdigest()
                        if caller_key and caller_digits else None)
@@ -346,19 +349,21 @@ class SqlAccountStore:
         with self._transaction("recording a verification attempt", write=True) as session:
             # PostgreSQL: serialise attempts on one customer (SQLite: BEGIN IMMEDIATE already has).
             session.execute(select(Customer.id).where(Customer.id == customer).with_for_update()).all()
-            last_ok = session.execute(
-                select(func.max(VerificationAttempt.attempted_at)).where(
+            # A success resets the customer's count (not the caller's: an attacker who knows
+            # one secret must not launder failures against others). Ids order the attempts.
+            last_ok_id = session.execute(
+                select(func.max(VerificationAttempt.id)).where(
                     VerificationAttempt.customer_id == customer,
                     VerificationAttempt.result == VerifyStatus.OK.value,
                     VerificationAttempt.attempted_at > window_start,
                 )
             ).scalar_one_or_none()
-            since = max(window_start, last_ok) if last_ok is not None else window_start
             customer_failures = session.execute(
                 select(func.count()).select_from(VerificationAttempt).where(
                     VerificationAttempt.customer_id == customer,
                     VerificationAttempt.result == VerifyStatus.WRONG.value,
-                    VerificationAttempt.attempted_at > since,
+                    VerificationAttempt.attempted_at > window_start,
+                    VerificationAttempt.id > (last_ok_id or 0),
                 )
             ).scalar_one()
             caller_failures = 0
@@ -448,7 +453,7 @@ class SqlAccountStore:
 
     def healthy(self) -> bool:
         try:
-            with self._engine.connect() as conn:
+            with self._serial, self._engine.connect() as conn:
                 conn.execute(text("SELECT 1")).scalar_one()
         except Exception as exc:  # a health probe reports, it never raises
             log.debug("account store unhealthy: %s", type(exc).__name__, extra={"part": "accounts"})

@@ -18,13 +18,13 @@ import json
 import logging
 import os
 import shutil
+import struct
 import tempfile
 import threading
 import time
-import wave
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ivr.asr.models import ModelError, model_path, spec_for
 from ivr.config import Settings
@@ -164,8 +164,8 @@ class VoskRecognizer:
         import vosk
 
         with _open_wav(wav) as wf:
-            rate = wf.getframerate()
-            frames = wf.getnframes()
+            rate = wf.rate
+            frames = wf.frames
             grammar_json = _grammar_json(grammar, unk)
             try:
                 if grammar_json is None:
@@ -179,13 +179,13 @@ class VoskRecognizer:
             raw: list[dict[str, Any]] = []
             try:
                 while True:
-                    data = wf.readframes(_CHUNK_FRAMES)
+                    data = wf.read(_CHUNK_FRAMES)
                     if not data:
                         break
                     if rec.AcceptWaveform(data):  # an endpoint: a pause inside the recording
                         raw.extend(json.loads(rec.Result()).get("result", []))
                 raw.extend(json.loads(rec.FinalResult()).get("result", []))
-            except (wave.Error, EOFError, OSError) as exc:
+            except OSError as exc:
                 raise RecognizerError(f"{wav}: the audio data is unreadable: {exc}") from exc
             except Exception as exc:
                 raise RecognizerError(f"{wav}: decoding failed: {exc}") from exc
@@ -239,32 +239,84 @@ def _unbracket(token: str) -> str:
     return token
 
 
+_FORMATS = {1: "PCM", 3: "IEEE float", 6: "A-law", 7: "mu-law", 0x11: "IMA ADPCM", 0x31: "GSM 6.10",
+            0x55: "MP3", 0xFFFE: "extensible"}
+
+
+class _WavReader:
+    """A mono 16-bit PCM WAV's header and samples. Unlike ``wave`` (Python 3.10) it also takes
+    WAVE_FORMAT_EXTENSIBLE files holding PCM, and a data size left unset by a recorder that was stopped
+    (the samples are then read up to the end of the file)."""
+
+    def __init__(self, path: Path, f: BinaryIO) -> None:
+        self.path = path
+        self._f = f
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            raise RecognizerError(f"{path}: not a WAV file (no RIFF/WAVE header)")
+        fmt: bytes | None = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                raise RecognizerError(f"{path}: not a readable WAV file: " + ("no data chunk" if fmt else "no fmt chunk"))
+            cid, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if cid == b"fmt ":
+                fmt = f.read(size)
+                if size % 2:
+                    f.read(1)
+            elif cid == b"data":
+                if fmt is None:
+                    raise RecognizerError(f"{path}: not a readable WAV file: data before the fmt chunk")
+                self._start = f.tell()
+                f.seek(0, os.SEEK_END)
+                available = f.tell() - self._start
+                f.seek(self._start)
+                self._remaining = available if size in (0, 0xFFFFFFFF) else min(size, available)
+                break
+            else:
+                f.seek(size + size % 2, os.SEEK_CUR)
+        if len(fmt) < 16:
+            raise RecognizerError(f"{path}: not a readable WAV file: short fmt chunk")
+        tag, self.channels, self.rate = struct.unpack("<HHI", fmt[:8])
+        self.sample_width = (struct.unpack("<H", fmt[14:16])[0] + 7) // 8
+        if tag == 0xFFFE and len(fmt) >= 26:
+            tag = struct.unpack("<H", fmt[24:26])[0]  # the sub-format GUID starts with the real tag
+        problems = []
+        if tag != 1:
+            problems.append(f"format {_FORMATS.get(tag, tag)}")
+        if self.channels != 1:
+            problems.append(f"{self.channels} channels")
+        if self.sample_width != 2:
+            problems.append(f"{8 * self.sample_width}-bit samples")
+        if not MIN_RATE_HZ <= self.rate <= MAX_RATE_HZ:
+            problems.append(f"{self.rate} Hz")
+        if problems:
+            raise RecognizerError(f"{path}: expected a mono 16-bit PCM WAV at 8-48 kHz, got " + ", ".join(problems))
+        self.frames = self._remaining // 2
+
+    def read(self, frames: int) -> bytes:
+        n = min(frames * 2, self._remaining - self._remaining % 2)
+        data = self._f.read(n) if n > 0 else b""
+        self._remaining -= len(data)
+        return data
+
+
 @contextlib.contextmanager
-def _open_wav(path: Path) -> Iterator[wave.Wave_read]:
-    """``wave.open`` with the checks and the errors the recognizer promises."""
+def _open_wav(path: Path) -> Iterator[_WavReader]:
     try:
-        wf = wave.open(str(path), "rb")
+        f = open(path, "rb")
     except FileNotFoundError as exc:
         raise RecognizerError(f"{path}: no such audio file") from exc
-    except (wave.Error, EOFError) as exc:
-        raise RecognizerError(f"{path}: not a readable WAV file: {exc}") from exc
     except OSError as exc:
         raise RecognizerError(f"{path}: cannot read the audio file: {exc}") from exc
     try:
-        problems = []
-        if wf.getnchannels() != 1:
-            problems.append(f"{wf.getnchannels()} channels")
-        if wf.getsampwidth() != 2:
-            problems.append(f"{8 * wf.getsampwidth()}-bit samples")
-        if wf.getcomptype() != "NONE":
-            problems.append(f"compression {wf.getcomptype()}")
-        if not MIN_RATE_HZ <= wf.getframerate() <= MAX_RATE_HZ:
-            problems.append(f"{wf.getframerate()} Hz")
-        if problems:
-            raise RecognizerError(f"{path}: expected a mono 16-bit PCM WAV at 8-48 kHz, got " + ", ".join(problems))
-        yield wf
+        try:
+            reader = _WavReader(path, f)
+        except (OSError, struct.error) as exc:
+            raise RecognizerError(f"{path}: not a readable WAV file: {exc}") from exc
+        yield reader
     finally:
-        wf.close()
+        f.close()
 
 
 def _undithered_copy(model_dir: Path) -> Path:

@@ -41,6 +41,8 @@ class CallReport:
     compute_latencies_s: list[float] = field(default_factory=list)
     # silence the recorder waited after the caller's last word (seconds, realtime mode only)
     silence_waits_s: list[float] = field(default_factory=list)
+    # caller's last word → the reply starts: the silence wait plus the compute latency (seconds)
+    perceived_latencies_s: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -157,6 +159,7 @@ class ScriptedAsterisk:
         self._keys = ""  # keys the caller pressed that WAIT FOR DIGIT has not read yet
         self._hung_up = False
         self._recorded_at: float | None = None
+        self._silence_waited = 0.0  # the recorder's silence wait before the last recording was handed over
         self._number = next(_call_numbers)
 
     def environment(self, host: str, port: int) -> bytes:
@@ -265,7 +268,9 @@ class ScriptedAsterisk:
         sidecar = sound.with_suffix(".txt")
         text = sidecar.read_text(encoding="utf-8") if sidecar.exists() else f"<{sound.name}>"
         if self._recorded_at is not None:
-            self.report.compute_latencies_s.append(time.monotonic() - self._recorded_at)
+            compute = time.monotonic() - self._recorded_at
+            self.report.compute_latencies_s.append(compute)
+            self.report.perceived_latencies_s.append(compute + self._silence_waited)
             self._recorded_at = None
         self.report.events.append({"who": "robot", "text": text})
         return f"200 result=0 endpos={int(wav_duration_s(wav) * 8000)}\n"
@@ -286,6 +291,7 @@ class ScriptedAsterisk:
             self.report.events.append({"who": "caller", "text": mask_secret(keys), "kind": "dtmf"})
             write_silence(target, 0.2)
             self._keys = keys[1:]
+            self._silence_waited = 0.0
             self._recorded_at = time.monotonic()
             return f"200 result={ord(keys[0])} (dtmf) endpos=1600\n"
         if turn.kind == "silence":
@@ -296,6 +302,7 @@ class ScriptedAsterisk:
             if self.realtime:
                 await asyncio.sleep(recorded)
             write_silence(target, recorded)
+            self._silence_waited = 0.0  # nobody spoke: there is no "last word" to measure from
             self._recorded_at = time.monotonic()
             return f"200 result=0 (timeout) endpos={int(recorded * 8000)}\n"
         return await self._speech(turn, target, silence_s)
@@ -320,6 +327,7 @@ class ScriptedAsterisk:
             await asyncio.sleep(wav_duration_s(target))
             await asyncio.sleep(silence_s)
             self.report.silence_waits_s.append(silence_s)
+            self._silence_waited = silence_s
         self._recorded_at = time.monotonic()
         return f"200 result=0 (timeout) endpos={int(wav_duration_s(target) * 8000)}\n"
 

@@ -114,9 +114,7 @@ _EN_ONES = (
 ).split()
 _EN_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 _EN_SCALES = ("", "thousand", "million", "billion", "trillion", "quadrillion")
-_EN_MONTHS = (
-    "January February March April May June July August September October November December"
-).split()
+_EN_MONTHS = ("January February March April May June July August September October November December").split()
 _EN_ORDINAL_WORDS = {
     "one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
     "nine": "ninth", "twelve": "twelfth",
@@ -400,7 +398,8 @@ _NUMBER = r"(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?"
 _TOKEN = re.compile(
     "|".join(
         (
-            _SIGN.format(name="msign") + rf"(?<![0-9.,])(?P<money>{_NUMBER})[ \u00a0]?(?P<code>{_CODES})(?![A-Za-z])",
+            _SIGN.format(name="msign")
+            + rf"(?<![0-9.,])(?P<money>{_NUMBER})[ \u00a0]?(?P<code>{_CODES})(?![A-Za-z])",
             _SIGN.format(name="ssign") + rf"(?P<sym>[$¥￥₩€])[ \u00a0]?(?P<smoney>{_NUMBER})(?![0-9])",
             r"(?<![0-9.,])(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})(?![0-9])",
             _SIGN.format(name="nsign")

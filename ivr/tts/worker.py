@@ -2,9 +2,17 @@
 
 Why a child process: pyttsx3 2.99 prints ``Audio saved to …`` on stdout for every file, is not
 thread-safe, and its espeak driver synthesizes on espeak-ng's own thread (``AUDIO_OUTPUT_RETRIEVAL`` is
-asynchronous), so ``runAndWait()`` can return before the file is written and a property set meanwhile
-lands on the wrong utterance. Here one engine serves one request at a time, waits for the
-``finished-utterance`` notification before touching the file, and reads the rate back to verify it.
+asynchronous), so ``runAndWait()`` can return before the file is written. Here one engine serves one
+request at a time and waits for the ``finished-utterance`` notification before touching the file.
+
+Why the rate "took effect unreliably" (measured): espeak-ng queues a rate change in its command FIFO,
+and ``runAndWait()`` first calls the driver's ``stop()``, which cancels that FIFO whenever it is not yet
+drained, so the change is silently dropped and the previous rate stays. pyttsx3 cannot show it either:
+it declares ``espeak_GetParameter`` without its ``current`` argument, so ``getProperty("rate")`` returns
+the default or the current value at random. So: set voice then rate on the driver, wait until the real
+current rate (``espeak_GetParameter(RATE, 1)``) is the one asked for (typically < 1 ms), then synthesize,
+and check it again afterwards. In 3 x 40 random voice/rate changes every utterance then had the length
+of its rate; without the wait most changes were lost.
 The parent starts this with stdin and stdout on /dev/null (fd 1 is pointed there again below, so
 nothing the engine prints can reach a protocol stream) and talks JSON lines over the socket ``FD``.
 
@@ -15,6 +23,7 @@ moves it into place. The first line written is ``{"ready": true, "pid": …}`` o
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -48,6 +57,7 @@ class Engine:
     """pyttsx3 with the waits and checks its espeak driver needs."""
 
     def __init__(self, finish_timeout_s: float = 30.0) -> None:
+        import pydub  # noqa: F401 - loaded now, not on the first request
         import pyttsx3
 
         self._engine = pyttsx3.init("espeak")
@@ -59,6 +69,27 @@ class Engine:
         self._finish_timeout_s = finish_timeout_s
         self._taps = _lowpass_taps(3600.0, ENGINE_RATE_HZ)
         self.count = 0
+        from pyttsx3.drivers import _espeak
+
+        self._espeak = _espeak
+        get_parameter = _espeak.dll.espeak_GetParameter
+        get_parameter.argtypes = [ctypes.c_int, ctypes.c_int]
+        get_parameter.restype = ctypes.c_int
+        self._get_parameter = get_parameter
+
+    def current_rate(self) -> int:
+        return int(self._get_parameter(self._espeak.RATE, 1))
+
+    def _apply_rate(self, rate_wpm: int) -> None:
+        """Wait until espeak-ng's FIFO has applied the rate, so runAndWait()'s cancel cannot drop it."""
+        deadline = time.monotonic() + 0.5
+        while self.current_rate() != rate_wpm:
+            if time.monotonic() > deadline:
+                self._espeak.Synchronize()  # drains the FIFO (polls in 20 ms steps)
+                if self.current_rate() != rate_wpm:
+                    raise RuntimeError(f"espeak-ng did not take the rate {rate_wpm} wpm")
+                return
+            time.sleep(0.0002)
 
     def _on_finished(self, name: Any = None, completed: bool = True) -> None:
         self._done.set()
@@ -68,12 +99,13 @@ class Engine:
             raise ValueError("nothing to say")
         if not MIN_RATE_WPM <= rate_wpm <= MAX_RATE_WPM:
             raise ValueError(f"rate {rate_wpm} wpm is outside espeak-ng's {MIN_RATE_WPM}..{MAX_RATE_WPM}")
-        # Voice first: loading a voice resets the rate to espeak's default (175).
+        # Voice first, then the rate: a voice (re)load must not override the rate asked for.
         try:
             self._driver.setProperty("voice", voice)
         except ValueError as exc:
             raise ValueError(f"espeak-ng has no voice {voice!r} ({exc})") from exc
         self._driver.setProperty("rate", rate_wpm)
+        self._apply_rate(rate_wpm)
         fd, raw_name = tempfile.mkstemp(suffix=".22k.wav", dir=out.parent)
         os.close(fd)
         raw = Path(raw_name)
@@ -85,7 +117,7 @@ class Engine:
             if not self._done.wait(self._finish_timeout_s):
                 raise TimeoutError(f"espeak-ng did not finish within {self._finish_timeout_s:.0f} s")
             synth_s = time.perf_counter() - started
-            applied = self._engine.getProperty("rate")
+            applied = self.current_rate()
             if applied != rate_wpm:
                 raise RuntimeError(f"espeak-ng spoke at {applied} wpm, not the {rate_wpm} wpm asked for")
             self.count += 1
@@ -146,7 +178,7 @@ def main(argv: list[str]) -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.close(devnull)
-    sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    sys.stdout = open(os.devnull, "w", encoding="utf-8")  # lives as long as the process
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="ivr.tts.worker: %(message)s")
     if len(argv) != 2 or not argv[1].isdigit():
         logger.error("usage: python -m ivr.tts.worker FD")
