@@ -291,7 +291,7 @@ def test_garbage_caller_ids(store: SqlAccountStore, db_path: Path, caller: str) 
     assert {k: v for k, v in after.items() if k != "verification_attempts"} == {
         k: v for k, v in before.items() if k != "verification_attempts"}
     masked = attempts(db_path)[-1][3]
-    assert len(masked) <= 24 and masked.strip("*").isdigit() or masked in ("(withheld)", "(invalid)")
+    assert (len(masked) <= 24 and masked.strip("*").isdigit()) or masked in ("(withheld)", "(invalid)")
 
 
 def test_garbage_customer_ids(store: SqlAccountStore) -> None:

@@ -78,7 +78,7 @@ def site() -> Iterator[Site]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     state.url = f"http://127.0.0.1:{server.server_address[1]}/models/"
-    thread = threading.Thread(target=server.serve_forever, name="model-site", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="model-site", daemon=True)
     thread.start()
     try:
         yield state

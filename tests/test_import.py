@@ -209,7 +209,9 @@ MALFORMED = [
     ("syntax.yaml", "customers:\n  - id: C010\n    name: [unclosed\n", ["not valid YAML", "line "]),
     ("tabs.yaml", "customers:\n\t- id: C010\n", ["not valid YAML"]),
     ("top.yaml", "- id: C010\n", ["expected a mapping with a 'customers' list"]),
-    ("nocustomers.yaml", "clients: []\n", ["customers: missing (required)"]),
+    ("nocustomers.yaml", "clients: []\n", ["clients: unknown field (expected: customers)"]),
+    ("nullcustomers.yaml", "customers:\n", ["customers: missing (required)"]),
+    ("empty.yaml", "", ["expected a mapping with a 'customers' list"]),
     ("notalist.yaml", "customers: C010\n", ["customers: must be a list"]),
     ("missing_id.yaml", GOOD.replace("  - id: C010\n    name", "  - name"),
      ["customers[0].id: missing (required)", "line 2"]),
@@ -311,11 +313,11 @@ def test_secret_values_are_not_echoed_in_errors(tmp_path: Path) -> None:
 
 
 def test_unreadable_files(tmp_path: Path) -> None:
-    with pytest.raises(AccountImportError, match="missing.yaml: no such file"):
+    with pytest.raises(AccountImportError, match=r"missing\.yaml: no such file"):
         load_file(tmp_path / "missing.yaml")
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"\xff\xfe\x00customers")
-    with pytest.raises(AccountImportError, match="binary.yaml: not UTF-8"):
+    with pytest.raises(AccountImportError, match=r"binary\.yaml: not UTF-8"):
         load_file(binary)
     (tmp_path / "folder").mkdir()
     with pytest.raises(AccountImportError, match="folder: cannot read"):
@@ -349,7 +351,7 @@ def test_db_import_command(tmp_path: Path, db_path: Path, capsys: pytest.Capture
     assert "imported 1 customers from" in capsys.readouterr().out
     before = table_rows(db_path)
     bad = write(tmp_path, "bad.yaml", GOOD.replace("balance: 10.00", "balance: lots"))
-    with pytest.raises(AccountImportError, match="bad.yaml"):  # the CLI prints it and exits 2
+    with pytest.raises(AccountImportError, match=r"bad\.yaml"):  # the CLI prints it and exits 2
         run_cli(["db", "import", str(bad)], settings)
     assert table_rows(db_path) == before
     assert len(before["customers"]) == 4

@@ -391,10 +391,10 @@ def _currency(ctx: _Ctx, item: Mapping[str, Any], default: str | None) -> str:
 
 def _customer(ctx: _Ctx, index: int, raw: object) -> CustomerData:
     item = _mapping(ctx, raw, "a customer")
+    ctx = _with_id(ctx, item, _CUSTOMER_ID)
     _check_fields(ctx, item, required=("id", "name", "phones", "id_last4"),
                   optional=("accounts", "loans", "transactions"))
     customer_id = _identifier(ctx, item, "id", _CUSTOMER_ID)
-    ctx = _Ctx(ctx.source, f"{ctx.where} ({customer_id})", ctx.line)
     name = _text(ctx, item, "name", max_len=100)
 
     raw_last4 = item["id_last4"]
@@ -470,11 +470,19 @@ def _customer(ctx: _Ctx, index: int, raw: object) -> CustomerData:
                         tuple(transactions), index=index, line=ctx.line)
 
 
+def _with_id(ctx: _Ctx, item: Mapping[str, Any], pattern: re.Pattern[str]) -> _Ctx:
+    """Name the item by its id in messages about its other fields (when the id is valid)."""
+    value = item.get("id")
+    if isinstance(value, str) and pattern.fullmatch(value):
+        return _Ctx(ctx.source, f"{ctx.where} ({value})", ctx.line)
+    return ctx
+
+
 def _loan(ctx: _Ctx, item: Mapping[str, Any], default_currency: str | None) -> LoanData:
+    ctx = _with_id(ctx, item, _LOAN_ID)
     _check_fields(ctx, item, required=("id", "outstanding", "status"),
                   optional=("currency", "next_due_date", "next_due_amount", "schedule"))
     loan_id = _identifier(ctx, item, "id", _LOAN_ID)
-    ctx = _Ctx(ctx.source, f"{ctx.where} ({loan_id})", ctx.line)
     currency = _currency(ctx, item, default_currency)
     outstanding = _amount(ctx, item, "outstanding", currency, required=True, non_negative=True)
     assert outstanding is not None

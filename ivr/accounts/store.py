@@ -167,11 +167,12 @@ class SqlAccountStore:
                 kwargs["poolclass"] = StaticPool  # one shared in-memory database for all threads
                 self._serial = threading.Lock()
             elif not database.startswith("file:"):
+                folder = Path(database).expanduser().parent
                 try:
-                    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                    folder.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:  # the methods will report it, the constructor must not
-                    log.warning("cannot create the folder of the SQLite database: %s", exc.strerror,
-                                extra={"part": "accounts"})
+                    log.warning("cannot create the folder %s of the SQLite database: %s", folder,
+                                exc.strerror or type(exc).__name__, extra={"part": "accounts"})
         elif self._dialect == "postgresql":
             kwargs["pool_pre_ping"] = True
             kwargs["pool_timeout"] = busy_timeout_s

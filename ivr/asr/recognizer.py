@@ -327,7 +327,10 @@ def _undithered_copy(model_dir: Path) -> Path:
             if entry.name != "conf":
                 os.symlink(entry.resolve(), copy / entry.name, target_is_directory=entry.is_dir())
         conf = model_dir / "conf"
-        shutil.copytree(conf, copy / "conf", symlinks=False)
+        if conf.is_dir():
+            shutil.copytree(conf, copy / "conf", symlinks=False)
+        else:
+            (copy / "conf").mkdir()  # not a model: let Vosk say so
         mfcc = copy / "conf" / "mfcc.conf"
         lines = mfcc.read_text(encoding="utf-8").splitlines() if mfcc.exists() else []
         lines = [line for line in lines if not line.strip().startswith("--dither")]

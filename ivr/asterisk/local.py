@@ -48,7 +48,11 @@ PRODUCTION_FILES = (
 )
 # The local instance adds its own asterisk.conf (directories) and the test caller/agent contexts.
 LOCAL_FILES = (*PRODUCTION_FILES, "asterisk.conf", "extensions_local.conf")
-SECRET_FILES = ("ami_secret", "sip_secret")
+# Settings the local instance takes from the package's own /etc/asterisk (defaults; quiets start-up).
+FROM_PACKAGE = (
+    "indications.conf", "features.conf", "ccss.conf", "acl.conf", "udptl.conf", "pjproject.conf",
+    "stasis.conf", "cdr.conf", "cel.conf",
+)
 DEBOOTSTRAP_TIMEOUT_S = 1200.0
 _PLACEHOLDER = re.compile(r"@@([A-Z_]+)@@")
 _MOUNT_ESCAPE = re.compile(r"\\([0-7]{3})")
@@ -346,6 +350,12 @@ class LocalAsterisk:
         os.chmod(self.etc_dir, 0o750)
         for path in render_config(self.etc_dir, values, local=True):
             os.chown(path, 0, gid)
+        for name in FROM_PACKAGE:
+            packaged = self.root / "etc/asterisk" / name
+            if packaged.exists():
+                shutil.copyfile(packaged, self.etc_dir / name)
+                os.chown(self.etc_dir / name, 0, gid)
+                os.chmod(self.etc_dir / name, 0o640)
         for name, value in (("ami_secret", ami_secret), ("sip_secret", sip_secret)):
             target = self.etc_dir / name
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

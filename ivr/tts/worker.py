@@ -17,7 +17,8 @@ The parent starts this with stdin and stdout on /dev/null (fd 1 is pointed there
 nothing the engine prints can reach a protocol stream) and talks JSON lines over the socket ``FD``.
 
 Requests: ``{"text", "voice", "rate_wpm", "out"}``; the reply ``{"ok": true, "synth_s", "convert_s",
-"frames", "count"}`` or ``{"ok": false, "error"}``. ``out`` receives an 8 kHz mono 16-bit WAV; the parent
+"frames", "count"}`` or ``{"ok": false, "error", "restart"}`` (``restart``: the engine misbehaved, replace
+this process). ``out`` receives an 8 kHz mono 16-bit WAV; the parent
 moves it into place. The first line written is ``{"ready": true, "pid": …}`` once the engine is loaded.
 """
 
@@ -27,6 +28,7 @@ import ctypes
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -103,7 +105,7 @@ class Engine:
         try:
             self._driver.setProperty("voice", voice)
         except ValueError as exc:
-            raise ValueError(f"espeak-ng has no voice {voice!r} ({exc})") from exc
+            raise ValueError(f"espeak-ng has no voice {voice!r} (see espeak-ng --voices; {exc})") from exc
         self._driver.setProperty("rate", rate_wpm)
         self._apply_rate(rate_wpm)
         fd, raw_name = tempfile.mkstemp(suffix=".22k.wav", dir=out.parent)
@@ -115,7 +117,7 @@ class Engine:
             self._engine.save_to_file(text, str(raw))
             self._engine.runAndWait()
             if not self._done.wait(self._finish_timeout_s):
-                raise TimeoutError(f"espeak-ng did not finish within {self._finish_timeout_s:.0f} s")
+                raise RuntimeError(f"espeak-ng did not finish within {self._finish_timeout_s:.0f} s")
             synth_s = time.perf_counter() - started
             applied = self.current_rate()
             if applied != rate_wpm:
@@ -168,7 +170,12 @@ def serve(sock: socket.socket) -> int:
             reply["ok"] = True
         except Exception as exc:
             logger.debug("synthesis failed", exc_info=True)
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            # a hung or misbehaving engine is not trusted with the next request
+            reply = {
+                "ok": False,
+                "error": f"{type(exc).__name__}: {exc}",
+                "restart": isinstance(exc, RuntimeError),
+            }
         send(reply)
     return 0
 
@@ -179,6 +186,7 @@ def main(argv: list[str]) -> int:
     os.dup2(devnull, 1)
     os.close(devnull)
     sys.stdout = open(os.devnull, "w", encoding="utf-8")  # lives as long as the process
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; we stop at EOF on the socket
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="ivr.tts.worker: %(message)s")
     if len(argv) != 2 or not argv[1].isdigit():
         logger.error("usage: python -m ivr.tts.worker FD")

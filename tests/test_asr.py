@@ -1,0 +1,517 @@
+"""Speech in: digits, grammars, the vocabulary check, error rates, and (marked ``audio``) real Vosk
+recognition in ko-KR, the one locale whose model is installed here.
+
+The Korean model recognizes espeak-ng's synthetic Korean poorly, so the audio tests never assert what
+was "really said": they assert what the system does with the recognizer's actual output
+(reproducibility, grammar confinement, digits, timings, errors).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import struct
+import subprocess
+import wave
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ivr.asr import commands
+from ivr.asr.digits import DIGIT_WORDS, digits_from_words
+from ivr.asr.evaluate import edit_distance, evaluate_dir, tokens
+from ivr.asr.grammar import (
+    GrammarError,
+    build_grammars,
+    check_grammars,
+    load_nlu_examples,
+    missing_words,
+    model_vocabulary,
+    phrase,
+)
+from ivr.asr.models import model_path
+from ivr.asr.recognizer import UNK_WORD, VoskRecognizer, _recognition, _undithered_copy, heard_nothing
+from ivr.config import Settings
+from ivr.parts import Expect, Recognition, RecognizerError
+
+KO_MODEL = model_path("ko-KR", Settings())
+
+KO_NLU = """\
+version: "3.1"
+nlu:
+- intent: affirm
+  examples: |
+    - 네
+    - 예 맞아
+- intent: deny
+  examples: |
+    - 아니요
+- intent: check_balance
+  examples: |
+    - 잔액 확인
+    - [계좌](account_type) 잔액을 알려주세요
+    - 잔액이 [얼마]{"entity": "amount"} 인가요
+- intent: request_human
+  examples: |
+    - 상담원 연결
+- synonym: 계좌
+  examples: |
+    - 통장
+- regex: id_digits
+  examples: |
+    - \\d{4}
+"""
+
+
+# ---------------------------------------------------------------- digits
+@pytest.mark.parametrize(
+    ("text", "locale", "digits"),
+    [
+        ("일 이 삼 사", "ko-KR", "1234"),
+        ("공 일 공 영", "ko-KR", "0100"),
+        ("[일] 이삼 <UNK> 사", "ko-KR", "1234"),  # bracket forms, digit runs, unknown words skipped
+        ("하나 둘 셋", "ko-KR", "123"),
+        ("잔액 일", "ko-KR", "1"),
+        ("四 八 二 一", "zh-CN", "4821"),
+        ("幺三八零零", "zh-CN", "13800"),
+        ("两 〇 九", "zh-CN", "209"),
+        ("four eight two one", "en-US", "4821"),
+        ("Seven Three oh Five", "en-US", "7305"),
+        ("one five five five double zero triple two", "en-US", "155500222"),
+        ("1 2 3 4", "en-US", "1234"),
+        ("1 2 3 4", "zh-CN", "1234"),
+        ("６１９３", "ko-KR", "6193"),
+        ("my number is", "en-US", ""),
+        ("", "ko-KR", ""),
+    ],
+)
+def test_digits_from_words(text: str, locale: str, digits: str) -> None:
+    assert digits_from_words(text, locale) == digits
+
+
+# ---------------------------------------------------------------- NLU examples and grammars
+@pytest.fixture
+def dialogs(tmp_path: Path) -> Path:
+    data = tmp_path / "dialogs" / "ko-KR" / "data"
+    data.mkdir(parents=True)
+    (data / "nlu.yml").write_text(KO_NLU, encoding="utf-8")
+    return tmp_path / "dialogs"
+
+
+def test_nlu_examples_are_read_by_intent_without_entity_annotations(dialogs: Path) -> None:
+    examples = load_nlu_examples(dialogs, "ko-KR")
+    assert examples == {
+        "affirm": ["네", "예 맞아"],
+        "deny": ["아니요"],
+        "check_balance": ["잔액 확인", "계좌 잔액을 알려주세요", "잔액이 얼마 인가요"],
+        "request_human": ["상담원 연결"],
+    }
+
+
+def test_broken_nlu_data_is_reported_with_its_file(dialogs: Path) -> None:
+    nlu = dialogs / "ko-KR" / "data" / "nlu.yml"
+    nlu.write_text("nlu:\n- intent: x\n  examples: |\n    - a\n   bad: [\n", encoding="utf-8")
+    with pytest.raises(GrammarError, match=str(nlu)):
+        load_nlu_examples(dialogs, "ko-KR")
+    with pytest.raises(GrammarError, match="no NLU data"):
+        load_nlu_examples(dialogs, "en-US")
+
+
+def test_grammars_per_expectation(dialogs: Path) -> None:
+    grammars = build_grammars(load_nlu_examples(dialogs, "ko-KR"), "ko-KR")
+    assert set(grammars) == {Expect.SPEECH, Expect.YES_NO, Expect.DIGITS}
+    for phrases in grammars.values():
+        assert phrases[-1] == "<UNK>"
+        assert len(phrases) == len(set(phrases))
+    assert grammars[Expect.DIGITS] == [*DIGIT_WORDS["ko-KR"], "상담원 연결", "<UNK>"]
+    yes_no = grammars[Expect.YES_NO]
+    assert {"네", "아니요", "예 맞아", "상담원 연결"} <= set(yes_no)
+    assert "잔액 확인" not in yes_no
+    assert {"잔액 확인", "계좌 잔액을 알려주세요", "네"} <= set(grammars[Expect.SPEECH])
+    # no examples at all: no SPEECH grammar, so the recognizer falls back to free recognition
+    assert Expect.SPEECH not in build_grammars({}, "ko-KR")
+    en = build_grammars({"affirm": ["Yes, please!"]}, "en-US")
+    assert "yes please" in en[Expect.YES_NO] and en[Expect.YES_NO][-1] == "[unk]"
+    assert "double" in en[Expect.DIGITS]
+
+
+def test_chinese_phrases_are_segmented_into_model_words() -> None:
+    vocabulary = {"我", "想", "查询", "余", "额", "的", "贷款", "还款", "日期"}
+    # jieba's word 余额 is not in this model: it is split into the longest words the model has
+    assert phrase("我想查询余额。", "zh-CN", vocabulary) == "我 想 查询 余 额"
+    assert phrase("贷款的还款日期？", "zh-CN", vocabulary) == "贷款 的 还款 日期"
+    assert " " in phrase("我想查询余额", "zh-CN")  # without a vocabulary: jieba's words
+    grammars = build_grammars({"check_balance": ["我想查询余额"]}, "zh-CN", vocabulary=vocabulary)
+    assert "我 想 查询 余 额" in grammars[Expect.SPEECH]
+    assert grammars[Expect.DIGITS][:3] == ["零", "一", "幺"]
+
+
+@pytest.fixture(scope="session")
+def ko_vocabulary() -> set[str]:
+    return model_vocabulary(KO_MODEL)
+
+
+def test_korean_model_vocabulary_comes_from_its_grammar_fst(ko_vocabulary: set[str]) -> None:
+    assert not (KO_MODEL / "graph" / "words.txt").exists()
+    assert len(ko_vocabulary) > 400_000
+    assert {"네", "아니요", "잔액", "<UNK>", "[일]", *DIGIT_WORDS["ko-KR"]} <= ko_vocabulary
+    assert "[unk]" not in ko_vocabulary and "<eps>" not in ko_vocabulary
+
+
+def test_words_txt_is_used_when_a_model_has_one(tmp_path: Path) -> None:
+    (tmp_path / "graph").mkdir()
+    (tmp_path / "graph" / "words.txt").write_text("<eps> 0\nhello 1\nworld 2\n", encoding="utf-8")
+    assert model_vocabulary(tmp_path) == {"<eps>", "hello", "world"}
+    with pytest.raises(GrammarError, match="no graph/words.txt and no graph/Gr.fst"):
+        model_vocabulary(tmp_path / "graph")
+
+
+def test_vocabulary_check_lists_the_words_the_model_lacks(ko_vocabulary: set[str]) -> None:
+    assert missing_words(["네 맞아요", "잔액 확인", "틀려요 맞아요"], ko_vocabulary) == ["맞아요", "틀려요"]
+    problems = check_grammars(
+        {"affirm": ["네", "네 맞아요"], "check_balance": ["잔액 확인"]}, "ko-KR", ko_vocabulary, source="nlu.yml"
+    )
+    assert problems == [
+        "nlu.yml: intent affirm, example '네 맞아요': not in the ko-KR model's vocabulary: 맞아요"
+    ]
+    # the built-in words are checked too, and the unknown-word token
+    problems = check_grammars({}, "ko-KR", {"네"})
+    assert any("'아니요'" in p for p in problems)
+    assert problems[-1] == "unknown-word token '<UNK>': not in the ko-KR model's vocabulary"
+
+
+# ---------------------------------------------------------------- results and error rates
+def test_unknown_words_stay_out_of_the_text_and_count_as_zero_confidence() -> None:
+    raw = [
+        {"word": "<UNK>", "conf": 0.9, "start": 0.1, "end": 0.3},
+        {"word": "네", "conf": 0.8, "start": 0.3, "end": 0.5},
+        {"word": "[일]", "conf": 1.0, "start": 0.5, "end": 0.7},
+    ]
+    result = _recognition(raw)
+    assert result.text == "네 일"
+    assert result.confidence == pytest.approx((0.8 + 1.0) / 3)
+    assert [w.word for w in result.words] == [UNK_WORD, "네", "일"]
+    only_unknown = _recognition([{"word": "<UNK>", "conf": 1.0, "start": 0.0, "end": 0.4}])
+    assert only_unknown.text == "" and only_unknown.confidence == 0.0 and not heard_nothing(only_unknown)
+    assert heard_nothing(_recognition([]))
+
+
+@pytest.mark.parametrize(
+    ("ref", "hyp", "errors"),
+    [("a b c", "a b c", 0), ("a b c", "a x c", 1), ("a b c", "a c", 1), ("a b", "a b c d", 2), ("", "a", 1),
+     ("a b c", "", 3)],
+)
+def test_edit_distance(ref: str, hyp: str, errors: int) -> None:
+    assert edit_distance(ref.split(), hyp.split()) == errors
+
+
+def test_error_units_per_locale() -> None:
+    assert tokens("Yes, I'd like that.", "en-US") == ["yes", "i'd", "like", "that"]
+    assert tokens("我想 查询余额。", "zh-CN") == list("我想查询余额")
+    assert tokens("잔액을 알려주세요!", "ko-KR") == ["잔액을", "알려주세요"]
+
+
+@pytest.mark.parametrize(
+    ("value", "phrases"),
+    [("네, 아니요", ["네", "아니요"]), ('["잔액 확인", "네"]', ["잔액 확인", "네"]), ("是，不是", ["是", "不是"])],
+)
+def test_grammar_option(value: str, phrases: list[str]) -> None:
+    assert commands.parse_grammar(value) == phrases
+
+
+def test_grammar_option_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "g.txt").write_text("네\n\n잔액 확인\n", encoding="utf-8")
+    assert commands.parse_grammar(f"@{tmp_path / 'g.txt'}") == ["네", "잔액 확인"]
+
+
+def test_dither_off_copy_changes_only_mfcc_conf() -> None:
+    copy = _undithered_copy(KO_MODEL)
+    try:
+        assert (copy / "graph").is_symlink() and (copy / "graph").resolve() == (KO_MODEL / "graph").resolve()
+        assert not (copy / "conf").is_symlink()
+        lines = (copy / "conf" / "mfcc.conf").read_text(encoding="utf-8").splitlines()
+        assert lines[-1] == "--dither=0.0"
+        original = (KO_MODEL / "conf" / "mfcc.conf").read_text(encoding="utf-8")
+        assert "dither" not in original and lines[:-1] == original.splitlines()
+    finally:
+        shutil.rmtree(copy)
+
+
+# ---------------------------------------------------------------- audio (real Vosk, ko-KR)
+@dataclass(frozen=True)
+class Clips:
+    balance: Path  # "잔액을 확인하고 싶어요"
+    yes: Path  # "네"
+    digits: Path  # "사 팔 이 일"
+    two_parts: Path  # two sentences with 2 s of silence between
+    first_part_s: float  # where the second sentence starts in two_parts
+    silence: Path
+    extensible: Path  # the digits clip as WAVE_FORMAT_EXTENSIBLE
+    at_16k: Path  # the balance clip at 16 kHz
+
+    def speech(self) -> list[Path]:
+        return [self.balance, self.yes, self.digits, self.two_parts]
+
+
+def synth(text: str, out: Path, rate: int = 8000) -> Path:
+    raw = out.with_suffix(".espeak.wav")
+    subprocess.run(["espeak-ng", "-v", "ko", "-w", str(raw), text], check=True, capture_output=True)
+    subprocess.run(["sox", str(raw), "-r", str(rate), "-c", "1", "-b", "16", "-e", "signed-integer", str(out)],
+                   check=True, capture_output=True)
+    raw.unlink()
+    return out
+
+
+def duration_s(path: Path) -> float:
+    with wave.open(str(path)) as w:
+        return w.getnframes() / w.getframerate()
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Clips:
+    d = tmp_path_factory.mktemp("clips")
+    balance = synth("잔액을 확인하고 싶어요", d / "balance.wav")
+    yes = synth("네", d / "yes.wav")
+    digits = synth("사 팔 이 일", d / "digits.wav")
+    second = synth("대출 상환 날짜를 알려 주세요", d / "second.wav")
+    first_s = duration_s(balance) + 2.0
+    two_parts = d / "two_parts.wav"
+    subprocess.run(["sox", str(balance), str(d / "padded.wav"), "pad", "0", "2.0"], check=True)
+    subprocess.run(["sox", str(d / "padded.wav"), str(second), "-b", "16", str(two_parts)], check=True)
+    silence = d / "silence.wav"
+    with wave.open(str(silence), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\0\0" * 12000)
+    extensible = d / "extensible.wav"
+    write_extensible(digits, extensible)
+    at_16k = synth("잔액을 확인하고 싶어요", d / "balance16k.wav", rate=16000)
+    return Clips(balance, yes, digits, two_parts, first_s, silence, extensible, at_16k)
+
+
+def write_extensible(src: Path, dst: Path) -> None:
+    with wave.open(str(src)) as w:
+        rate, frames = w.getframerate(), w.readframes(w.getnframes())
+    pcm_guid = bytes.fromhex("0100000000001000800000aa00389b71")
+    fmt = struct.pack("<HHIIHHHHI", 0xFFFE, 1, rate, rate * 2, 2, 16, 22, 16, 4) + pcm_guid
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(frames)) + frames
+    dst.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+
+
+@pytest.fixture(scope="session")
+def recognizer() -> VoskRecognizer:
+    """The Korean model, loaded once for the whole test session (~2 s, ~530 MB), dither off."""
+    rec = VoskRecognizer(Settings(asr_dither=False))
+    with ThreadPoolExecutor(2) as pool:  # two first users at once still load it once
+        list(pool.map(rec.load, ["ko-KR", "ko-KR"]))
+    assert rec.loaded_locales() == ("ko-KR",)
+    return rec
+
+
+@pytest.fixture(scope="session")
+def ko_grammars() -> dict[Expect, list[str]]:
+    examples = {
+        "affirm": ["네", "예 맞아"],
+        "deny": ["아니요"],
+        "check_balance": ["잔액 확인", "잔액을 알려주세요"],
+        "request_human": ["상담원 연결"],
+    }
+    return build_grammars(examples, "ko-KR")
+
+
+@pytest.mark.audio
+def test_without_dither_the_same_audio_gives_the_same_result(
+    recognizer: VoskRecognizer, clips: Clips, ko_grammars: dict[Expect, list[str]]
+) -> None:
+    # free recognition costs ~10x grammar decoding: one short clip is enough for it
+    free = recognizer.transcribe(clips.digits, "ko-KR")
+    assert free.words, "the model returned no words at all for speech"
+    assert recognizer.transcribe(clips.digits, "ko-KR") == free
+    for wav in clips.speech():
+        first = recognizer.transcribe(wav, "ko-KR", ko_grammars[Expect.SPEECH])
+        assert first.words, f"{wav.name}: the model returned no words at all for speech"
+        assert recognizer.transcribe(wav, "ko-KR", ko_grammars[Expect.SPEECH]) == first
+
+
+@pytest.mark.audio
+def test_grammar_results_hold_only_grammar_words(
+    recognizer: VoskRecognizer, clips: Clips, ko_grammars: dict[Expect, list[str]]
+) -> None:
+    for expect, grammar in ko_grammars.items():
+        allowed = {w for p in grammar for w in p.split()} - {"<UNK>"}
+        for wav in clips.speech():
+            result = recognizer.transcribe(wav, "ko-KR", grammar)
+            assert {w.word for w in result.words} <= allowed | {UNK_WORD}, (expect, wav.name, result)
+            assert set(result.text.split()) <= allowed
+            assert "<UNK>" not in result.text
+            known = [w for w in result.words if w.word != UNK_WORD]
+            assert result.text == " ".join(w.word for w in known)
+            mean = sum(w.confidence for w in known) / len(result.words) if result.words else 0.0
+            assert result.confidence == pytest.approx(mean, abs=1e-6)
+            assert 0.0 <= result.confidence <= 1.0
+
+
+@pytest.mark.audio
+def test_spoken_digits_under_the_digits_grammar(
+    recognizer: VoskRecognizer, clips: Clips, ko_grammars: dict[Expect, list[str]]
+) -> None:
+    result = recognizer.transcribe(clips.digits, "ko-KR", ko_grammars[Expect.DIGITS])
+    digit_words = [w.word for w in result.words if w.word in DIGIT_WORDS["ko-KR"]]
+    assert digit_words, f"no digit word recognized under the digits grammar: {result}"
+    digits = digits_from_words(result.text, "ko-KR")
+    assert digits == "".join(DIGIT_WORDS["ko-KR"][w] for w in digit_words)
+    assert digits.isdigit()
+
+
+@pytest.mark.audio
+def test_silence_gives_no_text_and_no_confidence(recognizer: VoskRecognizer, clips: Clips) -> None:
+    for grammar in (None, ["네", "아니요"]):
+        result = recognizer.transcribe(clips.silence, "ko-KR", grammar)
+        assert result == Recognition(text="", confidence=0.0, words=())
+        assert heard_nothing(result)
+
+
+@pytest.mark.audio
+def test_word_timings_fit_the_8khz_recording_and_both_parts_are_kept(
+    recognizer: VoskRecognizer, clips: Clips
+) -> None:
+    result = recognizer.transcribe(clips.two_parts, "ko-KR", ["잔액 확인", "대출 상환", "날짜", "알려 주세요", "<UNK>"])
+    total = duration_s(clips.two_parts)
+    for w in result.words:
+        assert 0.0 <= w.start_s <= w.end_s <= total + 0.05
+    # the pause ends the first utterance inside Vosk; the words after it are still in the result
+    assert any(w.end_s <= clips.first_part_s - 2.0 + 0.1 for w in result.words)
+    assert any(w.start_s >= clips.first_part_s - 0.3 for w in result.words)
+
+
+@pytest.mark.audio
+def test_other_pcm_layouts_and_rates_are_accepted(recognizer: VoskRecognizer, clips: Clips) -> None:
+    grammar = [*DIGIT_WORDS["ko-KR"], "잔액 확인", "<UNK>"]
+    assert recognizer.transcribe(clips.extensible, "ko-KR", grammar) == recognizer.transcribe(
+        clips.digits, "ko-KR", grammar
+    )
+    result = recognizer.transcribe(clips.at_16k, "ko-KR", grammar)
+    assert result.words and all(w.end_s <= duration_s(clips.at_16k) + 0.05 for w in result.words)
+
+
+@pytest.fixture
+def bad_files(tmp_path: Path, clips: Clips) -> Iterator[dict[str, Path]]:
+    files = {"text": tmp_path / "notes.wav", "stereo": tmp_path / "stereo.wav", "8bit": tmp_path / "8bit.wav",
+             "alaw": tmp_path / "alaw.wav", "missing": tmp_path / "missing.wav", "empty": tmp_path / "empty.wav"}
+    files["text"].write_text("this is not audio", encoding="utf-8")
+    files["empty"].write_bytes(b"")
+    subprocess.run(["sox", str(clips.yes), "-c", "2", str(files["stereo"])], check=True)
+    subprocess.run(["sox", str(clips.yes), "-b", "8", "-e", "unsigned-integer", str(files["8bit"])], check=True)
+    subprocess.run(["sox", str(clips.yes), "-e", "a-law", str(files["alaw"])], check=True)
+    yield files
+
+
+@pytest.mark.audio
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [("text", "not a WAV file"), ("empty", "not a WAV file"), ("missing", "no such audio file"),
+     ("stereo", "expected a mono 16-bit PCM WAV at 8-48 kHz, got 2 channels"), ("8bit", "got 8-bit samples"),
+     ("alaw", "format A-law")],
+)
+def test_unusable_files_raise_an_error_naming_the_file(
+    recognizer: VoskRecognizer, bad_files: dict[str, Path], kind: str, message: str
+) -> None:
+    path = bad_files[kind]
+    with pytest.raises(RecognizerError, match=message) as info:
+        recognizer.transcribe(path, "ko-KR")
+    assert str(info.value).startswith(f"{path}: ")
+
+
+@pytest.mark.audio
+def test_a_model_that_fails_to_load_raises_recognizer_errors(tmp_path: Path, clips: Clips) -> None:
+    (tmp_path / "not-a-model").mkdir()
+    rec = VoskRecognizer(Settings(asr_dither=False),
+                         model_dirs={"ko-KR": tmp_path / "not-a-model", "en-US": tmp_path / "nowhere"})
+    for _ in range(2):  # the failure is remembered, not retried at every call
+        with pytest.raises(RecognizerError, match="not-a-model: the ko-KR speech model failed to load"):
+            rec.transcribe(clips.yes, "ko-KR")
+    with pytest.raises(RecognizerError, match="nowhere: the en-US speech model is not there"):
+        rec.load("en-US")
+    with pytest.raises(RecognizerError, match="no Vosk model is registered for locale 'xx-XX'"):
+        rec.transcribe(clips.yes, "xx-XX")
+    assert rec.loaded_locales() == ()
+
+
+@pytest.mark.audio
+def test_parallel_decoding_on_the_shared_model_matches_sequential(
+    recognizer: VoskRecognizer, clips: Clips, ko_grammars: dict[Expect, list[str]]
+) -> None:
+    jobs = [(wav, g) for wav in clips.speech() for g in (ko_grammars[Expect.SPEECH], ko_grammars[Expect.YES_NO])]
+    jobs.append((clips.yes, None))
+    sequential = [recognizer.transcribe(wav, "ko-KR", g) for wav, g in jobs]
+    with ThreadPoolExecutor(2) as pool:
+        parallel = list(pool.map(lambda job: recognizer.transcribe(job[0], "ko-KR", job[1]), jobs))
+    assert parallel == sequential
+
+
+@pytest.mark.audio
+def test_model_word_lookup_agrees_with_the_vocabulary(recognizer: VoskRecognizer, ko_vocabulary: set[str]) -> None:
+    for word in ("네", "아니요", "<UNK>", "[unk]", "맞아요", "[일]"):
+        assert recognizer.has_word("ko-KR", word) == (word in ko_vocabulary)
+
+
+@pytest.mark.audio
+def test_transcribe_command_prints_what_the_recognizer_returned(recognizer: VoskRecognizer, clips: Clips) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    missing = clips.yes.with_name("nope.wav")
+    status = commands.transcribe_files(recognizer, [clips.yes, missing, clips.digits], "ko-KR", ["네", "사"],
+                                       as_json=True, out=out, err=err)
+    assert status == 1
+    assert f"{missing}: no such audio file" in err.getvalue()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["file"] for line in lines] == [str(clips.yes), str(clips.digits)]
+    for line, wav in zip(lines, [clips.yes, clips.digits], strict=True):
+        expected = recognizer.transcribe(wav, "ko-KR", ["네", "사"])
+        assert line["text"] == expected.text and line["confidence"] == expected.confidence
+        assert [(w["word"], w["confidence"], w["start_s"], w["end_s"]) for w in line["words"]] == [
+            (w.word, w.confidence, w.start_s, w.end_s) for w in expected.words
+        ]
+    out = io.StringIO()
+    assert commands.transcribe_files(recognizer, [clips.silence], "ko-KR", None, out=out) == 0
+    assert "(nothing recognized)" in out.getvalue()
+
+
+@pytest.mark.audio
+def test_eval_scores_the_real_output_against_references(
+    recognizer: VoskRecognizer, clips: Clips, tmp_path: Path
+) -> None:
+    d = tmp_path / "eval"
+    d.mkdir()
+    for name, wav, ref in [("a", clips.balance, "잔액을 확인하고 싶어요"), ("b", clips.yes, "네"),
+                           ("c", clips.digits, "사 팔 이 일")]:
+        shutil.copy(wav, d / f"{name}.wav")
+        (d / f"{name}.txt").write_text(ref + "\n", encoding="utf-8")
+    (d / "broken.wav").write_text("not audio", encoding="utf-8")
+    (d / "broken.txt").write_text("네 네", encoding="utf-8")
+    shutil.copy(clips.yes, d / "unreferenced.wav")
+
+    grammar = ["잔액을 확인하고 싶어요", "네", *DIGIT_WORDS["ko-KR"], "<UNK>"]
+    report = evaluate_dir(d, recognizer, "ko-KR", grammar)
+    assert [f.wav.name for f in report.files] == ["a.wav", "b.wav", "broken.wav", "c.wav"]
+    assert [p.name for p in report.unreferenced] == ["unreferenced.wav"]
+    for f in report.files:
+        if f.wav.name == "broken.wav":
+            assert "not a WAV file" in f.error and f.errors == f.ref_units == 2 and not f.sentence_ok
+            continue
+        hyp = recognizer.transcribe(f.wav, "ko-KR", grammar).text
+        assert f.hypothesis == hyp
+        assert f.errors == edit_distance(tokens(f.reference, "ko-KR"), tokens(hyp, "ko-KR"))
+        assert f.sentence_ok == (tokens(f.reference, "ko-KR") == tokens(hyp, "ko-KR"))
+    assert report.ref_units == 3 + 1 + 2 + 4
+    assert report.error_rate == pytest.approx(report.errors / report.ref_units)
+    assert report.sentence_error_rate == sum(not f.sentence_ok for f in report.files) / 4
+
+    out = io.StringIO()
+    commands.print_report(report, out=out)
+    assert f"WER {100 * report.error_rate:.1f}%" in out.getvalue()
+    assert "without a .txt reference: unreferenced.wav" in out.getvalue()
