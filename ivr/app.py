@@ -137,11 +137,13 @@ class Robot:
             await self.health.stop()
         for closer in self.closers:
             close = getattr(closer, "close", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    result = close()
-                    if asyncio.iscoroutine(result):
-                        await result
+            if close is None:
+                continue
+            with contextlib.suppress(Exception):
+                if inspect.iscoroutinefunction(close):
+                    await close()
+                else:
+                    await asyncio.to_thread(close)  # e.g. the TTS worker process: blocking
 
 
 def build_robot(

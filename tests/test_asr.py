@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -28,6 +29,8 @@ from ivr.asr.grammar import (
     GrammarError,
     build_grammars,
     check_grammars,
+    check_locale_grammars,
+    load_grammars,
     load_nlu_examples,
     missing_words,
     model_vocabulary,
@@ -115,7 +118,7 @@ def test_nlu_examples_are_read_by_intent_without_entity_annotations(dialogs: Pat
 def test_broken_nlu_data_is_reported_with_its_file(dialogs: Path) -> None:
     nlu = dialogs / "ko-KR" / "data" / "nlu.yml"
     nlu.write_text("nlu:\n- intent: x\n  examples: |\n    - a\n   bad: [\n", encoding="utf-8")
-    with pytest.raises(GrammarError, match=str(nlu)):
+    with pytest.raises(GrammarError, match=re.escape(str(nlu))):
         load_nlu_examples(dialogs, "ko-KR")
     with pytest.raises(GrammarError, match="no NLU data"):
         load_nlu_examples(dialogs, "en-US")
@@ -137,6 +140,28 @@ def test_grammars_per_expectation(dialogs: Path) -> None:
     en = build_grammars({"affirm": ["Yes, please!"]}, "en-US")
     assert "yes please" in en[Expect.YES_NO] and en[Expect.YES_NO][-1] == "[unk]"
     assert "double" in en[Expect.DIGITS]
+
+
+def test_written_digits_become_spoken_digit_words_and_carrier_phrases_join_the_digits_grammar() -> None:
+    examples = {"inform_digits": ["4821", "the last four are 7 3 0 5"], "human": ["agent"], "greet": ["hi"]}
+    grammars = build_grammars(examples, "en-US")
+    assert "four eight two one" in grammars[Expect.DIGITS]
+    assert "the last four are seven three zero five" in grammars[Expect.DIGITS]
+    assert "agent" in grammars[Expect.DIGITS] and "agent" in grammars[Expect.YES_NO]
+    assert "hi" not in grammars[Expect.DIGITS] and "hi" in grammars[Expect.SPEECH]
+    assert {"zero", "nine", "double"} <= set(grammars[Expect.SPEECH])
+    assert phrase("6193", "ko-KR") == "육 일 구 삼"
+    assert phrase("尾号4821", "zh-CN", {"尾号", "四", "八", "二", "一"}) == "尾号 四 八 二 一"
+
+
+def test_load_grammars_reads_the_settings_dialogs(dialogs: Path, tmp_path: Path) -> None:
+    settings = Settings(dialogs_dir=dialogs, models_dir=tmp_path / "models")
+    assert load_grammars(settings, "ko-KR") == build_grammars(load_nlu_examples(dialogs, "ko-KR"), "ko-KR")
+    zh = dialogs / "zh-CN" / "data"
+    zh.mkdir(parents=True)
+    (zh / "nlu.yml").write_text("nlu:\n- intent: ask_balance\n  examples: |\n    - 查余额\n", encoding="utf-8")
+    # the Chinese model is not pulled here: jieba's segmentation alone
+    assert "查 余额" in load_grammars(settings, "zh-CN")[Expect.SPEECH]
 
 
 def test_chinese_phrases_are_segmented_into_model_words() -> None:
@@ -166,14 +191,17 @@ def test_words_txt_is_used_when_a_model_has_one(tmp_path: Path) -> None:
     (tmp_path / "graph").mkdir()
     (tmp_path / "graph" / "words.txt").write_text("<eps> 0\nhello 1\nworld 2\n", encoding="utf-8")
     assert model_vocabulary(tmp_path) == {"<eps>", "hello", "world"}
-    with pytest.raises(GrammarError, match="no graph/words.txt and no graph/Gr.fst"):
+    with pytest.raises(GrammarError, match=r"no graph/words\.txt and no graph/Gr\.fst"):
         model_vocabulary(tmp_path / "graph")
 
 
 def test_vocabulary_check_lists_the_words_the_model_lacks(ko_vocabulary: set[str]) -> None:
     assert missing_words(["네 맞아요", "잔액 확인", "틀려요 맞아요"], ko_vocabulary) == ["맞아요", "틀려요"]
     problems = check_grammars(
-        {"affirm": ["네", "네 맞아요"], "check_balance": ["잔액 확인"]}, "ko-KR", ko_vocabulary, source="nlu.yml"
+        {"affirm": ["네", "네 맞아요"], "check_balance": ["잔액 확인"]},
+        "ko-KR",
+        ko_vocabulary,
+        source="nlu.yml",
     )
     assert problems == [
         "nlu.yml: intent affirm, example '네 맞아요': not in the ko-KR model's vocabulary: 맞아요"
@@ -182,6 +210,17 @@ def test_vocabulary_check_lists_the_words_the_model_lacks(ko_vocabulary: set[str
     problems = check_grammars({}, "ko-KR", {"네"})
     assert any("'아니요'" in p for p in problems)
     assert problems[-1] == "unknown-word token '<UNK>': not in the ko-KR model's vocabulary"
+
+
+def test_locale_check_uses_the_installed_model(dialogs: Path, tmp_path: Path) -> None:
+    settings = Settings(dialogs_dir=dialogs, models_dir=tmp_path / "models")
+    nlu = dialogs / "ko-KR" / "data" / "nlu.yml"
+    nlu.write_text(KO_NLU.replace("- 잔액 확인", "- 잔액 확인 맞아요"), encoding="utf-8")
+    assert check_locale_grammars(settings, "ko-KR") == [
+        f"{nlu}: intent check_balance, example '잔액 확인 맞아요': not in the ko-KR model's vocabulary: 맞아요"
+    ]
+    (problem,) = check_locale_grammars(settings, "en-US")
+    assert problem.startswith("en-US: speech model not available") and "ivr models pull en-US" in problem
 
 
 # ---------------------------------------------------------------- results and error rates
@@ -202,8 +241,14 @@ def test_unknown_words_stay_out_of_the_text_and_count_as_zero_confidence() -> No
 
 @pytest.mark.parametrize(
     ("ref", "hyp", "errors"),
-    [("a b c", "a b c", 0), ("a b c", "a x c", 1), ("a b c", "a c", 1), ("a b", "a b c d", 2), ("", "a", 1),
-     ("a b c", "", 3)],
+    [
+        ("a b c", "a b c", 0),
+        ("a b c", "a x c", 1),
+        ("a b c", "a c", 1),
+        ("a b", "a b c d", 2),
+        ("", "a", 1),
+        ("a b c", "", 3),
+    ],
 )
 def test_edit_distance(ref: str, hyp: str, errors: int) -> None:
     assert edit_distance(ref.split(), hyp.split()) == errors
@@ -217,7 +262,11 @@ def test_error_units_per_locale() -> None:
 
 @pytest.mark.parametrize(
     ("value", "phrases"),
-    [("네, 아니요", ["네", "아니요"]), ('["잔액 확인", "네"]', ["잔액 확인", "네"]), ("是，不是", ["是", "不是"])],
+    [
+        ("네, 아니요", ["네", "아니요"]),
+        ('["잔액 확인", "네"]', ["잔액 확인", "네"]),
+        ("是，不是", ["是", "不是"]),
+    ],
 )
 def test_grammar_option(value: str, phrases: list[str]) -> None:
     assert commands.parse_grammar(value) == phrases
@@ -260,8 +309,11 @@ class Clips:
 def synth(text: str, out: Path, rate: int = 8000) -> Path:
     raw = out.with_suffix(".espeak.wav")
     subprocess.run(["espeak-ng", "-v", "ko", "-w", str(raw), text], check=True, capture_output=True)
-    subprocess.run(["sox", str(raw), "-r", str(rate), "-c", "1", "-b", "16", "-e", "signed-integer", str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["sox", str(raw), "-r", str(rate), "-c", "1", "-b", "16", "-e", "signed-integer", str(out)],
+        check=True,
+        capture_output=True,
+    )
     raw.unlink()
     return out
 
@@ -299,7 +351,15 @@ def write_extensible(src: Path, dst: Path) -> None:
         rate, frames = w.getframerate(), w.readframes(w.getnframes())
     pcm_guid = bytes.fromhex("0100000000001000800000aa00389b71")
     fmt = struct.pack("<HHIIHHHHI", 0xFFFE, 1, rate, rate * 2, 2, 16, 22, 16, 4) + pcm_guid
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(frames)) + frames
+    body = (
+        b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", len(fmt))
+        + fmt
+        + b"data"
+        + struct.pack("<I", len(frames))
+        + frames
+    )
     dst.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
 
 
@@ -380,7 +440,9 @@ def test_silence_gives_no_text_and_no_confidence(recognizer: VoskRecognizer, cli
 def test_word_timings_fit_the_8khz_recording_and_both_parts_are_kept(
     recognizer: VoskRecognizer, clips: Clips
 ) -> None:
-    result = recognizer.transcribe(clips.two_parts, "ko-KR", ["잔액 확인", "대출 상환", "날짜", "알려 주세요", "<UNK>"])
+    result = recognizer.transcribe(
+        clips.two_parts, "ko-KR", ["잔액 확인", "대출 상환", "날짜", "알려 주세요", "<UNK>"]
+    )
     total = duration_s(clips.two_parts)
     for w in result.words:
         assert 0.0 <= w.start_s <= w.end_s <= total + 0.05
@@ -401,12 +463,20 @@ def test_other_pcm_layouts_and_rates_are_accepted(recognizer: VoskRecognizer, cl
 
 @pytest.fixture
 def bad_files(tmp_path: Path, clips: Clips) -> Iterator[dict[str, Path]]:
-    files = {"text": tmp_path / "notes.wav", "stereo": tmp_path / "stereo.wav", "8bit": tmp_path / "8bit.wav",
-             "alaw": tmp_path / "alaw.wav", "missing": tmp_path / "missing.wav", "empty": tmp_path / "empty.wav"}
+    files = {
+        "text": tmp_path / "notes.wav",
+        "stereo": tmp_path / "stereo.wav",
+        "8bit": tmp_path / "8bit.wav",
+        "alaw": tmp_path / "alaw.wav",
+        "missing": tmp_path / "missing.wav",
+        "empty": tmp_path / "empty.wav",
+    }
     files["text"].write_text("this is not audio", encoding="utf-8")
     files["empty"].write_bytes(b"")
     subprocess.run(["sox", str(clips.yes), "-c", "2", str(files["stereo"])], check=True)
-    subprocess.run(["sox", str(clips.yes), "-b", "8", "-e", "unsigned-integer", str(files["8bit"])], check=True)
+    subprocess.run(
+        ["sox", str(clips.yes), "-b", "8", "-e", "unsigned-integer", str(files["8bit"])], check=True
+    )
     subprocess.run(["sox", str(clips.yes), "-e", "a-law", str(files["alaw"])], check=True)
     yield files
 
@@ -414,9 +484,14 @@ def bad_files(tmp_path: Path, clips: Clips) -> Iterator[dict[str, Path]]:
 @pytest.mark.audio
 @pytest.mark.parametrize(
     ("kind", "message"),
-    [("text", "not a WAV file"), ("empty", "not a WAV file"), ("missing", "no such audio file"),
-     ("stereo", "expected a mono 16-bit PCM WAV at 8-48 kHz, got 2 channels"), ("8bit", "got 8-bit samples"),
-     ("alaw", "format A-law")],
+    [
+        ("text", "not a WAV file"),
+        ("empty", "not a WAV file"),
+        ("missing", "no such audio file"),
+        ("stereo", "expected a mono 16-bit PCM WAV at 8-48 kHz, got 2 channels"),
+        ("8bit", "got 8-bit samples"),
+        ("alaw", "format A-law"),
+    ],
 )
 def test_unusable_files_raise_an_error_naming_the_file(
     recognizer: VoskRecognizer, bad_files: dict[str, Path], kind: str, message: str
@@ -430,8 +505,10 @@ def test_unusable_files_raise_an_error_naming_the_file(
 @pytest.mark.audio
 def test_a_model_that_fails_to_load_raises_recognizer_errors(tmp_path: Path, clips: Clips) -> None:
     (tmp_path / "not-a-model").mkdir()
-    rec = VoskRecognizer(Settings(asr_dither=False),
-                         model_dirs={"ko-KR": tmp_path / "not-a-model", "en-US": tmp_path / "nowhere"})
+    rec = VoskRecognizer(
+        Settings(asr_dither=False),
+        model_dirs={"ko-KR": tmp_path / "not-a-model", "en-US": tmp_path / "nowhere"},
+    )
     for _ in range(2):  # the failure is remembered, not retried at every call
         with pytest.raises(RecognizerError, match="not-a-model: the ko-KR speech model failed to load"):
             rec.transcribe(clips.yes, "ko-KR")
@@ -446,7 +523,9 @@ def test_a_model_that_fails_to_load_raises_recognizer_errors(tmp_path: Path, cli
 def test_parallel_decoding_on_the_shared_model_matches_sequential(
     recognizer: VoskRecognizer, clips: Clips, ko_grammars: dict[Expect, list[str]]
 ) -> None:
-    jobs = [(wav, g) for wav in clips.speech() for g in (ko_grammars[Expect.SPEECH], ko_grammars[Expect.YES_NO])]
+    jobs: list[tuple[Path, list[str] | None]] = [
+        (wav, g) for wav in clips.speech() for g in (ko_grammars[Expect.SPEECH], ko_grammars[Expect.YES_NO])
+    ]
     jobs.append((clips.yes, None))
     sequential = [recognizer.transcribe(wav, "ko-KR", g) for wav, g in jobs]
     with ThreadPoolExecutor(2) as pool:
@@ -455,17 +534,22 @@ def test_parallel_decoding_on_the_shared_model_matches_sequential(
 
 
 @pytest.mark.audio
-def test_model_word_lookup_agrees_with_the_vocabulary(recognizer: VoskRecognizer, ko_vocabulary: set[str]) -> None:
+def test_model_word_lookup_agrees_with_the_vocabulary(
+    recognizer: VoskRecognizer, ko_vocabulary: set[str]
+) -> None:
     for word in ("네", "아니요", "<UNK>", "[unk]", "맞아요", "[일]"):
         assert recognizer.has_word("ko-KR", word) == (word in ko_vocabulary)
 
 
 @pytest.mark.audio
-def test_transcribe_command_prints_what_the_recognizer_returned(recognizer: VoskRecognizer, clips: Clips) -> None:
+def test_transcribe_command_prints_what_the_recognizer_returned(
+    recognizer: VoskRecognizer, clips: Clips
+) -> None:
     out, err = io.StringIO(), io.StringIO()
     missing = clips.yes.with_name("nope.wav")
-    status = commands.transcribe_files(recognizer, [clips.yes, missing, clips.digits], "ko-KR", ["네", "사"],
-                                       as_json=True, out=out, err=err)
+    status = commands.transcribe_files(
+        recognizer, [clips.yes, missing, clips.digits], "ko-KR", ["네", "사"], as_json=True, out=out, err=err
+    )
     assert status == 1
     assert f"{missing}: no such audio file" in err.getvalue()
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
@@ -487,8 +571,11 @@ def test_eval_scores_the_real_output_against_references(
 ) -> None:
     d = tmp_path / "eval"
     d.mkdir()
-    for name, wav, ref in [("a", clips.balance, "잔액을 확인하고 싶어요"), ("b", clips.yes, "네"),
-                           ("c", clips.digits, "사 팔 이 일")]:
+    for name, wav, ref in [
+        ("a", clips.balance, "잔액을 확인하고 싶어요"),
+        ("b", clips.yes, "네"),
+        ("c", clips.digits, "사 팔 이 일"),
+    ]:
         shutil.copy(wav, d / f"{name}.wav")
         (d / f"{name}.txt").write_text(ref + "\n", encoding="utf-8")
     (d / "broken.wav").write_text("not audio", encoding="utf-8")

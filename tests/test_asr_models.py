@@ -78,7 +78,9 @@ def site() -> Iterator[Site]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     state.url = f"http://127.0.0.1:{server.server_address[1]}/models/"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="model-site", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="model-site", daemon=True
+    )
     thread.start()
     try:
         yield state
@@ -111,8 +113,13 @@ def ko_archive() -> Archive:
 
 def archive_spec(archive: Archive, **changes: object) -> ModelSpec:
     values: dict[str, object] = dict(
-        locale="ko-KR", name=ARCHIVE_NAME, kind="site", unk_token="<UNK>", archive=f"{ARCHIVE_NAME}.zip",
-        size_bytes=len(archive.data), sha256=archive.sha256,
+        locale="ko-KR",
+        name=ARCHIVE_NAME,
+        kind="site",
+        unk_token="<UNK>",
+        archive=f"{ARCHIVE_NAME}.zip",
+        size_bytes=len(archive.data),
+        sha256=archive.sha256,
     )
     values.update(changes)
     return ModelSpec(**values)  # type: ignore[arg-type]
@@ -181,11 +188,15 @@ def test_truncated_download_fails_and_leaves_no_model_and_no_temp_files(
     assert leftovers(dest) == []
 
 
-def test_download_shorter_than_the_recorded_size_fails(site: Site, ko_archive: Archive, tmp_path: Path) -> None:
+def test_download_shorter_than_the_recorded_size_fails(
+    site: Site, ko_archive: Archive, tmp_path: Path
+) -> None:
     short = ko_archive.data[:-1000]  # the server is consistent with itself, not with the registry
     site.serve(f"{ARCHIVE_NAME}.zip", short)
     dest = tmp_path / "vosk"
-    with pytest.raises(ModelError, match=rf"wrong size: got {len(short)} bytes, expected {len(ko_archive.data)}"):
+    with pytest.raises(
+        ModelError, match=rf"wrong size: got {len(short)} bytes, expected {len(ko_archive.data)}"
+    ):
         pull_spec(archive_spec(ko_archive), dest, site.url)
     assert leftovers(dest) == []
 
@@ -235,7 +246,9 @@ def small_zip(entries: dict[str, bytes]) -> bytes:
 def test_bad_archives_fail_cleanly(site: Site, tmp_path: Path, body: bytes, message: str) -> None:
     site.serve("bad.zip", body)
     dest = tmp_path / "vosk"
-    spec = ModelSpec(locale="ko-KR", name="bad", kind="site", unk_token="<UNK>", archive="bad.zip")  # no size/sha
+    spec = ModelSpec(
+        locale="ko-KR", name="bad", kind="site", unk_token="<UNK>", archive="bad.zip"
+    )  # no size/sha
     with pytest.raises(ModelError, match=message):
         pull_spec(spec, dest, site.url)
     assert leftovers(dest) == []

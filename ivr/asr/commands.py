@@ -34,7 +34,9 @@ def register(sub: Any) -> None:
     _decoding_options(p)
     p.add_argument("--json", action="store_true", help="one JSON object per file")
     p.set_defaults(handler=asr_transcribe)
-    p = asub.add_parser("eval", help="word and sentence error rates over a folder of WAVs with .txt references")
+    p = asub.add_parser(
+        "eval", help="word and sentence error rates over a folder of WAVs with .txt references"
+    )
     p.add_argument("directory", type=Path, metavar="DIR")
     _decoding_options(p)
     p.add_argument("--json", action="store_true", help="the report as JSON")
@@ -44,10 +46,16 @@ def register(sub: Any) -> None:
 def _decoding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--locale", choices=LOCALES, help="default: the locale setting")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--grammar", metavar="PHRASES",
-                   help="phrases separated by commas, a JSON list, or @FILE with one phrase per line")
-    g.add_argument("--expect", choices=["speech", "yes_no", "digits"],
-                   help="use the grammar the dialogue uses when it waits for this (from dialogs/<locale>)")
+    g.add_argument(
+        "--grammar",
+        metavar="PHRASES",
+        help="phrases separated by commas, a JSON list, or @FILE with one phrase per line",
+    )
+    g.add_argument(
+        "--expect",
+        choices=["speech", "yes_no", "digits"],
+        help="use the grammar the dialogue uses when it waits for this (from dialogs/<locale>)",
+    )
     p.add_argument("--model", type=Path, metavar="DIR", help="a model folder instead of the locale's")
     p.add_argument("--no-dither", action="store_true", help="reproducible results (as in tests and replays)")
 
@@ -64,8 +72,13 @@ def models_pull(args: argparse.Namespace, settings: Settings) -> int:
     from ivr.asr.models import ModelError, pull
 
     try:
-        path = pull(args.locale, settings, url_base=args.base_url, force=args.force,
-                    progress=None if args.quiet else sys.stderr)
+        path = pull(
+            args.locale,
+            settings,
+            url_base=args.base_url,
+            force=args.force,
+            progress=None if args.quiet else sys.stderr,
+        )
     except ModelError as exc:
         print(f"ivr models pull: error: {exc}", file=sys.stderr)
         return 1
@@ -78,8 +91,10 @@ def models_verify(args: argparse.Namespace, settings: Settings) -> int:
 
     unknown = [loc for loc in args.locales if loc not in LOCALES]
     if unknown:
-        print(f"ivr models verify: error: unknown locale {', '.join(unknown)} (known: {', '.join(LOCALES)})",
-              file=sys.stderr)
+        print(
+            f"ivr models verify: error: unknown locale {', '.join(unknown)} (known: {', '.join(LOCALES)})",
+            file=sys.stderr,
+        )
         return 2
     failed = False
     for st in statuses(settings):
@@ -103,8 +118,11 @@ def models_verify(args: argparse.Namespace, settings: Settings) -> int:
 def _recognizer(args: argparse.Namespace, settings: Settings, locale: str) -> Any:
     from ivr.asr.recognizer import VoskRecognizer
 
-    return VoskRecognizer(settings, model_dirs={locale: args.model} if args.model else None,
-                          dither=False if args.no_dither else None)
+    return VoskRecognizer(
+        settings,
+        model_dirs={locale: args.model} if args.model else None,
+        dither=False if args.no_dither else None,
+    )
 
 
 def parse_grammar(value: str) -> list[str]:
@@ -174,14 +192,33 @@ def transcribe_files(
             status = 1
             continue
         if as_json:
-            print(json.dumps({
-                "file": str(wav), "locale": locale, "grammar": grammar is not None,
-                "text": result.text, "confidence": result.confidence,
-                "words": [{"word": w.word, "confidence": w.confidence, "start_s": w.start_s, "end_s": w.end_s}
-                          for w in result.words],
-            }, ensure_ascii=False), file=out)
+            print(
+                json.dumps(
+                    {
+                        "file": str(wav),
+                        "locale": locale,
+                        "grammar": grammar is not None,
+                        "text": result.text,
+                        "confidence": result.confidence,
+                        "words": [
+                            {
+                                "word": w.word,
+                                "confidence": w.confidence,
+                                "start_s": w.start_s,
+                                "end_s": w.end_s,
+                            }
+                            for w in result.words
+                        ],
+                    },
+                    ensure_ascii=False,
+                ),
+                file=out,
+            )
         else:
-            print(f"{wav}: {result.text or '(nothing recognized)'}  [confidence {result.confidence:.2f}]", file=out)
+            print(
+                f"{wav}: {result.text or '(nothing recognized)'}  [confidence {result.confidence:.2f}]",
+                file=out,
+            )
             for w in result.words:
                 print(f"  {w.start_s:6.2f}-{w.end_s:6.2f}s  {w.confidence:.2f}  {w.word}", file=out)
     return status
@@ -208,27 +245,53 @@ def print_report(report: Any, *, as_json: bool = False, out: IO[str] | None = No
     out = out or sys.stdout
     rate_name = "CER" if report.unit == "character" else "WER"
     if as_json:
-        print(json.dumps({
-            "locale": report.locale, "unit": report.unit,
-            "error_rate": report.error_rate, "sentence_error_rate": report.sentence_error_rate,
-            "errors": report.errors, "reference_units": report.ref_units,
-            "files": [{"file": str(f.wav), "reference": f.reference, "hypothesis": f.hypothesis,
-                       "errors": f.errors, "reference_units": f.ref_units, "confidence": f.confidence,
-                       "error": f.error} for f in report.files],
-            "without_reference": [str(p) for p in report.unreferenced],
-        }, ensure_ascii=False, indent=2), file=out)
+        print(
+            json.dumps(
+                {
+                    "locale": report.locale,
+                    "unit": report.unit,
+                    "error_rate": report.error_rate,
+                    "sentence_error_rate": report.sentence_error_rate,
+                    "errors": report.errors,
+                    "reference_units": report.ref_units,
+                    "files": [
+                        {
+                            "file": str(f.wav),
+                            "reference": f.reference,
+                            "hypothesis": f.hypothesis,
+                            "errors": f.errors,
+                            "reference_units": f.ref_units,
+                            "confidence": f.confidence,
+                            "error": f.error,
+                        }
+                        for f in report.files
+                    ],
+                    "without_reference": [str(p) for p in report.unreferenced],
+                },
+                ensure_ascii=False,
+                indent=2,
+            ),
+            file=out,
+        )
         return
     for f in report.files:
         mark = "ok " if f.sentence_ok else ("ERR" if f.error else "   ")
         detail = f.error or f"heard: {f.hypothesis}"
-        print(f"{mark} {f.errors:3d}/{f.ref_units:<3d} {f.wav.name}  said: {f.reference}  | {detail}", file=out)
+        print(
+            f"{mark} {f.errors:3d}/{f.ref_units:<3d} {f.wav.name}  said: {f.reference}  | {detail}", file=out
+        )
     if report.unreferenced:
-        print(f"skipped {len(report.unreferenced)} WAV file(s) without a .txt reference: "
-              + ", ".join(p.name for p in report.unreferenced), file=out)
+        print(
+            f"skipped {len(report.unreferenced)} WAV file(s) without a .txt reference: "
+            + ", ".join(p.name for p in report.unreferenced),
+            file=out,
+        )
     if not report.files:
         print("no WAV file with a .txt reference", file=out)
         return
     bad = sum(not f.sentence_ok for f in report.files)
-    print(f"{rate_name} {100 * report.error_rate:.1f}% ({report.errors} errors / {report.ref_units} "
-          f"{report.unit}s), SER {100 * report.sentence_error_rate:.1f}% ({bad}/{len(report.files)} files)",
-          file=out)
+    print(
+        f"{rate_name} {100 * report.error_rate:.1f}% ({report.errors} errors / {report.ref_units} "
+        f"{report.unit}s), SER {100 * report.sentence_error_rate:.1f}% ({bad}/{len(report.files)} files)",
+        file=out,
+    )

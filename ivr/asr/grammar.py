@@ -23,14 +23,30 @@ from typing import BinaryIO
 import yaml
 
 from ivr.asr.digits import DIGIT_WORDS, REPEAT_WORDS
-from ivr.asr.models import MODELS
+from ivr.asr.models import MODELS, ModelError, model_path
+from ivr.config import Settings
 from ivr.parts import Expect
 
 logger = logging.getLogger(__name__)
 
 YES_NO_WORDS: Mapping[str, tuple[str, ...]] = {
-    "zh-CN": ("是", "是的", "对", "对的", "好", "好的", "嗯", "可以", "没错", "不是", "不对", "不", "不要", "没有",
-              "不用"),
+    "zh-CN": (
+        "是",
+        "是的",
+        "对",
+        "对的",
+        "好",
+        "好的",
+        "嗯",
+        "可以",
+        "没错",
+        "不是",
+        "不对",
+        "不",
+        "不要",
+        "没有",
+        "不用",
+    ),
     "en-US": ("yes", "yeah", "yep", "correct", "right", "sure", "okay", "no", "nope", "not", "wrong"),
     # all in the Korean model's vocabulary (맞아요, 틀려요, 아니에요 are not)
     "ko-KR": ("네", "예", "응", "그래요", "맞아", "좋아요", "아니", "아니요", "아니오", "아뇨", "아닙니다"),
@@ -38,9 +54,11 @@ YES_NO_WORDS: Mapping[str, tuple[str, ...]] = {
 
 # Rasa's conventional names for the answers to a yes/no question.
 YES_NO_INTENTS: tuple[str, ...] = ("affirm", "deny")
-# Intents a caller may say in any state (ask for a person, leave, hear it again): included in the
-# yes/no and digits grammars when the NLU data has them.
-ANYTIME_INTENTS: tuple[str, ...] = ("request_human", "human_handoff", "goodbye", "repeat")
+# Intents a caller may say in any state (ask for a person, leave, hear it again, go back): included
+# in the yes/no and digits grammars when the NLU data has them.
+ANYTIME_INTENTS: tuple[str, ...] = ("human", "request_human", "goodbye", "repeat", "go_back")
+# Intents whose examples carry digits ("the last four are 4 8 2 1"): included in the digits grammar.
+DIGITS_INTENTS: tuple[str, ...] = ("inform_digits",)
 
 _ENTITY = re.compile(r"\[([^\]]*)\](?:\([^)]*\)|\{[^}]*\})")
 _PUNCT = re.compile(r"[\s,.!?;:\"“”‘’()（）、，。！？；：…~·]+")
@@ -107,11 +125,22 @@ def load_nlu_examples(dialogs_dir: Path, locale: str) -> dict[str, list[str]]:
 def tokenize(text: str, locale: str, vocabulary: Collection[str] | None = None) -> list[str]:
     """The words of a phrase as the locale's model spells them."""
     if locale.startswith("zh"):
-        return _segment_zh(text, vocabulary)
-    words = [w for w in _PUNCT.split(text) if w]
-    if locale.startswith("en"):
-        words = [w.lower() for w in words]
-    return words
+        words = _segment_zh(text, vocabulary)
+    else:
+        words = [w for w in _PUNCT.split(text) if w]
+        if locale.startswith("en"):
+            words = [w.lower() for w in words]
+    return [spoken for w in words for spoken in _spell_digits(w, locale)]
+
+
+def _spell_digits(word: str, locale: str) -> list[str]:
+    """``4821`` → the locale's digit words (how a caller says an ID); other words unchanged."""
+    if not (word.isascii() and word.isdigit()):
+        return [word]
+    names: dict[str, str] = {}
+    for name, digit in DIGIT_WORDS.get(locale, {}).items():
+        names.setdefault(digit, name)  # the first word listed for each digit
+    return [names.get(d, d) for d in word]
 
 
 def _segment_zh(text: str, vocabulary: Collection[str] | None) -> list[str]:
@@ -165,15 +194,18 @@ def build_grammars(
     unk_token: str | None = None,
     yes_no_intents: Sequence[str] = YES_NO_INTENTS,
     anytime_intents: Sequence[str] = ANYTIME_INTENTS,
+    digits_intents: Sequence[str] = DIGITS_INTENTS,
 ) -> dict[Expect, list[str]]:
     """The recognizer grammar for each kind of answer the dialogue can wait for.
 
-    * SPEECH: every NLU example (any intent can follow a free question), plus the yes/no words;
-      left out when there are no examples, so the recognizer falls back to free recognition.
+    * SPEECH: every NLU example (any intent can follow a free question), plus the yes/no and digit
+      words; left out when there are no examples, so the recognizer falls back to free recognition.
     * YES_NO: the locale's yes/no words, the examples of ``yes_no_intents`` and ``anytime_intents``.
-    * DIGITS: the locale's digit words and the examples of ``anytime_intents`` (keypad covers the rest).
+    * DIGITS: the locale's digit words, the examples of ``digits_intents`` and ``anytime_intents``
+      (keypad covers the rest).
 
-    Each list ends with the model's unknown-word token.
+    Digits written in examples (``4821``) become the locale's digit words. Each list ends with the
+    model's unknown-word token. Intents missing from ``nlu_examples`` are simply skipped.
     """
     unk = unk_token or _unk(locale)
 
@@ -184,12 +216,25 @@ def build_grammars(
     anytime = phrases_of(anytime_intents)
     grammars: dict[Expect, list[str]] = {
         Expect.YES_NO: _unique([*yes_no, *phrases_of(yes_no_intents), *anytime, unk]),
-        Expect.DIGITS: _unique([*digit_grammar_words(locale), *anytime, unk]),
+        Expect.DIGITS: _unique([*digit_grammar_words(locale), *phrases_of(digits_intents), *anytime, unk]),
     }
     everything = phrases_of(nlu_examples)
     if everything:
-        grammars[Expect.SPEECH] = _unique([*everything, *yes_no, unk])
+        grammars[Expect.SPEECH] = _unique([*everything, *yes_no, *digit_grammar_words(locale), unk])
     return grammars
+
+
+def load_grammars(settings: Settings, locale: str) -> dict[Expect, list[str]]:
+    """``build_grammars`` over the locale's NLU data in ``settings.dialogs_dir``; for Chinese, segmented
+    against the installed model's vocabulary when the model is there (jieba's words otherwise).
+    Raises GrammarError when the NLU data is missing or malformed."""
+    vocabulary: set[str] | None = None
+    if locale.startswith("zh"):
+        try:
+            vocabulary = model_vocabulary(model_path(locale, settings))
+        except (GrammarError, ModelError) as exc:
+            logger.warning("%s grammars segmented without the model's vocabulary: %s", locale, exc)
+    return build_grammars(load_nlu_examples(settings.dialogs_dir, locale), locale, vocabulary=vocabulary)
 
 
 def _unk(locale: str) -> str:
@@ -288,10 +333,27 @@ def check_grammars(
                     f"{where}intent {intent}, example {example!r}: not in the {locale} model's vocabulary: "
                     + ", ".join(missing)
                 )
-    built_in = [phrase(w, locale, vocabulary) for w in YES_NO_WORDS.get(locale, ())] + digit_grammar_words(locale)
+    built_in = [phrase(w, locale, vocabulary) for w in YES_NO_WORDS.get(locale, ())] + digit_grammar_words(
+        locale
+    )
     for word in missing_words(built_in, vocabulary):
         problems.append(f"built-in yes/no or digit word {word!r}: not in the {locale} model's vocabulary")
     unk = unk_token or _unk(locale)
     if unk not in vocabulary:
         problems.append(f"unknown-word token {unk!r}: not in the {locale} model's vocabulary")
     return problems
+
+
+def check_locale_grammars(settings: Settings, locale: str) -> list[str]:
+    """``check_grammars`` for the locale's NLU data against its installed model, for ``ivr dialogs
+    validate``. A model that is not installed is reported (as one problem) instead of checked against."""
+    try:
+        path = model_path(locale, settings)
+        if not path.is_dir():
+            raise ModelError(f"{path}: not there (run: ivr models pull {locale})")
+        vocabulary = model_vocabulary(path)
+    except (GrammarError, ModelError) as exc:
+        return [f"{locale}: speech model not available, grammar words not checked: {exc}"]
+    files = nlu_files(settings.dialogs_dir, locale)
+    source = ", ".join(str(f) for f in files) or str(settings.dialogs_dir / locale / "data" / "nlu.yml")
+    return check_grammars(load_nlu_examples(settings.dialogs_dir, locale), locale, vocabulary, source=source)

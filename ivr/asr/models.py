@@ -97,7 +97,9 @@ def spec_for(locale: str) -> ModelSpec:
     try:
         return MODELS[locale]
     except KeyError:
-        raise ModelError(f"no Vosk model is registered for locale {locale!r} (known: {', '.join(MODELS)})") from None
+        raise ModelError(
+            f"no Vosk model is registered for locale {locale!r} (known: {', '.join(MODELS)})"
+        ) from None
 
 
 def base_url(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
@@ -200,10 +202,17 @@ def pull(
         path = package_model_path(spec)
         problems = model_problems(path)
         if problems:
-            raise ModelError(f"the {locale} model from package {spec.package!r} is broken: " + "; ".join(problems))
+            raise ModelError(
+                f"the {locale} model from package {spec.package!r} is broken: " + "; ".join(problems)
+            )
         return path
     return pull_spec(
-        spec, vosk_dir(settings), url_base or base_url(settings), force=force, progress=progress, timeout_s=timeout_s
+        spec,
+        vosk_dir(settings),
+        url_base or base_url(settings),
+        force=force,
+        progress=progress,
+        timeout_s=timeout_s,
     )
 
 
@@ -293,8 +302,16 @@ def _progress_bar(total: int | None, label: str, stream: IO[str] | None) -> Any:
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024, file=stream,
-              mininterval=0.5, leave=True) as bar:
+    with tqdm(
+        total=total,
+        desc=label,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=stream,
+        mininterval=0.5,
+        leave=True,
+    ) as bar:
         yield bar.update
 
 
@@ -344,7 +361,4 @@ def describe(statuses_: list[ModelStatus]) -> str:
         kind = " (pip package)" if st.kind == "package" else ""
         rows.append((st.locale, st.name + kind, state, where))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join(
-        f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows
-    )
-
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows)

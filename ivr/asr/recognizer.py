@@ -125,7 +125,9 @@ class VoskRecognizer:
             raise RecognizerError(str(exc)) from exc
         path = self.model_dir(locale)
         if not path.is_dir():
-            raise RecognizerError(f"{path}: the {locale} speech model is not there (run: ivr models pull {locale})")
+            raise RecognizerError(
+                f"{path}: the {locale} speech model is not there (run: ivr models pull {locale})"
+            )
         import vosk
 
         vosk.SetLogLevel(0 if logger.isEnabledFor(logging.DEBUG) else -2)
@@ -146,8 +148,13 @@ class VoskRecognizer:
             if copy is not None:
                 shutil.rmtree(copy, ignore_errors=True)
         elapsed = time.perf_counter() - started
-        logger.info("loaded the %s speech model from %s in %.1f s (dither %s)", locale, path, elapsed,
-                    "on" if self.dither else "off")
+        logger.info(
+            "loaded the %s speech model from %s in %.1f s (dither %s)",
+            locale,
+            path,
+            elapsed,
+            "on" if self.dither else "off",
+        )
         return model, unk, elapsed
 
     # ------------------------------------------------------------ decoding
@@ -191,8 +198,13 @@ class VoskRecognizer:
                 raise RecognizerError(f"{wav}: decoding failed: {exc}") from exc
         elapsed = time.perf_counter() - started
         duration = frames / rate if rate else 0.0
-        logger.debug("decoded %.2f s of audio in %.3f s (rtf %.3f, %s)", duration, elapsed,
-                     elapsed / duration if duration else 0.0, "grammar" if grammar_json else "free")
+        logger.debug(
+            "decoded %.2f s of audio in %.3f s (rtf %.3f, %s)",
+            duration,
+            elapsed,
+            elapsed / duration if duration else 0.0,
+            "grammar" if grammar_json else "free",
+        )
         return _recognition(raw)
 
 
@@ -239,8 +251,16 @@ def _unbracket(token: str) -> str:
     return token
 
 
-_FORMATS = {1: "PCM", 3: "IEEE float", 6: "A-law", 7: "mu-law", 0x11: "IMA ADPCM", 0x31: "GSM 6.10",
-            0x55: "MP3", 0xFFFE: "extensible"}
+_FORMATS = {
+    1: "PCM",
+    3: "IEEE float",
+    6: "A-law",
+    7: "mu-law",
+    0x11: "IMA ADPCM",
+    0x31: "GSM 6.10",
+    0x55: "MP3",
+    0xFFFE: "extensible",
+}
 
 
 class _WavReader:
@@ -258,7 +278,9 @@ class _WavReader:
         while True:
             chunk = f.read(8)
             if len(chunk) < 8:
-                raise RecognizerError(f"{path}: not a readable WAV file: " + ("no data chunk" if fmt else "no fmt chunk"))
+                raise RecognizerError(
+                    f"{path}: not a readable WAV file: " + ("no data chunk" if fmt else "no fmt chunk")
+                )
             cid, size = chunk[:4], int.from_bytes(chunk[4:], "little")
             if cid == b"fmt ":
                 fmt = f.read(size)
@@ -291,7 +313,9 @@ class _WavReader:
         if not MIN_RATE_HZ <= self.rate <= MAX_RATE_HZ:
             problems.append(f"{self.rate} Hz")
         if problems:
-            raise RecognizerError(f"{path}: expected a mono 16-bit PCM WAV at 8-48 kHz, got " + ", ".join(problems))
+            raise RecognizerError(
+                f"{path}: expected a mono 16-bit PCM WAV at 8-48 kHz, got " + ", ".join(problems)
+            )
         self.frames = self._remaining // 2
 
     def read(self, frames: int) -> bytes:

@@ -51,7 +51,7 @@ class AmiEvent:
         return self.get("Uniqueid")
 
 
-class _Client(AMIClient):  # type: ignore[misc]
+class _Client(AMIClient):
     """The package's client, with a blocking (timeout-free) socket for the listener thread."""
 
     def connect(self) -> None:
@@ -190,8 +190,13 @@ class AmiClient:
             raise AmiError(f"{action.name}: {keys.get('Message', 'error')}")
         return keys
 
-    def action(self, name: str, variables: Mapping[str, str] | None = None, **keys: str | int) -> dict[str, str]:
+    def action(self, name: str, *, variables: Mapping[str, str] | None = None, **keys: str | int) -> dict[str, str]:
         """Send one action and return its response's fields; ``Response: Error`` raises AmiError."""
+        return self.send(name, keys, variables)
+
+    def send(
+        self, name: str, keys: Mapping[str, str | int], variables: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         act = Action(name, {k: str(v) for k, v in keys.items()})
         if variables:
             act.variables = dict(variables)
@@ -231,20 +236,20 @@ class AmiClient:
             keys["ChannelId"] = channel_id
         if other_channel_id:
             keys["OtherChannelId"] = other_channel_id
-        return self.action("Originate", variables=variables, **keys)
+        return self.send("Originate", keys, variables)
 
     def setvar(self, name: str, value: str, channel: str | None = None) -> None:
         """Set a channel variable (channel name or uniqueid), or a global one without ``channel``."""
         keys = {"Variable": name, "Value": value}
         if channel:
             keys["Channel"] = channel
-        self.action("Setvar", **keys)
+        self.send("Setvar", keys)
 
     def getvar(self, name: str, channel: str | None = None) -> str:
         keys = {"Variable": name}
         if channel:
             keys["Channel"] = channel
-        return self.action("Getvar", **keys).get("Value", "")
+        return self.send("Getvar", keys).get("Value", "")
 
     def hangup(self, channel: str) -> None:
         self.action("Hangup", Channel=channel)
@@ -291,8 +296,10 @@ class AmiClient:
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
 
-    async def aaction(self, name: str, variables: Mapping[str, str] | None = None, **keys: str | int) -> dict[str, str]:
-        return await asyncio.to_thread(self.action, name, variables, **keys)
+    async def aaction(
+        self, name: str, *, variables: Mapping[str, str] | None = None, **keys: str | int
+    ) -> dict[str, str]:
+        return await asyncio.to_thread(lambda: self.action(name, variables=variables, **keys))
 
     async def asetvar(self, name: str, value: str, channel: str | None = None) -> None:
         await asyncio.to_thread(self.setvar, name, value, channel)

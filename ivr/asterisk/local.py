@@ -108,7 +108,7 @@ def config_values(
         hours = "*,*,*,*"  # the local queue is always open: test calls reach the test agent
     else:
         channels = [c.strip() for c in environ.get("IVR_QUEUE_MEMBERS", "").split(",") if c.strip()]
-        members = "\n".join(f"member => {c}" for c in channels) or (
+        members = "\n".join(f"member => {_checked('IVR_QUEUE_MEMBERS', c)}" for c in channels) or (
             "; no static members (IVR_QUEUE_MEMBERS was empty): agents join with AddQueueMember / QueueAdd"
         )
         hours = environ.get("IVR_OPEN_HOURS", "08:00-20:00,*,*,*")
@@ -131,7 +131,7 @@ def config_values(
         raise ValueError(f"IVR_SIP_PORT must be a port number, got {values['SIP_PORT']!r}")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", settings.ami_user):
         raise ValueError(f"ami_user must be letters, digits, '_', '.', '-', got {settings.ami_user!r}")
-    values["QUEUE_MEMBERS"] = "\n".join(_checked("IVR_QUEUE_MEMBERS", m) for m in members.split("\n"))
+    values["QUEUE_MEMBERS"] = members
     return values
 
 
@@ -344,7 +344,7 @@ class LocalAsterisk:
             self.settings, self.environ, local=True, ami_secret=ami_secret, sip_secret=sip_secret,
             mod_dir=self._mod_dir(),
         )
-        uid, gid = self.chroot_ids()
+        _uid, gid = self.chroot_ids()
         self.etc_dir.mkdir(parents=True, exist_ok=True)
         os.chown(self.etc_dir, 0, gid)
         os.chmod(self.etc_dir, 0o750)
@@ -395,12 +395,21 @@ class LocalAsterisk:
             _run(["mount", "--bind", str(host_dir), str(inside)], f"bind-mounting {host_dir} into the chroot")
 
     def _unmount_all(self) -> None:
-        for point in mounts_under(self.root):
+        points = mounts_under(self.root)
+        for point in points:
             if subprocess.run(["umount", str(point)], capture_output=True, check=False).returncode != 0:
                 _run(["umount", "-l", str(point)], f"unmounting {point}")
         left = mounts_under(self.root)
         if left:
             raise AsteriskError(f"could not unmount {', '.join(map(str, left))}")
+        for point in points:  # the empty mount points of the shared folders (rmdir: never removes content)
+            folder = point
+            while self.root in folder.parents and folder.parent != self.root:  # keeps the chroot's /tmp, /work...
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+                folder = folder.parent
 
     # ------------------------------------------------------------ process
     def pid(self) -> int | None:

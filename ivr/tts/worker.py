@@ -63,8 +63,8 @@ class Engine:
         import pyttsx3
 
         self._engine = pyttsx3.init("espeak")
-        # The driver's own setProperty applies at once; the engine's is queued behind the driver's
-        # busy flag and, measured, sometimes applied to the next utterance instead of this one.
+        # Properties go to the driver directly: the engine's setProperty is queued behind pyttsx3's busy
+        # flag and may run after this utterance has started. (espeak-ng's own FIFO: see _apply_rate.)
         self._driver = self._engine.proxy._driver
         self._done = threading.Event()
         self._engine.connect("finished-utterance", self._on_finished)
@@ -137,7 +137,7 @@ class Engine:
 
         with wave.open(str(raw), "rb") as check:
             if check.getnframes() == 0:
-                raise RuntimeError("espeak-ng produced no audio")
+                raise ValueError("espeak-ng produced no audio for this text")
         seg = AudioSegment.from_wav(str(raw)).set_channels(1).set_sample_width(2)
         samples = np.frombuffer(seg.raw_data, dtype=np.int16).astype(np.float32)
         filtered = np.convolve(samples, self._taps, mode="same")

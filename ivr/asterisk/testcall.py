@@ -1,0 +1,427 @@
+"""Call files placed as real calls through the local Asterisk (``ivr replay --asterisk``).
+
+For each call file, AMI originates ``Local/s@ivr-test-caller``: the Local channel's ``;1`` half runs
+the hotline context (answer, ``AGI(...)`` to the robot, transfer or hang-up), its ``;2`` half is the
+test caller (asterisk_conf/extensions_local.conf). The caller records what it hears (MixMonitor,
+``heard.wav``) and keeps sending silence between turns. Each time the robot starts a ``RECORD FILE``
+(an ``AGIExecStart`` event), the runner hands the caller its next turn (AMI ``Setvar`` + ``Redirect``):
+``say`` turns as speech synthesized to 8 kHz WAV beforehand, ``audio`` turns as given, ``dtmf`` with
+``SendDTMF``, ``silence`` as a silence file, ``hangup`` as a hang-up; with no turn left the caller hangs
+up, as in the replay harness. What the robot said is read from the ``.txt`` sidecar of each file it
+streams. The outcome comes from ``IVR_RESULT`` (``VarSet``), the dialplan's transfer to the human
+queue (``UserEvent IvrHuman``), or the caller's own hang-up. The report is the harness's ``CallReport``
+(plus the recordings and what the dialplan did), so ``expect`` checks work unchanged.
+
+The turn audio and the recordings live in ``<spool_dir>/testcalls/<call>/``: the spool is mounted at
+the same path inside Asterisk's chroot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import audioop
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+import wave
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ivr.asterisk.ami import AmiClient, AmiError, AmiEvent, AsyncSubscription
+from ivr.config import Settings
+from ivr.masking import mask_secret, mask_text
+from ivr.testing.callfile import CallFile, Turn
+from ivr.testing.harness import CallReport, copy_as_8k, parse_arguments, write_silence
+
+log = logging.getLogger(__name__)
+
+SpeechRenderer = Callable[[str, str], Awaitable[Path]]
+CALLER_CONTEXT = "ivr-test-caller"
+HOTLINE_CONTEXT = "ivr-hotline"
+IDLE_SILENCE_S = 10.0
+ESPEAK_VOICES = {"zh-CN": "cmn", "en-US": "en-us", "ko-KR": "ko"}
+PLAY_COMMANDS = ("STREAM FILE", "CONTROL STREAM FILE", "GET DATA", "GET OPTION")
+
+
+class TestCallError(RuntimeError):
+    """A test call could not be placed (AMI down, the local Asterisk not running, bad turn audio)."""
+
+    __test__ = False  # not a pytest test class
+
+
+@dataclass
+class AsteriskCallReport(CallReport):
+    """The harness's report plus what only a real Asterisk shows."""
+
+    agi_status: str = ""  # AGISTATUS when the dialplan got the call back ("" if the robot hung up)
+    reached_human: bool = False  # the dialplan put the caller through to the human queue
+    agent_answered: bool = False  # the (test) agent answered
+    dialplan_prompts: list[str] = field(default_factory=list)  # e.g. the apology played by the dialplan
+    heard_wav: Path | None = None  # what the caller heard (receive direction)
+    call_wav: Path | None = None  # both directions, mixed
+    heard_s: float = 0.0
+    heard_rms: int = 0  # RMS of heard.wav (16-bit), a quick "did the caller hear anything" figure
+    duration_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = super().to_json()
+        data.update(
+            agi_status=self.agi_status,
+            reached_human=self.reached_human,
+            agent_answered=self.agent_answered,
+            dialplan_prompts=self.dialplan_prompts,
+            heard_wav=str(self.heard_wav) if self.heard_wav else None,
+            heard_s=round(self.heard_s, 2),
+            duration_s=round(self.duration_s, 2),
+        )
+        return data
+
+
+# ---------------------------------------------------------------- caller speech
+async def espeak_speech(text: str, locale: str, out_dir: Path) -> Path:
+    """The caller's words with espeak-ng in the locale's voice, as an 8 kHz mono 16-bit WAV."""
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        raise TestCallError("espeak-ng is not installed (apt-get install espeak-ng): needed for 'say' turns")
+    voice = ESPEAK_VOICES.get(locale, "en-us")
+    fd, raw = tempfile.mkstemp(suffix=".wav", dir=out_dir)
+    os.close(fd)
+    # text goes as an argument list, never through a shell
+    result = await asyncio.to_thread(
+        subprocess.run, [espeak, "-v", voice, "-w", raw, "--", text], capture_output=True, check=False
+    )
+    if result.returncode != 0:
+        raise TestCallError(f"espeak-ng failed for voice {voice}: {result.stderr.decode(errors='replace')[:200]}")
+    return Path(raw)
+
+
+def wav_rms(path: Path) -> tuple[float, int]:
+    """Duration (s) and RMS of a 16-bit WAV."""
+    with wave.open(str(path), "rb") as w:
+        frames = w.readframes(w.getnframes())
+        width = w.getsampwidth()
+        duration = w.getnframes() / float(w.getframerate() or 8000)
+    return duration, audioop.rms(frames, width) if frames else 0
+
+
+# ---------------------------------------------------------------- one call
+class _Call:
+    """The runner's side of one test call: follows the AMI events of its two channels."""
+
+    def __init__(self, caller: AsteriskCaller, call: CallFile, tag: str, work: Path) -> None:
+        self.caller = caller
+        self.call = call
+        self.tag = tag
+        self.work = work
+        self.robot_id = f"{tag}-robot"  # the ;1 half, in the hotline context
+        self.caller_id = f"{tag}-caller"  # the ;2 half, the test caller
+        self.report = AsteriskCallReport(call.name)
+        self.turn_files: dict[int, Path] = {}
+        self._turns = list(enumerate(call.turns))
+        self._caller_hung_up = False
+        self._robot_gone = False
+        self._caller_done = False
+        self._started = 0.0
+        self._record_ended_at: float | None = None
+        self._speech_ended_at: float | None = None
+
+    def mine(self, event: AmiEvent) -> bool:
+        ids = (self.robot_id, self.caller_id)
+        return event.uniqueid in ids or event.get("Linkedid") in ids
+
+    async def prepare(self, speech: SpeechRenderer | None, locale: str) -> None:
+        """Render every turn's audio before dialling, so the caller answers the robot without delay."""
+        for index, turn in self._turns:
+            target = self.work / f"turn-{index + 1}.wav"
+            if turn.kind == "say":
+                source = await (speech(turn.value, locale) if speech else espeak_speech(turn.value, locale, self.work))
+                await asyncio.to_thread(copy_as_8k, source, target)
+                if speech is None:
+                    source.unlink(missing_ok=True)
+            elif turn.kind == "audio":
+                await asyncio.to_thread(copy_as_8k, turn.value, target)
+            elif turn.kind == "silence":
+                await asyncio.to_thread(write_silence, target, float(turn.value))
+            else:
+                continue
+            os.chmod(target, 0o644)
+            self.turn_files[index] = target
+
+    async def run(self, ami: AmiClient, sub: AsyncSubscription, timeout_s: float) -> AsteriskCallReport:
+        self._started = time.monotonic()
+        variables = {
+            "IVR_TEST_DIR": str(self.work),
+            "IVR_TEST_IDLE": str(self.caller.idle_file.with_suffix("")),
+        }
+        if self.call.locale:
+            variables["IVR_LOCALE"] = self.call.locale
+        caller_id = f'"test caller" <{self.call.caller_id}>' if self.call.caller_id else ""
+        try:
+            await ami.aoriginate_local(
+                "s", CALLER_CONTEXT, context=HOTLINE_CONTEXT, caller_id=caller_id, variables=variables,
+                channel_id=self.robot_id, other_channel_id=self.caller_id,
+            )
+            await asyncio.wait_for(self._follow(ami, sub), timeout_s)
+        except asyncio.TimeoutError:
+            self.report.errors.append(f"the call did not end within {timeout_s:.0f} s")
+            for channel in (self.caller_id, self.robot_id):
+                with contextlib.suppress(AmiError):
+                    await ami.aaction("Hangup", Channel=channel)
+        except AmiError as exc:
+            self.report.errors.append(f"AMI: {exc}")
+        self.report.duration_s = time.monotonic() - self._started
+        self._decide_outcome()
+        self._measure_recordings()
+        return self.report
+
+    async def _follow(self, ami: AmiClient, sub: AsyncSubscription) -> None:
+        while not (self._caller_done and self._robot_gone):
+            event = await sub.next(3600)
+            await self._handle(ami, event)
+
+    async def _handle(self, ami: AmiClient, event: AmiEvent) -> None:
+        name, uid = event.name, event.uniqueid
+        if name == "OriginateResponse" and uid == self.robot_id and event.get("Response") != "Success":
+            self.report.errors.append(f"Originate failed (reason {event.get('Reason')})")
+            self._caller_done = self._robot_gone = True
+        elif name == "AGIExecStart" and uid == self.robot_id:
+            await self._robot_command(ami, event.get("Command"))
+        elif name == "AGIExecEnd" and uid == self.robot_id and event.get("Command").upper().startswith("RECORD FILE"):
+            self._record_ended_at = time.monotonic()
+            if self._speech_ended_at is not None:
+                self.report.silence_waits_s.append(self._record_ended_at - self._speech_ended_at)
+                self._speech_ended_at = None
+        elif name == "VarSet" and uid == self.robot_id and event.get("Variable") in ("IVR_RESULT", "IVR_TRANSFER_REASON", "AGISTATUS"):
+            self.report.variables[event.get("Variable")] = event.get("Value")
+        elif name == "UserEvent":
+            self._user_event(event)
+        elif name == "Hangup" and uid == self.robot_id:
+            self._robot_gone = True
+
+    def _user_event(self, event: AmiEvent) -> None:
+        kind, uid = event.get("UserEvent"), event.uniqueid
+        if kind == "IvrTestCaller" and uid == self.caller_id:
+            state = event.get("State")
+            if state == "done":
+                self._caller_done = True
+            elif state == "idle":
+                self._speech_ended_at = time.monotonic()
+            elif state == "error":
+                self.report.errors.append(f"test caller: {event.get('Problem')}")
+        elif kind == "IvrOutcome" and uid == self.robot_id:
+            self.report.agi_status = event.get("AgiStatus")
+        elif kind == "IvrApology" and uid == self.robot_id:
+            sound = event.get("Sound")
+            self.report.dialplan_prompts.append(sound)
+            self.report.events.append({"who": "dialplan", "text": f"<{Path(sound).name}>", "kind": "apology"})
+        elif kind == "IvrHuman" and uid == self.robot_id:
+            self.report.reached_human = True
+            self.report.events.append({"who": "dialplan", "text": "", "kind": "to_human", "reason": event.get("Reason")})
+        elif kind == "IvrTestAgent":
+            self.report.agent_answered = True
+            self.report.events.append({"who": "agent", "text": "", "kind": "answered"})
+
+    async def _robot_command(self, ami: AmiClient, command: str) -> None:
+        args = parse_arguments(command)
+        name = " ".join(args[:2]).upper()
+        if name.startswith("ANSWER") and not self.report.answered:
+            self.report.answered = True
+            self.report.time_to_answer_s = time.monotonic() - self._started
+        elif name.startswith("HANGUP"):
+            self.report.events.append({"who": "robot", "text": "", "action": "hangup"})
+        elif any(" ".join(args[: len(p.split())]).upper() == p for p in PLAY_COMMANDS):
+            skip = 3 if name.startswith("CONTROL") else 2
+            if len(args) > skip:
+                self._robot_said(Path(args[skip]))
+        elif name == "RECORD FILE":
+            await self._next_turn(ami)
+
+    def _robot_said(self, sound: Path) -> None:
+        if self._record_ended_at is not None:
+            self.report.compute_latencies_s.append(time.monotonic() - self._record_ended_at)
+            self._record_ended_at = None
+        sidecar = sound.with_suffix(".txt")
+        try:
+            text = sidecar.read_text(encoding="utf-8")
+        except OSError:
+            text = f"<{sound.name}>"
+        self.report.events.append({"who": "robot", "text": text})
+
+    async def _next_turn(self, ami: AmiClient) -> None:
+        """The robot listens: give the caller its next turn (none left: the caller hangs up)."""
+        if not self._turns:
+            self.report.events.append({"who": "caller", "text": "", "kind": "hangup", "note": "no turns left"})
+            await self._redirect(ami, "hangup", "")
+            self._caller_hung_up = True
+            return
+        index, turn = self._turns.pop(0)
+        self.report.events.append(self._turn_event(turn))
+        if turn.kind == "hangup":
+            self._caller_hung_up = True
+            await self._redirect(ami, "hangup", "")
+        elif turn.kind == "dtmf":
+            await self._redirect(ami, "dtmf", str(turn.value))
+        else:
+            await self._redirect(ami, "play", str(self.turn_files[index].with_suffix("")))
+
+    @staticmethod
+    def _turn_event(turn: Turn) -> dict[str, Any]:
+        if turn.kind == "say":
+            return {"who": "caller", "text": mask_text(str(turn.value)), "kind": "say"}
+        if turn.kind == "dtmf":
+            return {"who": "caller", "text": mask_secret(str(turn.value)), "kind": "dtmf"}
+        if turn.kind == "silence":
+            return {"who": "caller", "text": "", "kind": "silence", "seconds": float(turn.value)}
+        if turn.kind == "audio":
+            return {"who": "caller", "text": "", "kind": "audio", "file": Path(turn.value).name}
+        return {"who": "caller", "text": "", "kind": "hangup"}
+
+    async def _redirect(self, ami: AmiClient, exten: str, arg: str) -> None:
+        try:
+            if arg:
+                await ami.asetvar("IVR_TEST_ARG", arg, self.caller_id)
+            await ami.aaction("Redirect", Channel=self.caller_id, Context=CALLER_CONTEXT, Exten=exten, Priority=1)
+        except AmiError as exc:  # the caller may already be gone (the robot hung up meanwhile)
+            log.debug("test caller %s: redirect to %s failed: %s", self.tag, exten, exc)
+
+    def _decide_outcome(self) -> None:
+        result = self.report.variables.get("IVR_RESULT", "")
+        self.report.transfer_reason = self.report.variables.get("IVR_TRANSFER_REASON", "")
+        if self._caller_hung_up:
+            self.report.outcome = "caller_hangup"
+        elif self.report.reached_human:
+            # the robot asked for it, or it could not be reached / failed and the dialplan apologised
+            self.report.outcome = "transfer"
+        elif result == "completed":
+            self.report.outcome = "completed"
+        else:
+            self.report.outcome = "error"
+        if result == "transfer" and not self.report.reached_human and not self.report.errors:
+            self.report.errors.append("the robot asked for a transfer but the dialplan never reached the human queue")
+
+    def _measure_recordings(self) -> None:
+        heard, mixed = self.work / "heard.wav", self.work / "call.wav"
+        if heard.exists():
+            self.report.heard_wav = heard
+            try:
+                self.report.heard_s, self.report.heard_rms = wav_rms(heard)
+            except (wave.Error, EOFError) as exc:
+                self.report.errors.append(f"{heard}: unreadable recording ({exc})")
+        elif self._caller_done:
+            self.report.errors.append(f"the test caller's recording {heard} is missing")
+        if mixed.exists():
+            self.report.call_wav = mixed
+
+
+class AsteriskCaller:
+    """Places test calls through the local Asterisk over one AMI session; calls may run concurrently."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        ami: AmiClient | None = None,
+        speech: SpeechRenderer | None = None,
+        agi_url: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.speech = speech
+        self.agi_url = agi_url
+        self.base = settings.spool_dir.resolve() / "testcalls"
+        self.idle_file = self.base / "idle-10s.wav"
+        self._ami = ami
+        self._own_ami = ami is None
+        self._previous_agi_url: str | None = None
+
+    @property
+    def ami(self) -> AmiClient:
+        if self._ami is None:
+            raise TestCallError("the test caller is not connected (use it as `async with`)")
+        return self._ami
+
+    async def __aenter__(self) -> AsteriskCaller:
+        if self._ami is None:
+            from ivr.asterisk.local import AsteriskError, LocalAsterisk
+
+            try:
+                creds = LocalAsterisk(self.settings).ami_credentials()
+            except AsteriskError as exc:
+                raise TestCallError(str(exc)) from exc
+            self._ami = AmiClient(creds.host, creds.port, creds.user, creds.secret)
+            try:
+                await self._ami.aconnect()
+            except AmiError as exc:
+                self._ami = None
+                raise TestCallError(f"{exc} (is the local Asterisk up? `ivr asterisk up`)") from exc
+        self.base.mkdir(parents=True, exist_ok=True)
+        if not self.idle_file.exists():
+            await asyncio.to_thread(write_silence, self.idle_file, IDLE_SILENCE_S)
+            os.chmod(self.idle_file, 0o644)
+        if self.agi_url:
+            self._previous_agi_url = await self.ami.agetvar("IVR_AGI_URL")
+            await self.ami.asetvar("IVR_AGI_URL", self.agi_url)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._ami is None:
+            return
+        if self.agi_url and self._previous_agi_url is not None:
+            with contextlib.suppress(AmiError):
+                await self.ami.asetvar("IVR_AGI_URL", self._previous_agi_url)
+        if self._own_ami:
+            await self._ami.aclose()
+            self._ami = None
+
+    async def place(self, call: CallFile, *, timeout_s: float = 180.0) -> AsteriskCallReport:
+        """Place one call file as a real call and report what happened."""
+        tag = f"ivrtest-{uuid.uuid4().hex[:12]}"
+        work = self.base / tag
+        work.mkdir(parents=True)
+        os.chmod(work, 0o777)  # Asterisk's user writes the recordings here
+        one = _Call(self, call, tag, work)
+        await one.prepare(self.speech, call.locale or self.settings.locale)
+        sub = self.ami.subscribe_async(one.mine)
+        try:
+            return await one.run(self.ami, sub, timeout_s)
+        finally:
+            self.ami.unsubscribe(sub)
+
+
+async def run_call_via_asterisk(
+    call_file: CallFile,
+    settings: Settings,
+    *,
+    speech: SpeechRenderer | None = None,
+    agi_url: str | None = None,
+    timeout_s: float = 180.0,
+) -> AsteriskCallReport:
+    """One call file as a real call through the local Asterisk (its own AMI session)."""
+    async with AsteriskCaller(settings, speech=speech, agi_url=agi_url) as caller:
+        return await caller.place(call_file, timeout_s=timeout_s)
+
+
+async def replay_via_asterisk(
+    settings: Settings,
+    calls: list[CallFile],
+    *,
+    speech: SpeechRenderer | None = None,
+    agi_url: str | None = None,
+    concurrent: bool = False,
+    timeout_s: float = 180.0,
+) -> list[AsteriskCallReport]:
+    """Each call file as a real call (one after the other, or all at once), in the given order.
+
+    ``agi_url`` points the hotline at another FastAGI server for the duration (a global variable;
+    restored afterwards); by default the calls reach the robot the local Asterisk was configured with.
+    """
+    async with AsteriskCaller(settings, speech=speech, agi_url=agi_url) as caller:
+        if concurrent:
+            return list(await asyncio.gather(*(caller.place(c, timeout_s=timeout_s) for c in calls)))
+        return [await caller.place(c, timeout_s=timeout_s) for c in calls]

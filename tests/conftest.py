@@ -1,0 +1,87 @@
+"""Shared fixtures: one folder per test session for prompts, spool, transcripts and logs; demo data.
+
+Every log record of the suite (all loggers, DEBUG and up) is written as JSON lines to the session's
+log file, and every transcript to the session's transcript folder, so that test_zz_privacy.py can
+scan all of them for the test customers' personal data at the end of the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ivr.config import Settings, load_settings
+from ivr.logs import JsonFormatter
+
+FIXED_DATE = "2026-11-28"  # "today" for account answers in replays, so goldens stay stable
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteDirs:
+    root: Path
+    sounds: Path
+    spool: Path
+    transcripts: Path
+    log_file: Path
+
+
+@pytest.fixture(scope="session")
+def suite_dirs(tmp_path_factory: pytest.TempPathFactory) -> SuiteDirs:
+    root = tmp_path_factory.mktemp("suite")
+    dirs = SuiteDirs(root, root / "sounds", root / "spool", root / "transcripts", root / "logs" / "suite.jsonl")
+    for folder in (dirs.sounds, dirs.spool, dirs.transcripts, dirs.log_file.parent):
+        folder.mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
+@pytest.fixture(scope="session", autouse=True)
+def suite_log(suite_dirs: SuiteDirs) -> Iterator[Path]:
+    handler = logging.FileHandler(suite_dirs.log_file, encoding="utf-8")
+    handler.setFormatter(JsonFormatter())
+    handler.setLevel(logging.DEBUG)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.DEBUG)
+    for noisy in ("rasa", "tensorflow", "absl", "sanic", "matplotlib", "jieba", "asyncio", "filelock", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    yield suite_dirs.log_file
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+    handler.close()
+
+
+@pytest.fixture(scope="session")
+def base_settings(suite_dirs: SuiteDirs) -> Settings:
+    """Repository dialogs and models; everything written goes to the session's folders."""
+    return dataclasses.replace(
+        load_settings(environ={}),
+        database_url=f"sqlite:///{suite_dirs.root / 'unused.db'}",
+        sounds_dir=suite_dirs.sounds,
+        spool_dir=suite_dirs.spool,
+        transcripts_dir=suite_dirs.transcripts,
+        asr_dither=False,
+        fixed_date=FIXED_DATE,
+        http_port=0,
+    )
+
+
+def make_demo_db(path: Path) -> str:
+    from ivr.accounts.store import SqlAccountStore
+
+    url = f"sqlite:///{path}"
+    store = SqlAccountStore(url)
+    store.init_schema()
+    store.import_file(Path(__file__).parent.parent / "ivr" / "accounts" / "demo.yaml")
+    store.close()
+    return url
+
+
+@pytest.fixture
+def demo_settings(base_settings: Settings, tmp_path: Path) -> Settings:
+    """A fresh demo account database for this test."""
+    return dataclasses.replace(base_settings, database_url=make_demo_db(tmp_path / "accounts.db"))
