@@ -35,8 +35,8 @@ from ivr.parts import (
     PartError,
     Recognizer,
     Reply,
-    Synthesizer,
     SynthesisError,
+    Synthesizer,
     UserInput,
 )
 

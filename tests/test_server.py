@@ -37,9 +37,16 @@ class Recorder:
         self.over_capacity = 0
         self.release = asyncio.Event()
         self.release.set()
+        self._changed = asyncio.Condition()
+
+    async def wait_started(self, count: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.started >= count)
 
     async def handle(self, env: AgiEnvironment, channel: AgiChannel) -> None:
         self.started += 1
+        async with self._changed:
+            self._changed.notify_all()
         try:
             await channel.answer()
             await self.release.wait()
@@ -145,12 +152,8 @@ async def test_peer_that_closes_during_a_command_is_a_hangup(settings: Settings)
         writer.write(ENV)
         assert (await reader.readline()).startswith(b"ANSWER")
         writer.close()  # gone without a reply
-        for _ in range(100):
-            if recorder.hangups:
-                break
-            await asyncio.sleep(0.02)
     finally:
-        await server.stop()
+        await server.stop()  # waits for the call's task, which ends on the hang-up
     assert recorder.hangups == 1
 
 
@@ -160,8 +163,7 @@ async def test_calls_beyond_the_admission_limit_are_told_to_hold_and_transferred
     server = await start(dataclasses.replace(settings, max_calls=3), recorder)
     try:
         busy = [asyncio.create_task(asterisk_peer(server.port)) for _ in range(3)]
-        while recorder.started < 3:
-            await asyncio.sleep(0.01)
+        await recorder.wait_started(3)
         extra = await asterisk_peer(server.port)
         recorder.release.set()
         await asyncio.gather(*busy)
@@ -178,8 +180,7 @@ async def test_graceful_stop_lets_live_calls_finish(settings: Settings) -> None:
     server = await start(settings, recorder)
     port = server.port
     call = asyncio.create_task(asterisk_peer(port))
-    while recorder.started < 1:
-        await asyncio.sleep(0.01)
+    await recorder.wait_started(1)
     stopping = asyncio.create_task(server.stop(grace_s=5))
     await asyncio.sleep(0.1)
     with pytest.raises(OSError):  # no new calls once stopping

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ivr.config import Settings
 from ivr.testing.callfile import CallFile
-from ivr.testing.harness import CallReport, ScriptedAsterisk
+from ivr.testing.harness import CallReport, ScriptedAsterisk, SpeechRenderer
+
+if TYPE_CHECKING:
+    from ivr.app import Robot
 
 
 @contextlib.asynccontextmanager
-async def running_robot(settings: Settings, *, text_input: bool) -> AsyncIterator[tuple[str, int, object]]:
+async def running_robot(settings: Settings, *, text_input: bool) -> AsyncIterator[tuple[str, int, Robot]]:
     """An in-process robot on an ephemeral loopback port; yields (host, port, robot)."""
     from ivr.app import build_robot
 
@@ -50,11 +53,13 @@ async def replay_calls(
         finally:
             synth.close()
     async with running_robot(settings, text_input=text_mode) as (host, port, robot):
-        render = robot.parts.synthesizer.render  # type: ignore[attr-defined]
+        render = robot.parts.synthesizer.render
         return [await _one(call, settings, (host, port), text_mode, render) for call in calls]
 
 
-async def _one(call: CallFile, settings: Settings, server: tuple[str, int], text_mode: bool, render) -> CallReport:  # type: ignore[no-untyped-def]
+async def _one(
+    call: CallFile, settings: Settings, server: tuple[str, int], text_mode: bool, render: SpeechRenderer
+) -> CallReport:
     peer = ScriptedAsterisk(call, locale=call.locale or settings.locale, text_mode=text_mode, speech=render)
     return await peer.run(*server)
 
@@ -71,6 +76,3 @@ def load_all(paths: list[str]) -> list[CallFile]:
 
     return [load_call_file(Path(p)) for p in paths]
 
-
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(coro)
