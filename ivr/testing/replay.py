@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -76,3 +78,47 @@ def load_all(paths: list[str]) -> list[CallFile]:
 
     return [load_call_file(Path(p)) for p in paths]
 
+
+
+class RobotInThread:
+    """A robot serving FastAGI from its own thread and event loop, as a separate server would.
+
+    Tests share one across many calls (loading the models once) and talk to it over TCP only.
+    """
+
+    def __init__(self, settings: Settings, *, text_input: bool) -> None:
+        self._settings = settings
+        self._text_input = text_input
+        self._loop = asyncio.new_event_loop()
+        self._stopped = asyncio.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.port = 0
+        self.robot: Robot | None = None
+        self._thread = threading.Thread(target=self._main, name="robot", daemon=True)
+
+    def start(self, timeout_s: float = 300) -> RobotInThread:
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise TimeoutError("the robot did not start in time")
+        if self._error is not None:
+            raise RuntimeError("the robot failed to start") from self._error
+        return self
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        try:
+            async with running_robot(self._settings, text_input=self._text_input) as (_host, port, robot):
+                self.port, self.robot = port, robot
+                self._ready.set()
+                await self._stopped.wait()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stopped.set)
+        self._thread.join(60)
