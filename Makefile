@@ -61,4 +61,5 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 clean:
+	-[ -x $(IVR) ] && $(IVR) asterisk down   # the sound and spool folders are bind-mounted while it runs
 	rm -rf var models/rasa

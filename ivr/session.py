@@ -353,7 +353,11 @@ class CallSession:
         await self.channel.hangup()
 
     async def _apologise_and_transfer(self, reason: str) -> None:
-        """Speak the apology (fresh, else the pre-rendered one) and hand the call to a person."""
+        """Speak the apology (fresh, else the pre-rendered one) and hand the call to a person.
+
+        If no apology could be played, the result is ``error``: the dialplan then plays its own
+        apology before the queue, so the caller still hears one.
+        """
         text = ""
         sound: Path | None = None
         try:
@@ -366,12 +370,22 @@ class CallSession:
         except Exception:
             log.warning("apology could not be synthesized; using the pre-rendered one", exc_info=True)
             sound = self.parts.synthesizer.fallback("apology", self.call.locale)
+        played = False
         if sound is not None:
             self.transcript.add("robot", text or "(apology)")
-            with contextlib.suppress(CallerHangup, OSError, ValueError, RuntimeError):
+            try:
                 await self.channel.play(sound)
-        # Even without audio, the dialplan plays its own apology before the queue.
-        await self._finish(Outcome.TRANSFER, reason)
+                played = True
+            except CallerHangup:
+                raise
+            except Exception:
+                log.warning("the apology could not be played", exc_info=True)
+        if played:
+            await self._finish(Outcome.TRANSFER, reason)
+        else:
+            self.result.outcome, self.result.reason = Outcome.ERROR, reason
+            await self.channel.set_variable("IVR_TRANSFER_REASON", reason)
+            await self.channel.set_variable("IVR_RESULT", "error")
 
     # ------------------------------------------------------------ parts with a time limit
     async def _part(self, part: str, work: Awaitable[T], timeout_s: float | None = None) -> T:

@@ -159,7 +159,9 @@ def test_load_grammars_reads_the_settings_dialogs(dialogs: Path, tmp_path: Path)
     assert load_grammars(settings, "ko-KR") == build_grammars(load_nlu_examples(dialogs, "ko-KR"), "ko-KR")
     zh = dialogs / "zh-CN" / "data"
     zh.mkdir(parents=True)
-    (zh / "nlu.yml").write_text("nlu:\n- intent: ask_balance\n  examples: |\n    - 查余额\n", encoding="utf-8")
+    (zh / "nlu.yml").write_text(
+        "nlu:\n- intent: ask_balance\n  examples: |\n    - 查余额\n", encoding="utf-8"
+    )
     # the Chinese model is not pulled here: jieba's segmentation alone
     assert "查 余额" in load_grammars(settings, "zh-CN")[Expect.SPEECH]
 
@@ -195,16 +197,28 @@ def test_words_txt_is_used_when_a_model_has_one(tmp_path: Path) -> None:
         model_vocabulary(tmp_path / "graph")
 
 
+def test_korean_words_missing_from_the_model_are_split_into_words_it_has(ko_vocabulary: set[str]) -> None:
+    assert "얼마예요" not in ko_vocabulary and "맞아요" not in ko_vocabulary
+    assert phrase("제 계좌 잔액이 얼마예요?", "ko-KR", ko_vocabulary) == "제 계좌 잔액이 얼마 예요"
+    split = phrase("네 맞아요", "ko-KR", ko_vocabulary).split()
+    assert split[0] == "네" and "".join(split[1:]) == "맞아요" and len(split) == 3
+    assert set(split) <= ko_vocabulary
+    assert phrase("번호는 1357이에요", "ko-KR", ko_vocabulary) == "번호는 일 삼 오 칠 이에요"
+    assert phrase("네 맞아요", "ko-KR") == "네 맞아요"  # without the vocabulary: as written
+    grammars = build_grammars({"affirm": ["네 맞아요"]}, "ko-KR", vocabulary=ko_vocabulary)
+    assert missing_words(grammars[Expect.YES_NO], ko_vocabulary) == []
+
+
 def test_vocabulary_check_lists_the_words_the_model_lacks(ko_vocabulary: set[str]) -> None:
     assert missing_words(["네 맞아요", "잔액 확인", "틀려요 맞아요"], ko_vocabulary) == ["맞아요", "틀려요"]
     problems = check_grammars(
-        {"affirm": ["네", "네 맞아요"], "check_balance": ["잔액 확인"]},
+        {"affirm": ["네", "네 맞아요 xyzzy"], "check_balance": ["잔액 확인"]},
         "ko-KR",
         ko_vocabulary,
         source="nlu.yml",
     )
     assert problems == [
-        "nlu.yml: intent affirm, example '네 맞아요': not in the ko-KR model's vocabulary: 맞아요"
+        "nlu.yml: intent affirm, example '네 맞아요 xyzzy': not in the ko-KR model's vocabulary: xyzzy"
     ]
     # the built-in words are checked too, and the unknown-word token
     problems = check_grammars({}, "ko-KR", {"네"})
@@ -215,9 +229,9 @@ def test_vocabulary_check_lists_the_words_the_model_lacks(ko_vocabulary: set[str
 def test_locale_check_uses_the_installed_model(dialogs: Path, tmp_path: Path) -> None:
     settings = Settings(dialogs_dir=dialogs, models_dir=tmp_path / "models")
     nlu = dialogs / "ko-KR" / "data" / "nlu.yml"
-    nlu.write_text(KO_NLU.replace("- 잔액 확인", "- 잔액 확인 맞아요"), encoding="utf-8")
+    nlu.write_text(KO_NLU.replace("- 잔액 확인", "- 잔액 확인 xyzzy"), encoding="utf-8")
     assert check_locale_grammars(settings, "ko-KR") == [
-        f"{nlu}: intent check_balance, example '잔액 확인 맞아요': not in the ko-KR model's vocabulary: 맞아요"
+        f"{nlu}: intent check_balance, example '잔액 확인 xyzzy': not in the ko-KR model's vocabulary: xyzzy"
     ]
     (problem,) = check_locale_grammars(settings, "en-US")
     assert problem.startswith("en-US: speech model not available") and "ivr models pull en-US" in problem

@@ -17,6 +17,7 @@ import audioop
 import contextlib
 import dataclasses
 import math
+import os
 import re
 import socket
 import wave
@@ -148,6 +149,26 @@ def test_values_cannot_inject_configuration(bad: str) -> None:
         config_values(Settings(), {"IVR_QUEUE_MEMBERS": bad}, local=False, ami_secret="a", sip_secret="b")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="installing the local Asterisk needs root")
+def test_failed_download_is_retried_once_then_reported_as_infrastructure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a debootstrap that starts a target folder and then fails, as a broken mirror would
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "debootstrap"
+    fake.write_text('#!/bin/sh\necho "$@" >> "$0.calls"\nmkdir -p "$4/debootstrap"\necho "E: Failed getting release file"\nexit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    local = LocalAsterisk(Settings(), root=tmp_path / "state" / "root", state_dir=tmp_path / "state")
+    with pytest.raises(AsteriskUnavailable, match=r"^INFRASTRUCTURE: .*after 2 attempts") as failure:
+        local.install()
+    assert "Failed getting release file" in str(failure.value)  # the log's tail is in the message
+    calls = (bin_dir / "debootstrap.calls").read_text().splitlines()
+    assert calls == [f"--variant=minbase --include=asterisk sid {tmp_path / 'state' / 'root'}"] * 2
+    assert not local.installed()
+
+
 # ---------------------------------------------------------------- the local Asterisk
 @dataclasses.dataclass(frozen=True)
 class RunningAsterisk:
@@ -245,7 +266,7 @@ class StandInRobot:
             await command("ANSWER")
             for n in range(1, self.listens + 1):
                 await command(f'STREAM FILE {self.prompt.with_suffix("")} ""')
-                target = self.spool / f"standin-{call.uniqueid}-{n}"
+                target = self.spool / f"standin-{call.uniqueid.replace('.', '_')}-{n}"
                 reply = await command(f'RECORD FILE {target} wav "0123456789*#" 15000 0 s=1')
                 if reply.startswith("511") or call.hung_up:
                     return
@@ -318,7 +339,7 @@ def test_asterisk_runs_by_pid_and_ami_logs_in(local_asterisk: RunningAsterisk) -
 
 
 @pytest.mark.asterisk
-async def test_ami_listens_on_loopback_only(local_asterisk: RunningAsterisk) -> None:
+def test_ami_listens_on_loopback_only(local_asterisk: RunningAsterisk) -> None:
     with open("/proc/net/tcp", encoding="ascii") as table:
         listening = [line.split()[1] for line in table.readlines()[1:] if line.split()[3] == "0A"]
     port = f"{local_asterisk.settings.ami_port:04X}"
@@ -423,3 +444,156 @@ async def test_twenty_simultaneous_calls_are_answered_and_completed(
         recording.unlink()
     for report in reports:
         assert_heard(report)
+
+
+class Softphone:
+    """A minimal SIP user agent (UDP, digest auth, PCMU over RTP) that calls the local Asterisk the way
+    a softphone configured as documented in pjsip.conf would. Blocking: run it in a worker thread."""
+
+    def __init__(self, password: str, sip_port: int) -> None:
+        self.password, self.server = password, ("127.0.0.1", sip_port)
+        self.sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sip.bind(("127.0.0.1", 0))
+        self.sip.settimeout(20)
+        self.rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.rtp.bind(("127.0.0.1", 0))
+        self.rtp.settimeout(0.02)
+        self.port, self.rtp_port = self.sip.getsockname()[1], self.rtp.getsockname()[1]
+        self.call_id, self.tag = f"{os.urandom(6).hex()}@127.0.0.1", os.urandom(4).hex()
+        self.heard = bytearray()  # what the softphone received, as 16-bit linear
+
+    def _send(self, text: str) -> None:
+        self.sip.sendto(text.replace("\n", "\r\n").encode(), self.server)
+
+    def _receive(self) -> tuple[str, dict[str, str], str]:
+        data = self.sip.recv(65535).decode()
+        head, _, body = data.partition("\r\n\r\n")
+        first, *lines = head.split("\r\n")
+        headers: dict[str, str] = {}
+        for line in lines:
+            key, _, value = line.partition(":")
+            headers.setdefault(key.strip().lower(), value.strip())
+        return first, headers, body
+
+    def _invite(self, cseq: int, branch: str, auth: str = "") -> None:
+        sdp = (
+            f"v=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\n"
+            f"m=audio {self.rtp_port} RTP/AVP 0\na=rtpmap:0 PCMU/8000\na=sendrecv\n"
+        ).replace("\n", "\r\n")
+        self._send(
+            f"INVITE sip:100@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:{self.port};branch={branch};rport\n"
+            f"Max-Forwards: 70\nFrom: <sip:softphone@127.0.0.1>;tag={self.tag}\nTo: <sip:100@127.0.0.1>\n"
+            f"Call-ID: {self.call_id}\nCSeq: {cseq} INVITE\nContact: <sip:softphone@127.0.0.1:{self.port}>\n"
+            f"{auth}Content-Type: application/sdp\nContent-Length: {len(sdp)}\n\n" + sdp.replace("\r\n", "\n")
+        )
+
+    def _digest(self, challenge: str, uri: str) -> str:
+        import hashlib
+
+        fields = dict(re.findall(r'(\w+)="?([^",]+)"?', challenge))
+        algorithm = fields.get("algorithm", "MD5").upper()
+        digest = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}[algorithm]
+
+        def h(text: str) -> str:
+            return digest(text.encode()).hexdigest()
+
+        ha1, ha2 = h(f"softphone:{fields['realm']}:{self.password}"), h(f"INVITE:{uri}")
+        cnonce = "0a4f113b"
+        response = h(f"{ha1}:{fields['nonce']}:00000001:{cnonce}:auth:{ha2}")
+        opaque = f', opaque="{fields["opaque"]}"' if "opaque" in fields else ""
+        return (
+            f'Authorization: Digest username="softphone", realm="{fields["realm"]}", nonce="{fields["nonce"]}", '
+            f'uri="{uri}", response="{response}", algorithm={algorithm}, qop=auth, nc=00000001, '
+            f'cnonce="{cnonce}"{opaque}\n'
+        )
+
+    def call(self, speech: bytes) -> str:
+        """Dial, answer the challenge, send ``speech`` (16-bit 8 kHz) then silence, until Asterisk hangs up."""
+        self._invite(1, "z9hG4bK" + os.urandom(4).hex())
+        status, headers, _ = self._receive()
+        while status.startswith("SIP/2.0 1"):
+            status, headers, _ = self._receive()
+        assert status.startswith("SIP/2.0 401"), status
+        to = headers["to"]
+        self._send(  # ACK of the challenge (same transaction)
+            f"ACK sip:100@127.0.0.1 SIP/2.0\nVia: {headers['via']}\nMax-Forwards: 70\n"
+            f"From: <sip:softphone@127.0.0.1>;tag={self.tag}\nTo: {to}\nCall-ID: {self.call_id}\nCSeq: 1 ACK\n"
+            "Content-Length: 0\n\n"
+        )
+        self._invite(2, "z9hG4bK" + os.urandom(4).hex(), self._digest(headers["www-authenticate"], "sip:100@127.0.0.1"))
+        status, headers, body = self._receive()
+        while status.startswith("SIP/2.0 1"):
+            status, headers, body = self._receive()
+        assert status.startswith("SIP/2.0 200"), status
+        contact = re.search(r"<([^>]+)>", headers["contact"])
+        assert contact is not None
+        self._send(
+            f"ACK {contact.group(1)} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{os.urandom(4).hex()};rport\n"
+            f"Max-Forwards: 70\nFrom: <sip:softphone@127.0.0.1>;tag={self.tag}\nTo: {headers['to']}\n"
+            f"Call-ID: {self.call_id}\nCSeq: 2 ACK\nContent-Length: 0\n\n"
+        )
+        media = re.search(r"m=audio (\d+)", body)
+        assert media is not None
+        return self._media(("127.0.0.1", int(media.group(1))), speech)
+
+    def _media(self, peer: tuple[str, int], speech: bytes) -> str:
+        import time
+
+        self.sip.settimeout(0)
+        seq, stamp, ssrc, sent = 0, 0, 0x1234ABCD, 0
+        deadline = time.monotonic() + 60
+        next_send = time.monotonic()
+        while time.monotonic() < deadline:
+            chunk = speech[sent : sent + 320] if sent < len(speech) else b"\0" * 320
+            sent += 320
+            header = bytes([0x80, 0]) + seq.to_bytes(2, "big") + stamp.to_bytes(4, "big") + ssrc.to_bytes(4, "big")
+            self.rtp.sendto(header + audioop.lin2ulaw(chunk.ljust(320, b"\0"), 2), peer)
+            seq, stamp = (seq + 1) & 0xFFFF, (stamp + 160) & 0xFFFFFFFF
+            next_send += 0.02  # real-time pacing of the media, as a phone sends it
+            while time.monotonic() < next_send:
+                with contextlib.suppress(TimeoutError, socket.timeout):
+                    packet = self.rtp.recv(2048)
+                    self.heard += audioop.ulaw2lin(packet[12:], 2)
+            with contextlib.suppress(BlockingIOError):
+                data = self.sip.recv(65535).decode()
+                if data.startswith("BYE"):
+                    head = data.split("\r\n\r\n")[0].split("\r\n")
+                    keep = [h for h in head[1:] if h.split(":")[0].lower() in ("via", "from", "to", "call-id", "cseq")]
+                    self._send("SIP/2.0 200 OK\n" + "\n".join(keep) + "\nContent-Length: 0\n\n")
+                    return "BYE"
+        return "timeout"
+
+    def close(self) -> None:
+        self.sip.close()
+        self.rtp.close()
+
+
+@pytest.mark.asterisk
+async def test_softphone_on_loopback_reaches_the_robot(
+    local_asterisk: RunningAsterisk, ami: AmiClient, prompt: Path, caller_tone: Path
+) -> None:
+    settings = local_asterisk.settings
+    password = (local_asterisk.local.etc_dir / "sip_secret").read_text().strip()
+    speech, _ = read_wav(caller_tone)
+    previous = await ami.agetvar("IVR_AGI_URL")
+    async with stand_in(settings, prompt) as (robot, url):
+        await ami.asetvar("IVR_AGI_URL", url)
+        phone = Softphone(password, local_asterisk.local.status().sip_port)
+        try:
+            ending = await asyncio.to_thread(phone.call, speech)
+        finally:
+            phone.close()
+            await ami.asetvar("IVR_AGI_URL", previous)
+    assert ending == "BYE"  # the robot completed the call and Asterisk hung up
+    [call] = robot.calls
+    assert call.caller_id == "13800000001"  # the softphone endpoint's caller ID: the demo customer
+    [recording] = call.recordings
+    assert tone_share(recording, 440) > 0.8, "the softphone's audio did not reach the robot"
+    heard = caller_tone.parent / "softphone-heard.wav"
+    with wave.open(str(heard), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(bytes(phone.heard))
+    assert tone_share(heard, 1000) > 0.8, "the robot's prompt did not reach the softphone"
+    recording.unlink()

@@ -9,7 +9,15 @@ not import Vosk.
 from __future__ import annotations
 
 from ivr.asr.digits import digits_from_words
-from ivr.asr.grammar import build_grammars, check_grammars, load_nlu_examples, missing_words, model_vocabulary
+from ivr.asr.grammar import (
+    build_grammars,
+    check_grammars,
+    check_locale_grammars,
+    load_grammars,
+    load_nlu_examples,
+    missing_words,
+    model_vocabulary,
+)
 from ivr.asr.models import ModelError, model_path
 from ivr.asr.recognizer import UNK_WORD, VoskRecognizer, heard_nothing
 
@@ -19,8 +27,10 @@ __all__ = [
     "VoskRecognizer",
     "build_grammars",
     "check_grammars",
+    "check_locale_grammars",
     "digits_from_words",
     "heard_nothing",
+    "load_grammars",
     "load_nlu_examples",
     "missing_words",
     "model_path",

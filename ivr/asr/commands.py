@@ -150,7 +150,7 @@ def _grammar(args: argparse.Namespace, settings: Settings, locale: str, recogniz
     from ivr.asr.grammar import build_grammars, load_nlu_examples, model_vocabulary
     from ivr.parts import Expect
 
-    vocabulary = model_vocabulary(recognizer.model_dir(locale)) if locale.startswith("zh") else None
+    vocabulary = model_vocabulary(recognizer.model_dir(locale)) if locale.startswith(("zh", "ko")) else None
     grammars = build_grammars(load_nlu_examples(settings.dialogs_dir, locale), locale, vocabulary=vocabulary)
     return grammars.get(Expect(args.expect))  # None (free recognition) when there is no such grammar
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import struct
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -62,7 +62,8 @@ DIGITS_INTENTS: tuple[str, ...] = ("inform_digits",)
 
 _ENTITY = re.compile(r"\[([^\]]*)\](?:\([^)]*\)|\{[^}]*\})")
 _PUNCT = re.compile(r"[\s,.!?;:\"“”‘’()（）、，。！？；：…~·]+")
-_HAN = re.compile(r"[\u3400-\u9fff]")
+_SPLITTABLE = re.compile(r"[\u3400-\u9fff\uac00-\ud7a3]")  # Han, Hangul syllables
+_DIGIT_RUNS = re.compile(r"[0-9]+|[^0-9]+")
 
 
 class GrammarError(ValueError):
@@ -123,42 +124,70 @@ def load_nlu_examples(dialogs_dir: Path, locale: str) -> dict[str, list[str]]:
 
 # ---------------------------------------------------------------- phrases
 def tokenize(text: str, locale: str, vocabulary: Collection[str] | None = None) -> list[str]:
-    """The words of a phrase as the locale's model spells them."""
-    if locale.startswith("zh"):
-        words = _segment_zh(text, vocabulary)
+    """The words of a phrase as the locale's model spells them.
+
+    Written digits become the locale's digit words (``1357이에요`` → ``일 삼 오 칠 이에요``). Chinese is
+    segmented with jieba and, given the model's ``vocabulary``, a segment the model lacks is split into
+    the fewest words it has (else longest matches and single characters). Korean words stay as written:
+    the recognizer splits the ones its model lacks at decoding time and joins them again in its result.
+    """
+    zh = locale.startswith("zh")
+    if zh:
+        words = _segment_zh(text)
     else:
         words = [w for w in _PUNCT.split(text) if w]
         if locale.startswith("en"):
             words = [w.lower() for w in words]
-    return [spoken for w in words for spoken in _spell_digits(w, locale)]
+    out: list[str] = []
+    for word in words:
+        for run in _DIGIT_RUNS.findall(word):
+            if run.isascii() and run.isdigit():
+                out.extend(_spell_digits(run, locale))
+            elif vocabulary is not None and run not in vocabulary and zh and _SPLITTABLE.search(run):
+                out.extend(
+                    split_in_vocabulary(run, vocabulary.__contains__) or _longest_match(run, vocabulary)
+                )
+            else:
+                out.append(run)
+    return out
 
 
-def _spell_digits(word: str, locale: str) -> list[str]:
-    """``4821`` → the locale's digit words (how a caller says an ID); other words unchanged."""
-    if not (word.isascii() and word.isdigit()):
-        return [word]
+def _spell_digits(digits: str, locale: str) -> list[str]:
+    """``4821`` → the locale's digit words (how a caller says an ID)."""
     names: dict[str, str] = {}
     for name, digit in DIGIT_WORDS.get(locale, {}).items():
         names.setdefault(digit, name)  # the first word listed for each digit
-    return [names.get(d, d) for d in word]
+    return [names.get(d, d) for d in digits]
 
 
-def _segment_zh(text: str, vocabulary: Collection[str] | None) -> list[str]:
+def _segment_zh(text: str) -> list[str]:
     import jieba
 
     out: list[str] = []
     for piece in _PUNCT.split(text):
-        if not piece:
-            continue
-        for token in jieba.lcut(piece, HMM=False):
-            token = token.strip()
-            if not token:
-                continue
-            if vocabulary is not None and token not in vocabulary and _HAN.search(token):
-                out.extend(_longest_match(token, vocabulary))
-            else:
-                out.append(token.lower())
+        if piece:
+            out.extend(t.strip().lower() for t in jieba.lcut(piece, HMM=False) if t.strip())
     return out
+
+
+def split_in_vocabulary(word: str, known: Callable[[str], bool], max_len: int = 8) -> list[str] | None:
+    """The split of a Chinese or Korean ``word`` into the fewest words the model ``known``s, or None.
+    Said one after the other, the pieces sound like the word (``얼마예요`` → ``얼마 예요``)."""
+    best: list[list[str] | None] = [[]] + [None] * len(word)
+    for end in range(1, len(word) + 1):
+        for start in range(max(0, end - max_len), end):
+            head, current = best[start], best[end]
+            if head is None or (current is not None and len(current) <= len(head) + 1):
+                continue
+            piece = word[start:end]
+            if known(piece):
+                best[end] = [*head, piece]
+    return best[-1]
+
+
+def splittable(word: str) -> bool:
+    """Whether a word missing from a model may be split into model words (Chinese or Korean script)."""
+    return bool(_SPLITTABLE.search(word))
 
 
 def _longest_match(token: str, vocabulary: Collection[str], max_len: int = 6) -> list[str]:
@@ -225,8 +254,8 @@ def build_grammars(
 
 
 def load_grammars(settings: Settings, locale: str) -> dict[Expect, list[str]]:
-    """``build_grammars`` over the locale's NLU data in ``settings.dialogs_dir``; for Chinese, segmented
-    against the installed model's vocabulary when the model is there (jieba's words otherwise).
+    """``build_grammars`` over the locale's NLU data in ``settings.dialogs_dir``; Chinese is segmented
+    against the installed model's vocabulary when the model is there (see ``tokenize``).
     Raises GrammarError when the NLU data is missing or malformed."""
     vocabulary: set[str] | None = None
     if locale.startswith("zh"):
@@ -321,13 +350,22 @@ def check_grammars(
     source: str = "",
     unk_token: str | None = None,
 ) -> list[str]:
-    """Problems for ``ivr dialogs validate``: each NLU example or built-in grammar phrase whose words
-    the model lacks (Vosk would silently drop those words). ``source`` names the NLU file in messages."""
+    """Problems for ``ivr dialogs validate``: each NLU example or built-in grammar phrase with words the
+    model lacks and that cannot be split into words it has (Vosk would silently drop those words).
+    ``source`` names the NLU file in messages."""
     where = f"{source}: " if source else ""
     problems: list[str] = []
+
+    def unusable(words: list[str]) -> list[str]:
+        return [
+            w
+            for w in words
+            if not (splittable(w) and split_in_vocabulary(w, vocabulary.__contains__) is not None)
+        ]
+
     for intent, examples in nlu_examples.items():
         for example in examples:
-            missing = missing_words([phrase(example, locale, vocabulary)], vocabulary)
+            missing = unusable(missing_words([phrase(example, locale, vocabulary)], vocabulary))
             if missing:
                 problems.append(
                     f"{where}intent {intent}, example {example!r}: not in the {locale} model's vocabulary: "
@@ -336,7 +374,7 @@ def check_grammars(
     built_in = [phrase(w, locale, vocabulary) for w in YES_NO_WORDS.get(locale, ())] + digit_grammar_words(
         locale
     )
-    for word in missing_words(built_in, vocabulary):
+    for word in unusable(missing_words(built_in, vocabulary)):
         problems.append(f"built-in yes/no or digit word {word!r}: not in the {locale} model's vocabulary")
     unk = unk_token or _unk(locale)
     if unk not in vocabulary:

@@ -17,15 +17,18 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import struct
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ivr.asr.grammar import split_in_vocabulary, splittable
 from ivr.asr.models import ModelError, model_path, spec_for
 from ivr.config import Settings
 from ivr.parts import Recognition, RecognizerError, Word
@@ -35,7 +38,9 @@ logger = logging.getLogger(__name__)
 UNK_WORD = "<UNK>"  # how a word outside the vocabulary or grammar appears in Recognition.words
 # Tokens of the supported models that stand for unknown speech or noise, never for a word.
 _UNK_TOKENS = frozenset({"<UNK>", "<unk>", "[unk]", "<SPOKEN_NOISE>", "[noise]", "<noise>", "!SIL"})
+_HAN = re.compile(r"[\u3400-\u9fff]")
 _CHUNK_FRAMES = 4000
+_GRAMMAR_CACHE_SIZE = 32
 MIN_RATE_HZ = 8000
 MAX_RATE_HZ = 48000
 
@@ -77,6 +82,7 @@ class VoskRecognizer:
         self.dither = settings.asr_dither if dither is None else dither
         self._lock = threading.Lock()
         self._loaded: dict[str, _Loaded] = {}
+        self._grammars: dict[tuple[str, tuple[str, ...]], _Grammar | None] = {}
 
     # ------------------------------------------------------------ models
     def load(self, locale: str) -> None:
@@ -130,7 +136,9 @@ class VoskRecognizer:
             )
         import vosk
 
-        vosk.SetLogLevel(0 if logger.isEnabledFor(logging.DEBUG) else -2)
+        # Kaldi writes to stderr, outside our logs: its warnings (e.g. grammar words missing from the
+        # vocabulary) only when debugging, never its LOG lines (they echo every grammar).
+        vosk.SetLogLevel(-1 if logger.isEnabledFor(logging.DEBUG) else -2)
         started = time.perf_counter()
         copy: Path | None = None
         try:
@@ -166,19 +174,17 @@ class VoskRecognizer:
         confidence is the mean over all words, unknown ones counting as 0. Raises RecognizerError.
         """
         model = self._model(locale)
-        with self._lock:
-            unk = self._loaded[locale].unk_token
+        compiled = self._grammar(locale, grammar) if grammar else None
         import vosk
 
         with _open_wav(wav) as wf:
             rate = wf.rate
             frames = wf.frames
-            grammar_json = _grammar_json(grammar, unk)
             try:
-                if grammar_json is None:
+                if compiled is None:
                     rec = vosk.KaldiRecognizer(model, float(rate))
                 else:
-                    rec = vosk.KaldiRecognizer(model, float(rate), grammar_json)
+                    rec = vosk.KaldiRecognizer(model, float(rate), compiled.json)
                 rec.SetWords(True)
             except Exception as exc:
                 raise RecognizerError(f"{wav}: cannot create a {locale} recognizer: {exc}") from exc
@@ -203,17 +209,50 @@ class VoskRecognizer:
             duration,
             elapsed,
             elapsed / duration if duration else 0.0,
-            "grammar" if grammar_json else "free",
+            "grammar" if compiled else "free",
         )
-        return _recognition(raw)
+        return _recognition(raw, compiled.joins if compiled else None)
+
+    def _grammar(self, locale: str, grammar: Sequence[str]) -> _Grammar | None:
+        """The compiled grammar, cached: a dialogue has a handful, used again at every turn."""
+        key = (locale, tuple(grammar))
+        with self._lock:
+            if key in self._grammars:
+                return self._grammars[key]
+            unk = self._loaded[locale].unk_token
+        model = self._model(locale)
+        compiled = _compile_grammar(grammar, unk, lambda w: int(model.vosk_model_find_word(w)) >= 0)
+        with self._lock:
+            if len(self._grammars) >= _GRAMMAR_CACHE_SIZE:
+                self._grammars.clear()
+            self._grammars[key] = compiled
+        return compiled
 
 
-def _grammar_json(grammar: Sequence[str] | None, unk: str) -> str | None:
-    if not grammar:
-        return None
+@dataclass(frozen=True)
+class _Grammar:
+    """A grammar as Vosk takes it, and how to join back the words it had to split."""
+
+    json: str
+    joins: Mapping[tuple[str, ...], str]  # pieces -> the grammar word they were split from
+
+
+def _compile_grammar(grammar: Sequence[str], unk: str, known: Callable[[str], bool]) -> _Grammar | None:
+    """Phrases → Vosk's JSON list. Unknown-word spellings become the model's token; a Chinese or Korean
+    word the model lacks is split into words it has (Vosk would drop it otherwise), remembered in
+    ``joins`` so the result shows the word as the grammar wrote it."""
     phrases: list[str] = []
+    joins: dict[tuple[str, ...], str] = {}
     for item in grammar:
-        words = [unk if w in _UNK_TOKENS else w for w in str(item).split()]
+        words: list[str] = []
+        for w in str(item).split():
+            if w in _UNK_TOKENS:
+                words.append(unk)
+            elif not known(w) and splittable(w) and (pieces := split_in_vocabulary(w, known)):
+                words.extend(pieces)
+                joins.setdefault(tuple(pieces), w)
+            else:
+                words.append(w)
         text = " ".join(words)
         if text and text not in phrases:
             phrases.append(text)
@@ -221,10 +260,35 @@ def _grammar_json(grammar: Sequence[str] | None, unk: str) -> str | None:
         return None
     if unk not in phrases:
         phrases.append(unk)
-    return json.dumps(phrases, ensure_ascii=False)
+    return _Grammar(json.dumps(phrases, ensure_ascii=False), joins)
 
 
-def _recognition(raw: list[dict[str, Any]]) -> Recognition:
+def _join_pieces(words: list[Word], joins: Mapping[tuple[str, ...], str]) -> list[Word]:
+    """Recognized runs of pieces of a split grammar word become that word (its least confident piece's
+    confidence, the run's timing). Longest runs first."""
+    if not joins:
+        return words
+    longest = max(len(k) for k in joins)
+    out: list[Word] = []
+    i = 0
+    while i < len(words):
+        for n in range(min(longest, len(words) - i), 1, -1):
+            run = words[i : i + n]
+            original = joins.get(tuple(w.word for w in run))
+            if original is not None:
+                conf = min(w.confidence for w in run)
+                out.append(Word(original, conf, run[0].start_s, run[-1].end_s))
+                i += n
+                break
+        else:
+            out.append(words[i])
+            i += 1
+    return out
+
+
+def _recognition(
+    raw: list[dict[str, Any]], joins: Mapping[tuple[str, ...], str] | None = None
+) -> Recognition:
     words: list[Word] = []
     for item in raw:
         token = str(item.get("word", ""))
@@ -236,12 +300,25 @@ def _recognition(raw: list[dict[str, Any]]) -> Recognition:
             words.append(Word(UNK_WORD, conf, start, end))
         else:
             words.append(Word(_unbracket(token), conf, start, end))
+    words = _join_pieces(words, joins or {})
     if not words:
         return Recognition(text="", confidence=0.0)
     known = [w for w in words if w.word != UNK_WORD]
-    text = " ".join(w.word for w in known)
     confidence = sum(w.confidence for w in known) / len(words)
-    return Recognition(text=text, confidence=round(confidence, 6), words=tuple(words))
+    return Recognition(
+        text=join_words(w.word for w in known), confidence=round(confidence, 6), words=tuple(words)
+    )
+
+
+def join_words(words: Iterable[str]) -> str:
+    """Words as text: spaces between them, except between two Chinese characters (Chinese is written
+    without spaces, and the Chinese NLU reads character n-grams)."""
+    text = ""
+    for word in words:
+        if text and not (_HAN.match(text[-1]) and _HAN.match(word[0])):
+            text += " "
+        text += word
+    return text
 
 
 def _unbracket(token: str) -> str:

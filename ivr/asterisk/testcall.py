@@ -120,8 +120,8 @@ class _Call:
         self.call = call
         self.tag = tag
         self.work = work
-        self.robot_id = f"{tag}-robot"  # the ;1 half, in the hotline context
-        self.caller_id = f"{tag}-caller"  # the ;2 half, the test caller
+        self.robot_uid = f"{tag}-robot"  # the ;1 half, in the hotline context
+        self.caller_uid = f"{tag}-caller"  # the ;2 half, the test caller
         self.report = AsteriskCallReport(call.name)
         self.turn_files: dict[int, Path] = {}
         self._turns = list(enumerate(call.turns))
@@ -133,7 +133,7 @@ class _Call:
         self._speech_ended_at: float | None = None
 
     def mine(self, event: AmiEvent) -> bool:
-        ids = (self.robot_id, self.caller_id)
+        ids = (self.robot_uid, self.caller_uid)
         return event.uniqueid in ids or event.get("Linkedid") in ids
 
     async def prepare(self, speech: SpeechRenderer | None, locale: str) -> None:
@@ -166,12 +166,12 @@ class _Call:
         try:
             await ami.aoriginate_local(
                 "s", CALLER_CONTEXT, context=HOTLINE_CONTEXT, caller_id=caller_id, variables=variables,
-                channel_id=self.robot_id, other_channel_id=self.caller_id,
+                channel_id=self.robot_uid, other_channel_id=self.caller_uid,
             )
             await asyncio.wait_for(self._follow(ami, sub), timeout_s)
         except asyncio.TimeoutError:
             self.report.errors.append(f"the call did not end within {timeout_s:.0f} s")
-            for channel in (self.caller_id, self.robot_id):
+            for channel in (self.caller_uid, self.robot_uid):
                 with contextlib.suppress(AmiError):
                     await ami.aaction("Hangup", Channel=channel)
         except AmiError as exc:
@@ -188,26 +188,26 @@ class _Call:
 
     async def _handle(self, ami: AmiClient, event: AmiEvent) -> None:
         name, uid = event.name, event.uniqueid
-        if name == "OriginateResponse" and uid == self.robot_id and event.get("Response") != "Success":
+        if name == "OriginateResponse" and uid == self.robot_uid and event.get("Response") != "Success":
             self.report.errors.append(f"Originate failed (reason {event.get('Reason')})")
             self._caller_done = self._robot_gone = True
-        elif name == "AGIExecStart" and uid == self.robot_id:
+        elif name == "AGIExecStart" and uid == self.robot_uid:
             await self._robot_command(ami, event.get("Command"))
-        elif name == "AGIExecEnd" and uid == self.robot_id and event.get("Command").upper().startswith("RECORD FILE"):
+        elif name == "AGIExecEnd" and uid == self.robot_uid and event.get("Command").upper().startswith("RECORD FILE"):
             self._record_ended_at = time.monotonic()
             if self._speech_ended_at is not None:
                 self.report.silence_waits_s.append(self._record_ended_at - self._speech_ended_at)
                 self._speech_ended_at = None
-        elif name == "VarSet" and uid == self.robot_id and event.get("Variable") in ("IVR_RESULT", "IVR_TRANSFER_REASON", "AGISTATUS"):
+        elif name == "VarSet" and uid == self.robot_uid and event.get("Variable") in ("IVR_RESULT", "IVR_TRANSFER_REASON", "AGISTATUS"):
             self.report.variables[event.get("Variable")] = event.get("Value")
         elif name == "UserEvent":
             self._user_event(event)
-        elif name == "Hangup" and uid == self.robot_id:
+        elif name == "Hangup" and uid == self.robot_uid:
             self._robot_gone = True
 
     def _user_event(self, event: AmiEvent) -> None:
         kind, uid = event.get("UserEvent"), event.uniqueid
-        if kind == "IvrTestCaller" and uid == self.caller_id:
+        if kind == "IvrTestCaller" and uid == self.caller_uid:
             state = event.get("State")
             if state == "done":
                 self._caller_done = True
@@ -215,13 +215,13 @@ class _Call:
                 self._speech_ended_at = time.monotonic()
             elif state == "error":
                 self.report.errors.append(f"test caller: {event.get('Problem')}")
-        elif kind == "IvrOutcome" and uid == self.robot_id:
+        elif kind == "IvrOutcome" and uid == self.robot_uid:
             self.report.agi_status = event.get("AgiStatus")
-        elif kind == "IvrApology" and uid == self.robot_id:
+        elif kind == "IvrApology" and uid == self.robot_uid:
             sound = event.get("Sound")
             self.report.dialplan_prompts.append(sound)
             self.report.events.append({"who": "dialplan", "text": f"<{Path(sound).name}>", "kind": "apology"})
-        elif kind == "IvrHuman" and uid == self.robot_id:
+        elif kind == "IvrHuman" and uid == self.robot_uid:
             self.report.reached_human = True
             self.report.events.append({"who": "dialplan", "text": "", "kind": "to_human", "reason": event.get("Reason")})
         elif kind == "IvrTestAgent":
@@ -286,8 +286,8 @@ class _Call:
     async def _redirect(self, ami: AmiClient, exten: str, arg: str) -> None:
         try:
             if arg:
-                await ami.asetvar("IVR_TEST_ARG", arg, self.caller_id)
-            await ami.aaction("Redirect", Channel=self.caller_id, Context=CALLER_CONTEXT, Exten=exten, Priority=1)
+                await ami.asetvar("IVR_TEST_ARG", arg, self.caller_uid)
+            await ami.aaction("Redirect", Channel=self.caller_uid, Context=CALLER_CONTEXT, Exten=exten, Priority=1)
         except AmiError as exc:  # the caller may already be gone (the robot hung up meanwhile)
             log.debug("test caller %s: redirect to %s failed: %s", self.tag, exten, exc)
 
@@ -415,8 +415,10 @@ async def replay_via_asterisk(
     agi_url: str | None = None,
     concurrent: bool = False,
     timeout_s: float = 180.0,
-) -> list[AsteriskCallReport]:
+) -> list[CallReport]:
     """Each call file as a real call (one after the other, or all at once), in the given order.
+
+    The reports are ``AsteriskCallReport``s (typed as the harness's ``CallReport`` for the replay CLI).
 
     ``agi_url`` points the hotline at another FastAGI server for the duration (a global variable;
     restored afterwards); by default the calls reach the robot the local Asterisk was configured with.
@@ -424,4 +426,5 @@ async def replay_via_asterisk(
     async with AsteriskCaller(settings, speech=speech, agi_url=agi_url) as caller:
         if concurrent:
             return list(await asyncio.gather(*(caller.place(c, timeout_s=timeout_s) for c in calls)))
-        return [await caller.place(c, timeout_s=timeout_s) for c in calls]
+        reports: list[CallReport] = [await caller.place(c, timeout_s=timeout_s) for c in calls]
+        return reports

@@ -26,7 +26,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from rasa_sdk import Action, Tracker
 from rasa_sdk.events import SlotSet
@@ -67,6 +67,30 @@ RESPONSES_USED: frozenset[str] = frozenset({
     "utter_loan_overdue", "utter_loan_closed", "utter_no_loan", "utter_transactions_intro",
     "utter_transaction", "utter_no_transactions",
 })
+
+
+# The values each response is uttered with (its ``{placeholders}`` may use these, or slot names).
+RESPONSE_VALUES: dict[str, frozenset[str]] = {
+    "utter_balance": frozenset({"balance"}),
+    "utter_balance_account": frozenset({"account", "balance"}),
+    "utter_next_repayment": frozenset({"amount", "date"}),
+    "utter_repayment_overdue": frozenset({"amount", "date", "days"}),
+    "utter_loan_active": frozenset({"outstanding"}),
+    "utter_loan_overdue": frozenset({"days", "outstanding"}),
+    "utter_transactions_intro": frozenset({"count"}),
+    "utter_transaction": frozenset({"date", "amount", "description"}),
+}
+
+# The slots these actions set, with the values of the categorical ones (the domain must allow them).
+SLOT_VALUES: dict[str, frozenset[str] | None] = {
+    "verified": None,
+    "customer_id": None,
+    "requested_info": frozenset(INFO_BY_INTENT.values()),
+    "awaiting": frozenset({"id_last4", "phone", "anything_else"}),
+    "verify_failures": None,
+    "call_outcome": frozenset({"transfer", "completed"}),
+    "transfer_reason": None,
+}
 
 
 class LookupFailed(Exception):
@@ -175,8 +199,10 @@ class IvrAction(Action, abc.ABC):
         self.store = store
         self.settings = settings
 
-    @abc.abstractmethod
-    def name(self) -> str: ...
+    action_name: ClassVar[str]
+
+    def name(self) -> str:
+        return self.action_name
 
     @abc.abstractmethod
     async def act(self, turn: Turn) -> None: ...
@@ -198,8 +224,7 @@ class IvrAction(Action, abc.ABC):
 class ActionAnswerOrVerify(IvrAction):
     """ask_*: answer a verified caller; otherwise start (or continue) verification."""
 
-    def name(self) -> str:
-        return "action_answer_or_verify"
+    action_name = "action_answer_or_verify"
 
     async def act(self, turn: Turn) -> None:
         info = INFO_BY_INTENT.get(turn.intent) or turn.slot("requested_info")
@@ -214,8 +239,7 @@ class ActionAnswerOrVerify(IvrAction):
 class ActionVerifyDigits(IvrAction):
     """inform_digits: the registered phone number or the last four ID digits, whichever is awaited."""
 
-    def name(self) -> str:
-        return "action_verify_digits"
+    action_name = "action_verify_digits"
 
     async def act(self, turn: Turn) -> None:
         awaiting = turn.slot("awaiting")
@@ -262,8 +286,7 @@ class ActionVerifyDigits(IvrAction):
 class ActionYesNo(IvrAction):
     """affirm / deny: "anything else?" → no ends the call; otherwise back to the open question."""
 
-    def name(self) -> str:
-        return "action_yes_no"
+    action_name = "action_yes_no"
 
     async def act(self, turn: Turn) -> None:
         awaiting = turn.slot("awaiting")
@@ -281,8 +304,7 @@ class ActionYesNo(IvrAction):
 class ActionRepeat(IvrAction):
     """repeat: the robot's previous turn again, word for word (slots unchanged, so the same input is awaited)."""
 
-    def name(self) -> str:
-        return "action_repeat"
+    action_name = "action_repeat"
 
     async def act(self, turn: Turn) -> None:
         texts = previous_bot_texts(turn.tracker.events or [])
@@ -296,8 +318,7 @@ class ActionRepeat(IvrAction):
 class ActionGoBack(IvrAction):
     """go_back: drop the pending question (and a verification in progress) and offer the menu."""
 
-    def name(self) -> str:
-        return "action_go_back"
+    action_name = "action_go_back"
 
     async def act(self, turn: Turn) -> None:
         turn.set("awaiting", None)
@@ -308,8 +329,7 @@ class ActionGoBack(IvrAction):
 class ActionTransfer(IvrAction):
     """human: a person, at any point of the call."""
 
-    def name(self) -> str:
-        return "action_transfer"
+    action_name = "action_transfer"
 
     async def act(self, turn: Turn) -> None:
         turn.say("utter_transfer")
@@ -319,8 +339,7 @@ class ActionTransfer(IvrAction):
 class ActionEndCall(IvrAction):
     """After the goodbye: the call is complete."""
 
-    def name(self) -> str:
-        return "action_end_call"
+    action_name = "action_end_call"
 
     async def act(self, turn: Turn) -> None:
         _end(turn, "completed", "")

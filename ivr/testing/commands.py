@@ -8,6 +8,8 @@ import json
 import sys
 
 from ivr.config import Settings
+from ivr.testing.callfile import CallFile
+from ivr.testing.harness import CallReport
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,9 +38,7 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
 
     calls = load_all(args.files)
     if args.asterisk:
-        from ivr.asterisk.testcall import replay_via_asterisk
-
-        reports = asyncio.run(replay_via_asterisk(settings, calls))
+        reports = asyncio.run(_replay_through_asterisk(settings, calls, args.server))
     else:
         server = parse_server(args.server) if args.server else None
         reports = asyncio.run(replay_calls(settings, calls, text_mode=args.text, server=server))
@@ -58,6 +58,20 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
     if failed:
         print(f"{failed} of {len(calls)} calls failed their expectations", file=sys.stderr)
     return 1 if failed else 0
+
+
+async def _replay_through_asterisk(settings: Settings, calls: list[CallFile], server: str | None) -> list[CallReport]:
+    """Each call placed through the local Asterisk, to a server given by --server or started here."""
+    from ivr.asterisk.testcall import replay_via_asterisk
+    from ivr.testing.replay import parse_server, replay_settings, running_robot
+
+    settings = replay_settings(settings)
+    if server:
+        host, port = parse_server(server)
+        return await replay_via_asterisk(settings, calls, agi_url=f"agi://{host}:{port}/ivr")
+    async with running_robot(settings, text_input=False, host=settings.agi_host) as (host, port, robot):
+        speech = robot.parts.synthesizer.render
+        return await replay_via_asterisk(settings, calls, agi_url=f"agi://{host}:{port}/ivr", speech=speech)
 
 
 def bench(args: argparse.Namespace, settings: Settings) -> int:

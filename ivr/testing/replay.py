@@ -19,16 +19,18 @@ if TYPE_CHECKING:
 
 
 @contextlib.asynccontextmanager
-async def running_robot(settings: Settings, *, text_input: bool) -> AsyncIterator[tuple[str, int, Robot]]:
-    """An in-process robot on an ephemeral loopback port; yields (host, port, robot)."""
+async def running_robot(
+    settings: Settings, *, text_input: bool, host: str = "127.0.0.1"
+) -> AsyncIterator[tuple[str, int, Robot]]:
+    """An in-process robot on an ephemeral port (loopback by default); yields (host, port, robot)."""
     from ivr.app import build_robot
 
     robot = build_robot(settings, text_input=text_input)
     await robot.warm_up()
-    await robot.start("127.0.0.1", 0, http=False)
+    await robot.start(host, 0, http=False)
     assert robot.server is not None
     try:
-        yield "127.0.0.1", robot.server.port, robot
+        yield host, robot.server.port, robot
     finally:
         await robot.stop(grace_s=5)
 

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import re
 import socket
 import subprocess
@@ -331,7 +332,21 @@ class PromptSynthesizer:
                 if names:
                     manifest[response] = names
             self._write_manifest(locale, manifest)
+            self._publish_dialplan_prompts(locale)
         return count
+
+    def _publish_dialplan_prompts(self, locale: str) -> None:
+        """Copy the apology and hold prompts to stable names the dialplan plays when the robot is down:
+        ``<sounds_dir>/fallback/<locale>/apology.wav`` and ``hold.wav``."""
+        target = self._settings.sounds_dir / "fallback" / locale
+        for key in ("apology", "hold"):
+            source = self.fallback(key, locale)
+            if source is None:
+                continue
+            target.mkdir(parents=True, exist_ok=True)
+            tmp = target / f".{key}.{os.getpid()}.tmp"
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target / f"{key}.wav")
 
     def start(self) -> None:
         """Start the worker now rather than at the first miss (~0.15 s). Blocking: from a running event
