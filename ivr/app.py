@@ -153,14 +153,21 @@ def build_robot(
     dialogue: DialogueEngine | None = None,
     recognizer: Recognizer | None = None,
     synthesizer: Synthesizer | None = None,
+    store: AccountStore | None = None,
 ) -> Robot:
     """The robot on real parts, unless a part is given (tests inject faults this way)."""
     for folder in (settings.spool_dir, settings.sounds_dir, settings.transcripts_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-    from ivr.accounts.store import SqlAccountStore
-
-    store = SqlAccountStore.from_settings(settings)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            # Still start and answer: calls that need the folder are apologised for and transferred.
+            log.error("cannot create %s: %s", folder, exc)
     closers: list[object] = []
+    if store is None:
+        from ivr.accounts.store import SqlAccountStore
+
+        store = SqlAccountStore.from_settings(settings)
+        closers.append(store)
     if synthesizer is None:
         from ivr.tts.synth import PromptSynthesizer
 

@@ -39,6 +39,12 @@ class AccountStoreError(PartError):
     part = "accounts"
 
 
+class RecordingError(PartError):
+    """Asterisk could not write the caller's recording (disk full, spool missing or not writable)."""
+
+    part = "recording"
+
+
 # ---------------------------------------------------------------- speech in
 @dataclass(frozen=True)
 class Word:

@@ -24,6 +24,7 @@ from ivr.agi.protocol import (
     check,
     command,
 )
+from ivr.parts import RecordingError
 from ivr.session import Recording
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ class AgiChannel:
             timeout_s=max_s + 30,
         )
         if response.result == "-1":
-            raise OSError(f"Asterisk could not write the recording ({response.data or 'error'})")
+            raise RecordingError(f"Asterisk could not write the recording ({response.data or 'error'})")
         digit = _digit(response) if response.data == "dtmf" else ""
         return Recording(path=path.with_suffix(".wav"), digit=digit)
 

@@ -97,11 +97,13 @@ def digit_map(locale: str) -> dict[str, str]:
 
 
 def digits_from_words(text: str, locale: str) -> str:
-    """The digits in ``text``, in order: keypad digits, digit words, and (zh, ko) runs of digit
-    characters written together (``一二三``, ``일이삼``) or in the Korean model's bracket forms (``[일]``)."""
+    """The digits in ``text``, in order: keypad digits, digit words, runs of digit characters written
+    together (``一二三``, ``尾号四八二一``, ``일이삼``) and the Korean model's bracket forms (``[일]``)."""
     words = digit_map(locale)
+    if locale.startswith("zh"):
+        return _chinese_digits(text.translate(_ASCII), words)
     repeats = REPEAT_WORDS.get(locale, {})
-    by_char = locale.startswith(("zh", "ko"))
+    by_char = locale.startswith("ko")
     out: list[str] = []
     pending = 1
     for raw in text.translate(_ASCII).split():
@@ -124,3 +126,13 @@ def digits_from_words(text: str, locale: str) -> str:
         pending = 1
         out.extend(found)
     return "".join(out)
+
+
+def _chinese_digits(text: str, words: Mapping[str, str]) -> str:
+    """Chinese is written without spaces (尾号四八二一), so digits are runs of digit characters. A lone
+    digit character next to a longer run is part of a word (等一下，尾号四八二一), and is left out."""
+    chars = "".join(re.escape(c) for c in words)
+    runs = re.findall(f"[{chars}0-9]+", text)
+    if any(len(r) > 1 for r in runs):
+        runs = [r for r in runs if len(r) > 1]
+    return "".join(words.get(c, c) for r in runs for c in r)

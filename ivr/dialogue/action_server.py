@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from ivr.dialogue import actions as actions  # noqa: F401  (rasa_sdk's scan finds the actions through this import)
+from ivr.dialogue import actions as actions
 
 if TYPE_CHECKING:
     from ivr.accounts.api import AccountStore

@@ -124,7 +124,7 @@ def _load(path: Path, problems: list[Problem]) -> _Doc | None:
         return None
     try:
         node = yaml.compose(text, Loader=_Loader)
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_Loader)
     except _DuplicateKey as exc:
         problems.append(Problem("error", path, exc.line, str(exc)))
         return None

@@ -13,6 +13,7 @@ import asyncio
 import audioop
 import itertools
 import json
+import os
 import shutil
 import time
 import wave
@@ -242,7 +243,10 @@ class ScriptedAsterisk:
         if name == "STREAM FILE":
             return self._stream_file(args)
         if name == "RECORD FILE":
-            return await self._record_file(args)
+            try:
+                return await self._record_file(args)
+            except OSError:  # the recording could not be written: what Asterisk answers then
+                return "200 result=-1 (writefile)\n"
         if name == "WAIT FOR":  # WAIT FOR DIGIT
             return self._wait_digit()
         if name == "SET VARIABLE" and len(args) >= 4:
@@ -280,6 +284,8 @@ class ScriptedAsterisk:
             return "520-Invalid command syntax.  Proper usage follows:\nUsage: RECORD FILE\n520 End of proper usage.\n"
         target = Path(args[2]).with_suffix("." + args[3])
         silence_s = next((float(a[2:]) for a in args[6:] if a.startswith("s=")), 0.0)
+        if not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
+            raise OSError(f"cannot write {target}")
         if not self._turns:  # the script is over: the caller hangs up
             return self._hangup()
         turn = self._turns.pop(0)

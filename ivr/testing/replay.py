@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import dataclasses
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ivr.config import Settings
 from ivr.testing.callfile import CallFile
@@ -20,12 +20,15 @@ if TYPE_CHECKING:
 
 @contextlib.asynccontextmanager
 async def running_robot(
-    settings: Settings, *, text_input: bool, host: str = "127.0.0.1"
+    settings: Settings, *, text_input: bool, host: str = "127.0.0.1", **parts: Any
 ) -> AsyncIterator[tuple[str, int, Robot]]:
-    """An in-process robot on an ephemeral port (loopback by default); yields (host, port, robot)."""
+    """An in-process robot on an ephemeral port (loopback by default); yields (host, port, robot).
+
+    ``parts`` go to ``build_robot`` (dialogue=, recognizer=, synthesizer=, store=): fault tests use it.
+    """
     from ivr.app import build_robot
 
-    robot = build_robot(settings, text_input=text_input)
+    robot = build_robot(settings, text_input=text_input, **parts)
     await robot.warm_up()
     await robot.start(host, 0, http=False)
     assert robot.server is not None
@@ -88,9 +91,10 @@ class RobotInThread:
     Tests share one across many calls (loading the models once) and talk to it over TCP only.
     """
 
-    def __init__(self, settings: Settings, *, text_input: bool) -> None:
+    def __init__(self, settings: Settings, *, text_input: bool, **parts: Any) -> None:
         self._settings = settings
         self._text_input = text_input
+        self._parts = parts
         self._loop = asyncio.new_event_loop()
         self._stopped = asyncio.Event()
         self._ready = threading.Event()
@@ -113,7 +117,11 @@ class RobotInThread:
 
     async def _serve(self) -> None:
         try:
-            async with running_robot(self._settings, text_input=self._text_input) as (_host, port, robot):
+            async with running_robot(self._settings, text_input=self._text_input, **self._parts) as (
+                _host,
+                port,
+                robot,
+            ):
                 self.port, self.robot = port, robot
                 self._ready.set()
                 await self._stopped.wait()

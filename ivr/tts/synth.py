@@ -27,8 +27,8 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import re
+import shutil
 import socket
 import subprocess
 import sys
