@@ -41,7 +41,7 @@ def clean_caller_id(raw: str) -> str:
 
 
 def new_call_id(environment: AgiEnvironment) -> str:
-    unique = re.sub(r"[^0-9A-Za-z._-]", "", environment.unique_id)[:40]
+    unique = re.sub(r"[^0-9A-Za-z_-]", "_", environment.unique_id)[:40]
     return f"{unique or 'call'}-{uuid.uuid4().hex[:8]}"
 
 

@@ -347,6 +347,7 @@ class Clips:
     balance: Path  # "잔액을 확인하고 싶어요"
     yes: Path  # "네"
     digits: Path  # "사 팔 이 일"
+    yes_right: Path  # "네 맞아요"
     two_parts: Path  # two sentences with 2 s of silence between
     first_part_s: float  # where the second sentence starts in two_parts
     silence: Path
@@ -380,6 +381,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Clips:
     balance = synth("잔액을 확인하고 싶어요", d / "balance.wav")
     yes = synth("네", d / "yes.wav")
     digits = synth("사 팔 이 일", d / "digits.wav")
+    yes_right = synth("네 맞아요", d / "yes_right.wav")
     second = synth("대출 상환 날짜를 알려 주세요", d / "second.wav")
     first_s = duration_s(balance) + 2.0
     two_parts = d / "two_parts.wav"
@@ -394,7 +396,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Clips:
     extensible = d / "extensible.wav"
     write_extensible(digits, extensible)
     at_16k = synth("잔액을 확인하고 싶어요", d / "balance16k.wav", rate=16000)
-    return Clips(balance, yes, digits, two_parts, first_s, silence, extensible, at_16k)
+    return Clips(balance, yes, digits, yes_right, two_parts, first_s, silence, extensible, at_16k)
 
 
 def write_extensible(src: Path, dst: Path) -> None:
@@ -471,6 +473,18 @@ def test_grammar_results_hold_only_grammar_words(
             mean = sum(w.confidence for w in known) / len(result.words) if result.words else 0.0
             assert result.confidence == pytest.approx(mean, abs=1e-6)
             assert 0.0 <= result.confidence <= 1.0
+
+
+@pytest.mark.audio
+def test_split_grammar_words_come_back_whole(recognizer: VoskRecognizer, clips: Clips) -> None:
+    grammar = ["네 맞아요", "아니요", "잔액이 얼마예요", "<UNK>"]
+    compiled = recognizer._grammar("ko-KR", grammar)
+    assert compiled is not None and set(compiled.joins.values()) == {"맞아요", "얼마예요"}
+    for wav in [clips.yes_right, *clips.speech()]:
+        words = [w.word for w in recognizer.transcribe(wav, "ko-KR", grammar).words]
+        for pieces in compiled.joins:
+            n = len(pieces)
+            assert all(tuple(words[i : i + n]) != pieces for i in range(len(words))), (wav.name, words)
 
 
 @pytest.mark.audio

@@ -124,6 +124,11 @@ class AgiConnection:
             pass
 
 
+def without_extension(path: Path) -> str:
+    """Asterisk names sound files without their extension (it picks the format itself)."""
+    return str(path)[: -len(path.suffix)] if path.suffix in (".wav", ".wav16", ".gsm", ".ulaw") else str(path)
+
+
 def _digit(response: AgiResponse) -> str:
     """The key a ``result=`` ASCII code stands for; "" for 0 (no key)."""
     code = response.result_int
@@ -141,7 +146,7 @@ class AgiChannel:
 
     async def play(self, sound: Path, escape_digits: str = "") -> str:
         """Play a prompt (path without extension); return the key that interrupted it, if any."""
-        response = await self._agi.execute("STREAM FILE", str(sound.with_suffix("")), escape_digits)
+        response = await self._agi.execute("STREAM FILE", without_extension(sound), escape_digits)
         if response.result == "-1":
             raise AgiError(f"Asterisk could not play {sound.name}")
         return _digit(response)
@@ -150,7 +155,7 @@ class AgiChannel:
         """RECORD FILE with silence detection; the caller may instead press a key (escape digit)."""
         response = await self._agi.execute(
             "RECORD FILE",
-            str(path.with_suffix("")),
+            without_extension(path),
             "wav",
             escape_digits,
             int(max_s * 1000),

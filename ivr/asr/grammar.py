@@ -2,13 +2,16 @@
 
 A Vosk grammar is a list of phrases of space-separated words; Vosk builds a small bigram language model
 from them at recognizer creation, so a result can join fragments of different phrases, and a phrase
-word that the model does not know is silently dropped. Hence the check (``check_grammars``, run by
-``ivr dialogs validate``) that lists such words for ops staff. Every grammar ends with the model's
-unknown-word token, so speech outside the grammar can come out as that token instead of as the
-nearest grammar word.
+word that the model does not know is silently dropped. So:
 
-Chinese phrases are not space-separated: they are segmented with jieba and, when the model's
-vocabulary is given, any segment the model lacks is split further into the longest words it has.
+* Chinese phrases (not space-separated) are segmented with jieba and, given the model's vocabulary,
+  segments the model lacks are split into words it has.
+* Korean phrases keep their words; the recognizer splits a word its model lacks into words it has
+  (``얼마예요`` → ``얼마 예요``) when it compiles the grammar, and joins them again in its result.
+* ``check_grammars`` (for ``ivr dialogs validate``) lists the words that are still unusable.
+
+Every grammar ends with the model's unknown-word token, so speech outside the grammar can come out as
+that token instead of as the nearest grammar word.
 """
 
 from __future__ import annotations
@@ -48,8 +51,23 @@ YES_NO_WORDS: Mapping[str, tuple[str, ...]] = {
         "不用",
     ),
     "en-US": ("yes", "yeah", "yep", "correct", "right", "sure", "okay", "no", "nope", "not", "wrong"),
-    # all in the Korean model's vocabulary (맞아요, 틀려요, 아니에요 are not)
-    "ko-KR": ("네", "예", "응", "그래요", "맞아", "좋아요", "아니", "아니요", "아니오", "아뇨", "아닙니다"),
+    # 맞아요, 맞습니다 and 아니에요 are not in the Korean model: the recognizer splits them
+    "ko-KR": (
+        "네",
+        "예",
+        "응",
+        "그래요",
+        "맞아",
+        "맞아요",
+        "맞습니다",
+        "좋아요",
+        "아니",
+        "아니요",
+        "아니오",
+        "아뇨",
+        "아니에요",
+        "아닙니다",
+    ),
 }
 
 # Rasa's conventional names for the answers to a yes/no question.

@@ -13,6 +13,7 @@ Rasa is heavy to import (TensorFlow): modules here import it inside functions, a
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,6 +24,7 @@ RASA_ENVIRONMENT: Mapping[str, str] = {
     "TF_ENABLE_ONEDNN_OPTS": "0",
     "SQLALCHEMY_SILENCE_UBER_WARNING": "1",  # Rasa's tracker store module warns at import
     "RASA_MAX_CACHE_SIZE": "0",  # our own fingerprint decides what to retrain; no training cache
+    "LOG_LEVEL": "WARNING",  # Rasa's own level: also turns off its progress bars
     "PYTHONWARNINGS": "ignore::DeprecationWarning",
 }
 
@@ -59,7 +61,12 @@ def prepare_rasa(models_dir: Path) -> None:
     os.environ.setdefault("RASA_CACHE_DIRECTORY", str(state / "cache"))
     os.environ.setdefault("MPLCONFIGDIR", str(state / "matplotlib"))
 
-    import rasa.constants
+    # Rasa 3.6 warns about slot auto-fill on every domain load, whatever the domain says.
+    warnings.filterwarnings("ignore", message="Slot auto-fill has been removed")
+    with warnings.catch_warnings():  # TensorFlow, jax and pkg_resources deprecations at import time
+        warnings.simplefilter("ignore")
+        import rasa.constants
+        import rasa.core.agent  # noqa: F401
 
     rasa.constants.GLOBAL_USER_CONFIG_PATH = str(state / "global.yml")
     _route_structlog()

@@ -51,8 +51,9 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
             continue
         print(f"== {call.path}: {report.outcome}" + (f" ({report.transfer_reason})" if report.transfer_reason else ""))
         for event in report.events:
-            label = event.get("kind", "")
-            print(f"  {event['who']:>6}{'/' + label if label else ''}: {event['text']}")
+            label = event.get("kind") or event.get("action") or ""
+            text = event["text"] if event["text"] or not label else f"({label})"
+            print(f"  {event['who']:>6}{'/' + label if label else ''}: {text}")
         for failure in failures:
             print(f"  FAILED: {failure}")
     if failed:

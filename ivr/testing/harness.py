@@ -264,13 +264,13 @@ class ScriptedAsterisk:
     def _stream_file(self, args: list[str]) -> str:
         if len(args) < 3:
             return "520-Invalid command syntax.  Proper usage follows:\nUsage: STREAM FILE\n520 End of proper usage.\n"
-        sound = Path(args[2])
-        wav = sound.with_suffix(".wav")
+        sound = args[2]
+        wav = Path(sound + ".wav")
         if not wav.exists():
             self.report.errors.append(f"the robot played a prompt that does not exist: {wav}")
             return "200 result=-1 endpos=0\n"
-        sidecar = sound.with_suffix(".txt")
-        text = sidecar.read_text(encoding="utf-8") if sidecar.exists() else f"<{sound.name}>"
+        sidecar = Path(sound + ".txt")
+        text = sidecar.read_text(encoding="utf-8") if sidecar.exists() else f"<{wav.name}>"
         if self._recorded_at is not None:
             compute = time.monotonic() - self._recorded_at
             self.report.compute_latencies_s.append(compute)
@@ -282,7 +282,7 @@ class ScriptedAsterisk:
     async def _record_file(self, args: list[str]) -> str:
         if len(args) < 6:
             return "520-Invalid command syntax.  Proper usage follows:\nUsage: RECORD FILE\n520 End of proper usage.\n"
-        target = Path(args[2]).with_suffix("." + args[3])
+        target = Path(f"{args[2]}.{args[3]}")
         silence_s = next((float(a[2:]) for a in args[6:] if a.startswith("s=")), 0.0)
         if not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
             raise OSError(f"cannot write {target}")
@@ -319,7 +319,7 @@ class ScriptedAsterisk:
             self.report.events.append({"who": "caller", "text": mask_text(text), "kind": "say"})
             if self.text_mode:
                 write_silence(target, 0.5)
-                target.with_suffix(".txt").write_text(text, encoding="utf-8")
+                Path(args_base(target) + ".txt").write_text(text, encoding="utf-8")
             else:
                 if self.speech is None:
                     raise RuntimeError("audio mode needs a speech renderer for say turns")
@@ -346,6 +346,11 @@ class ScriptedAsterisk:
     def _hangup(self) -> str:
         self._hung_up = True
         return "HANGUP\n200 result=-1 (hangup) endpos=0\n"
+
+
+def args_base(path: Path) -> str:
+    """The recording's name without its format extension (``/spool/a.b-1.wav`` → ``/spool/a.b-1``)."""
+    return str(path)[: -len(path.suffix)]
 
 
 def report_json(reports: list[CallReport]) -> str:

@@ -14,7 +14,7 @@ from ivr.parts import Recognition, Word
 
 class SidecarTextRecognizer:
     def transcribe(self, wav: Path, locale: str, grammar: Sequence[str] | None = None) -> Recognition:
-        sidecar = wav.with_suffix(".txt")
+        sidecar = Path(str(wav)[: -len(wav.suffix)] + ".txt") if wav.suffix else Path(f"{wav}.txt")
         try:
             text = sidecar.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
