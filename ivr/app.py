@@ -11,6 +11,7 @@ import contextlib
 import inspect
 import logging
 import re
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,20 +49,22 @@ def new_call_id(environment: AgiEnvironment) -> str:
 class GrammarBook:
     """Per locale and dialogue state, the phrase list for the recognizer (built once, lazily)."""
 
-    def __init__(self, dialogs_dir: Path) -> None:
-        self._dir = dialogs_dir
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._built: dict[str, dict[Expect, list[str]]] = {}
+        self._lock = threading.Lock()
 
     def __call__(self, locale: str, expect: Expect) -> Sequence[str] | None:
-        if locale not in self._built:
-            from ivr.asr.grammar import build_grammars, load_nlu_examples
+        with self._lock:  # called from recognition threads
+            if locale not in self._built:
+                from ivr.asr.grammar import load_grammars
 
-            try:
-                self._built[locale] = build_grammars(load_nlu_examples(self._dir, locale), locale)
-            except Exception:
-                log.warning("no grammar for %s; free recognition", locale, exc_info=True)
-                self._built[locale] = {}
-        return self._built[locale].get(expect)
+                try:
+                    self._built[locale] = load_grammars(self._settings, locale)
+                except Exception:
+                    log.warning("no grammar for %s; free recognition", locale, exc_info=True)
+                    self._built[locale] = {}
+            return self._built[locale].get(expect)
 
 
 @dataclass
@@ -192,7 +195,7 @@ def build_robot(
         synthesizer=synthesizer,
         prompts=PromptBook(settings.dialogs_dir),
         metrics=Metrics(),
-        grammar=GrammarBook(settings.dialogs_dir),
+        grammar=GrammarBook(settings),
     )
     return Robot(settings, parts, store, closers)
 

@@ -15,7 +15,7 @@ from ivr.masking import mask_text
 call_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("call_id", default="-")
 
 _NOISY = ("rasa", "tensorflow", "absl", "sanic", "apscheduler", "matplotlib", "jieba", "urllib3", "asyncio",
-          "filelock", "root", "h5py", "numexpr", "aiohttp", "pydub", "comtypes", "py.warnings", "sqlalchemy")
+          "filelock", "h5py", "numexpr", "aiohttp", "pydub", "comtypes", "py.warnings", "sqlalchemy")
 
 
 class JsonFormatter(logging.Formatter):

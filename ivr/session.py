@@ -211,6 +211,12 @@ class CallSession:
             if user.text == "*" and user.keypad:  # star alone: hear the question again
                 await self._repeat_last()
                 continue
+            if not user.text:  # speech, but no word the recognizer knows
+                not_understood += 1
+                if not_understood >= self.settings.not_understood_limit:
+                    return self._transfer_reply("not_understood")
+                await self._say_prompt("utter_not_understood")
+                continue
             confirmed = await self._confirm_if_unsure(user, reply)
             if confirmed is None:
                 not_understood += 1
@@ -257,9 +263,10 @@ class CallSession:
         text = recognition.text.strip()
         shown = mask_secret(text) if reply.secret else mask_text(text)
         self.transcript.add("caller", shown, confidence=round(recognition.confidence, 3))
-        if not text:
-            return None
-        return UserInput(text=text, keypad=False, confidence=recognition.confidence)
+        if not text and not recognition.words:
+            return None  # silence: the no-input case
+        # Only unknown words: speech the model could not place, the not-understood case (text "").
+        return UserInput(text=text, keypad=False, confidence=recognition.confidence if text else 0.0)
 
     async def _recognize(self, wav: Path, expect: Expect) -> Any:
         grammar = self.parts.grammar(self.call.locale, expect)

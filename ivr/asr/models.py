@@ -42,7 +42,7 @@ CHUNK_BYTES = 1024 * 1024
 MAX_UNPACKED_BYTES = 4 * 1024**3  # a zip bomb stops here; the real small models unpack to < 300 MB
 
 
-class ModelError(Exception):
+class ModelError(ValueError):
     """A model is unknown, missing, broken, or could not be pulled. The message names what and where."""
 
 

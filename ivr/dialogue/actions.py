@@ -452,16 +452,16 @@ async def answer(turn: Turn, info: str | None) -> None:
 
 
 async def _disclose(turn: Turn, customer: str, what: str) -> None:
-    """The audit record comes first: no record, no disclosure."""
+    """The audit record comes before the answer (also "nothing due"): no record, no disclosure."""
     await turn.lookup(turn.store.record_disclosure, turn.call_id, customer, what)
 
 
 async def _balance(turn: Turn, customer: str) -> None:
     accounts = await turn.lookup(turn.store.accounts, customer)
+    await _disclose(turn, customer, "balance")
     if not accounts:
         turn.say("utter_no_account")
         return
-    await _disclose(turn, customer, "balance")
     if len(accounts) == 1:
         turn.say("utter_balance", balance=format_money(accounts[0].balance, accounts[0].currency))
         return
@@ -477,10 +477,10 @@ async def _next_repayment(turn: Turn, customer: str) -> None:
          if loan.status != "closed" and loan.next_due_date is not None and loan.next_due_amount is not None),
         key=lambda loan: loan.next_due_date or 0,
     )
+    await _disclose(turn, customer, "next_repayment")
     if not due:
         turn.say("utter_no_repayment")
         return
-    await _disclose(turn, customer, "next_repayment")
     for loan in due:
         assert loan.next_due_date is not None and loan.next_due_amount is not None
         amount = format_money(loan.next_due_amount, loan.currency)
@@ -493,10 +493,10 @@ async def _next_repayment(turn: Turn, customer: str) -> None:
 
 async def _loan_status(turn: Turn, customer: str) -> None:
     loans = await turn.lookup(turn.store.loans, customer)
+    await _disclose(turn, customer, "loan_status")
     if not loans:
         turn.say("utter_no_loan")
         return
-    await _disclose(turn, customer, "loan_status")
     for loan in loans:
         outstanding = format_money(loan.outstanding, loan.currency)
         if loan.status == "closed":
@@ -509,10 +509,10 @@ async def _loan_status(turn: Turn, customer: str) -> None:
 
 async def _transactions(turn: Turn, customer: str) -> None:
     transactions = await turn.lookup(turn.store.recent_transactions, customer, TRANSACTIONS_READ)
+    await _disclose(turn, customer, "transactions")
     if not transactions:
         turn.say("utter_no_transactions")
         return
-    await _disclose(turn, customer, "transactions")
     turn.say("utter_transactions_intro", count=str(len(transactions)))
     for tx in transactions:
         turn.say("utter_transaction", date=tx.date.isoformat(), amount=format_money(tx.amount, tx.currency),

@@ -118,6 +118,7 @@ class Engine:
             self._engine.runAndWait()
             if not self._done.wait(self._finish_timeout_s):
                 raise RuntimeError(f"espeak-ng did not finish within {self._finish_timeout_s:.0f} s")
+            _wait_for_audio(raw, self._finish_timeout_s)
             synth_s = time.perf_counter() - started
             applied = self.current_rate()
             if applied != rate_wpm:
@@ -195,5 +196,23 @@ def main(argv: list[str]) -> int:
         return serve(sock)
 
 
+def _wait_for_audio(raw: Path, timeout_s: float) -> None:
+    """espeak-ng writes the file on its own thread; under load the finished-utterance event of the
+    previous request can arrive late and release us before this file has any frames (seen: about
+    1 in 100 renders of 116 concurrent requests). Poll briefly for the frames instead of failing."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with wave.open(str(raw), "rb") as check:
+                if check.getnframes() > 0:
+                    return
+        except (wave.Error, EOFError):
+            pass  # header not written yet
+        if time.monotonic() > deadline:
+            return  # _convert names the problem
+        time.sleep(0.01)
+
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv))
+
