@@ -142,6 +142,7 @@ class SqlAccountStore:
         lockout_s: float = 1800,
         clock: Callable[[], dt.datetime] = _utc_now,
         busy_timeout_s: float = 2.0,
+        write_wait_s: float = 10.0,
     ) -> None:
         if lockout_failures < 1 or lockout_s <= 0 or busy_timeout_s <= 0:
             raise ValueError("lockout_failures, lockout_s and busy_timeout_s must be positive")
@@ -152,6 +153,11 @@ class SqlAccountStore:
         self._key_lock = threading.Lock()
         # An in-memory SQLite database is one shared connection: take turns on it.
         self._serial: AbstractContextManager[Any] = nullcontext()
+        # SQLite has one writer at a time; its busy handler polls with growing sleeps and no order,
+        # so under load (100 calls verifying at once) writers starved past the busy timeout.
+        # Writers of this process queue on a lock instead; the busy timeout is left for other processes.
+        self._write_lock: threading.Lock | None = None
+        self._write_wait_s = write_wait_s
         try:
             parsed = make_url(url)
         except (ArgumentError, ValueError, TypeError):
@@ -166,7 +172,9 @@ class SqlAccountStore:
             if database in ("", ":memory:") or parsed.query.get("mode") == "memory":
                 kwargs["poolclass"] = StaticPool  # one shared in-memory database for all threads
                 self._serial = threading.Lock()
-            elif not database.startswith("file:"):
+            else:
+                self._write_lock = threading.Lock()
+            if database not in ("", ":memory:") and not database.startswith("file:"):
                 folder = Path(database).expanduser().parent
                 try:
                     folder.mkdir(parents=True, exist_ok=True)
@@ -205,6 +213,7 @@ class SqlAccountStore:
             lockout_failures=settings.lockout_failures,
             lockout_s=settings.lockout_s,
             busy_timeout_s=max(0.1, min(2.0, settings.lookup_timeout_s / 2)),
+            write_wait_s=settings.lookup_timeout_s,
         )
 
     def close(self) -> None:
@@ -215,6 +224,11 @@ class SqlAccountStore:
     @contextmanager
     def _transaction(self, what: str, *, write: bool = False) -> Iterator[Session]:
         factory = self._writer if write else self._reader
+        queue = self._write_lock if write and self._write_lock is not None else None
+        if queue is not None and not queue.acquire(timeout=self._write_wait_s):
+            message = f"account store: {what} failed ({self._dialect}): busy for {self._write_wait_s:.0f} s"
+            log.warning(message, extra={"part": "accounts", "event": "db_error"})
+            raise AccountStoreError(message)
         try:
             with self._serial, factory() as session, session.begin():
                 yield session
@@ -222,6 +236,9 @@ class SqlAccountStore:
             message = self._describe(what, exc)
             log.warning(message, extra={"part": "accounts", "event": "db_error"})
             raise AccountStoreError(message) from exc
+        finally:
+            if queue is not None:
+                queue.release()
 
     def _describe(self, what: str, exc: SQLAlchemyError) -> str:
         orig = getattr(exc, "orig", None)
@@ -512,7 +529,7 @@ def _customer_row(data: CustomerData, secret_hash: str, now: dt.datetime) -> Cus
 
 
 def _sqlite_transactions(engine: Any) -> None:
-    """Let SQLAlchemy, not pysqlite, begin transactions; writers take the write lock up front.
+    """Let SQLAlchemy, not pysqlite, begin transactions; writers take the write lock up front; WAL.
 
     pysqlite would defer BEGIN to the first write, so a read-then-write (the lockout check, then
     the attempt) would not be atomic. Foreign keys are switched on for every connection.
@@ -524,6 +541,11 @@ def _sqlite_transactions(engine: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("PRAGMA foreign_keys=ON")
+            # WAL: readers never block the writer's commit (with the default rollback journal, many
+            # calls reading accounts at once kept verification writes "locked" under load).
+            if cursor.execute("PRAGMA database_list").fetchone()[2]:  # a file, not :memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
             cursor.close()
 

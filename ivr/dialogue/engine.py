@@ -8,8 +8,9 @@
   ``ActionExecutor`` instead of posting it over HTTP (Rasa 3.6 otherwise needs an action server).
 - One conversation per call, keyed by ``call_id`` (never by phone number), forgotten on ``close(call)``;
   ``{call_id, caller_id, locale}`` travel as metadata on every message.
-- Keypad digits are sent as ``/inform_digits{"digits": "4821"}``, so they cannot be misclassified;
-  speech can never use that syntax (a leading ``/`` is dropped).
+- Keypad digits are sent as ``/inform_digits{"digits": "4821"}``, so they cannot be misclassified; so is
+  speech made only of digit words while digits are awaited. Speech can never use that syntax itself
+  (a leading ``/`` is dropped).
 - The Reply is built from the bot's messages and the slots after the turn: ``awaiting`` gives
   expect/secret/max_digits, ``call_outcome`` / ``transfer_reason`` the outcome.
 """
@@ -48,13 +49,47 @@ STATE_SLOTS = ("awaiting", "call_outcome", "transfer_reason", "verified")
 
 
 # ---------------------------------------------------------------- messages and replies (shared with remote)
-def message_text(user: UserInput) -> str:
-    """What Rasa gets for one caller turn: keypad digits as an intent with the entity, speech as text."""
+def message_text(user: UserInput, *, digits_expected: bool = False, locale: str = "") -> str:
+    """What Rasa gets for one caller turn.
+
+    Keypad digits, and speech made only of digit words while digits are awaited (what the recognizer's
+    digits grammar produces), go as ``/inform_digits{"digits": "..."}``: they cannot be misclassified.
+    Other speech goes as text, for the NLU.
+    """
     if user.keypad:
-        digits = "".join(c for c in user.text if c.isascii() and c.isdigit())
-        return f"/{DIGITS_INTENT}" + json.dumps({"digits": digits}, separators=(",", ":"))
+        return _digits_message("".join(c for c in user.text if c.isascii() and c.isdigit()))
     # Rasa reads "/intent{...}" as a pre-parsed intent: speech must never be able to do that.
-    return user.text.strip().lstrip("/").strip()
+    text = user.text.strip().lstrip("/").strip()
+    if digits_expected and locale:
+        digits = spoken_digits(text, locale)
+        if digits:
+            return _digits_message(digits)
+    return text
+
+
+def _digits_message(digits: str) -> str:
+    return f"/{DIGITS_INTENT}" + json.dumps({"digits": digits}, separators=(",", ":"))
+
+
+def spoken_digits(text: str, locale: str) -> str:
+    """The digits of ``text`` if every word of it is a digit or a digit word ("四 八 二 一", "double five"),
+    else "" (then the NLU decides: "my ID ends in 4821", "I want a person")."""
+    from ivr.asr.digits import REPEAT_WORDS, digit_map, digits_from_words
+
+    words = digit_map(locale)
+    repeats = REPEAT_WORDS.get(locale, {})
+    by_char = locale.startswith(("zh", "ko"))
+    tokens = text.split()
+    if not tokens:
+        return ""
+    for token in tokens:
+        token = token.lower()
+        if (token.isascii() and token.isdigit()) or token in words or token in repeats:
+            continue
+        if by_char and all(c in words or (c.isascii() and c.isdigit()) for c in token):
+            continue
+        return ""
+    return digits_from_words(text, locale)
 
 
 def call_metadata(call: CallInfo) -> dict[str, str]:
@@ -186,6 +221,7 @@ class RasaEngine:
         self._loading: dict[str, concurrent.futures.Future[None]] = {}
         self._lock = threading.Lock()
         self._executor: ActionExecutor | None = None
+        self._digits_awaited: set[str] = set()  # calls whose last reply expects digits
 
     # -- loading
     async def warm_up(self, locales: Sequence[str] | None = None) -> None:
@@ -255,7 +291,8 @@ class RasaEngine:
         return await self._turn(call, START_MESSAGE)
 
     async def handle(self, call: CallInfo, user: UserInput) -> Reply:
-        return await self._turn(call, message_text(user))
+        text = message_text(user, digits_expected=call.call_id in self._digits_awaited, locale=call.locale)
+        return await self._turn(call, text)
 
     async def classify(self, text: str, locale: str) -> tuple[str, float]:
         runner = await self._agent(locale)
@@ -269,6 +306,7 @@ class RasaEngine:
         if call is None:
             await self.aclose()
             return
+        self._digits_awaited.discard(call.call_id)
         runner = self._agents.get(call.locale)
         if runner is None or runner.agent is None:
             return
@@ -280,6 +318,7 @@ class RasaEngine:
             runners = list(self._agents.values())
             self._agents.clear()
             self._loading.clear()
+            self._digits_awaited.clear()
         for runner in runners:
             await asyncio.to_thread(runner.stop)
 
@@ -292,7 +331,12 @@ class RasaEngine:
 
     async def _turn(self, call: CallInfo, text: str) -> Reply:
         runner = await self._agent(call.locale)
-        return await self._run(runner, _process(runner, call, text), "turn")
+        reply = await self._run(runner, _process(runner, call, text), "turn")
+        if reply.expect is Expect.DIGITS:
+            self._digits_awaited.add(call.call_id)
+        else:
+            self._digits_awaited.discard(call.call_id)
+        return reply
 
 
 # ---------------------------------------------------------------- on the agent's loop
