@@ -46,7 +46,7 @@ class AgiConnection:
         self._parser = AgiParser()
         self._pending: list[AgiEnvironment | AgiResponse | Hangup | Eof] = []
         self._header_timeout_s = header_timeout_s
-        self._command_timeout_s = command_timeout_s
+        self.command_timeout_s = command_timeout_s  # a reply later than this: the peer is broken
         self.hung_up = False
         self.closed = False
 
@@ -91,7 +91,7 @@ class AgiConnection:
         except (ConnectionError, OSError) as exc:
             self.closed = True
             raise AgiHangup(f"connection lost while sending {name}") from exc
-        limit = self._command_timeout_s if timeout_s is None else timeout_s
+        limit = self.command_timeout_s if timeout_s is None else timeout_s
         try:
             response = await asyncio.wait_for(self._reply(), limit)
         except asyncio.TimeoutError:
@@ -161,7 +161,7 @@ class AgiChannel:
             int(max_s * 1000),
             0,
             f"s={silence_s}",
-            timeout_s=max_s + 30,
+            timeout_s=max_s + self._agi.command_timeout_s,
         )
         if response.result == "-1":
             raise RecordingError(f"Asterisk could not write the recording ({response.data or 'error'})")
@@ -169,7 +169,9 @@ class AgiChannel:
         return Recording(path=path.with_suffix(".wav"), digit=digit)
 
     async def wait_digit(self, timeout_s: float) -> str:
-        response = await self._agi.execute("WAIT FOR DIGIT", int(timeout_s * 1000), timeout_s=timeout_s + 30)
+        response = await self._agi.execute(
+            "WAIT FOR DIGIT", int(timeout_s * 1000), timeout_s=timeout_s + self._agi.command_timeout_s
+        )
         return _digit(response)
 
     async def set_variable(self, name: str, value: str) -> None:

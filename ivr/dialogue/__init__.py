@@ -25,7 +25,7 @@ RASA_ENVIRONMENT: Mapping[str, str] = {
     "SQLALCHEMY_SILENCE_UBER_WARNING": "1",  # Rasa's tracker store module warns at import
     "RASA_MAX_CACHE_SIZE": "0",  # our own fingerprint decides what to retrain; no training cache
     "LOG_LEVEL": "WARNING",  # Rasa's own level: also turns off its progress bars
-    "PYTHONWARNINGS": "ignore::DeprecationWarning",
+    "PYTHONWARNINGS": "ignore",  # subprocesses only: library deprecation chatter
 }
 
 
@@ -66,7 +66,7 @@ def prepare_rasa(models_dir: Path) -> None:
     with warnings.catch_warnings():  # TensorFlow, jax and pkg_resources deprecations at import time
         warnings.simplefilter("ignore")
         import rasa.constants
-        import rasa.core.agent  # noqa: F401
+        import rasa.core.agent
 
     rasa.constants.GLOBAL_USER_CONFIG_PATH = str(state / "global.yml")
     _route_structlog()

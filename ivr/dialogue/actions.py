@@ -207,7 +207,7 @@ class IvrAction(Action, abc.ABC):
     @abc.abstractmethod
     async def act(self, turn: Turn) -> None: ...
 
-    async def run(  # type: ignore[override]  # rasa_sdk's signature, typed
+    async def run(
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: dict[str, Any]
     ) -> list[dict[str, Any]]:
         turn = Turn(dispatcher, tracker, self.store, self.settings)

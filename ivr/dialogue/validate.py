@@ -99,7 +99,7 @@ class _Loader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             if key in seen:
                 raise _DuplicateKey(line, f"duplicate key {key!r} (first at line {seen[key]})")
@@ -308,7 +308,7 @@ def check_locale(dialogs_dir: Path, locale: str) -> list[Problem]:
     needed = dict(SESSION_RESPONSES)
     for name in RESPONSES_USED:
         needed.setdefault(name, RESPONSE_VALUES.get(name, frozenset()))
-    for name, values in needed.items():
+    for name in needed:
         if name not in responses:
             who = "the call session" if name in SESSION_RESPONSES else "ivr/dialogue/actions.py"
             problems.append(Problem("error", domain.path, _key_line(domain.node, "responses"),
@@ -367,13 +367,13 @@ def check_locale(dialogs_dir: Path, locale: str) -> list[Problem]:
             if not isinstance(mapping, dict):
                 problems.append(Problem("error", domain.path, line, f"slot {slot!r}: a mapping must be a mapping"))
                 continue
-            kind = mapping.get("type")
-            if kind in ("from_intent", "from_trigger_intent"):
+            mapping_type = mapping.get("type")
+            if mapping_type in ("from_intent", "from_trigger_intent"):
                 for intent in _as_list(mapping.get("intent")):
                     if intent not in intents:
                         problems.append(Problem("error", domain.path, line,
                                                 f"slot {slot!r} maps from unknown intent {intent!r}"))
-            if kind == "from_entity" and mapping.get("entity") not in (data.get("entities") or []):
+            if mapping_type == "from_entity" and mapping.get("entity") not in (data.get("entities") or []):
                 problems.append(Problem("error", domain.path, line,
                                         f"slot {slot!r} maps from unknown entity {mapping.get('entity')!r}"))
     for form, spec in (data.get("forms") or {}).items():

@@ -1,0 +1,148 @@
+"""``RemoteRasaEngine``: the DialogueEngine against a Rasa HTTP server (the scale-out option).
+
+The Rasa server runs ``rasa run --enable-api --auth-token TOKEN --credentials ... --endpoints ...`` with the
+``rest`` channel, and its custom actions run in ``rasa run actions --actions ivr.dialogue.action_server``
+(see ``dialogs/server/``). One turn is two requests:
+
+1. ``POST /webhooks/rest/webhook`` with ``{sender: call_id, message, metadata: {call_id, caller_id, locale}}``:
+   Rasa runs NLU, policies and actions and returns the bot's messages;
+2. ``GET /conversations/{call_id}/tracker?include_events=NONE``: the slots (``awaiting``, ``call_outcome``,
+   ``transfer_reason``) and the latest intent, which the webhook does not return.
+
+``classify`` is ``POST /model/parse``; ``close(call)`` replaces the conversation's events with none
+(``PUT /conversations/{call_id}/tracker/events``), so what the caller said does not linger in the
+tracker store. The API endpoints carry the token (``?token=``); the REST webhook itself is not
+authenticated by Rasa, so the Rasa server must listen on a private network only.
+
+``settings.dialogue_url`` may contain ``{locale}`` (``http://rasa-{locale}:5005``): one Rasa server
+per locale, since a server serves one model. Every request is bounded by ``settings.dialogue_timeout_s``;
+a timeout, a refused connection, an HTTP error or an unusable answer raises ``DialogueError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import aiohttp
+
+from ivr.dialogue.engine import START_MESSAGE, build_reply, call_metadata, message_text
+from ivr.parts import CallInfo, DialogueError, Expect, Reply, UserInput
+
+if TYPE_CHECKING:
+    from ivr.config import Settings
+
+log = logging.getLogger(__name__)
+
+STATE_SLOTS = ("awaiting", "call_outcome", "transfer_reason", "verified")
+
+
+class RemoteRasaEngine:
+    """``RemoteRasaEngine(settings)``: ``settings.dialogue_url`` and ``settings.dialogue_token`` (or the arguments)."""
+
+    def __init__(self, settings: Settings, *, url: str | None = None, token: str | None = None) -> None:
+        self._settings = settings
+        self._url = (url if url is not None else settings.dialogue_url).rstrip("/")
+        self._token = token if token is not None else settings.dialogue_token
+        if not self._url:
+            raise ValueError("setting dialogue_url: empty (the URL of the Rasa HTTP server)")
+        self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        self._digits_awaited: set[str] = set()  # calls whose last reply expects digits
+
+    # -- plumbing
+    def base_url(self, locale: str) -> str:
+        return self._url.replace("{locale}", locale)
+
+    def _session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            timeout = aiohttp.ClientTimeout(total=self._settings.dialogue_timeout_s)
+            session = aiohttp.ClientSession(timeout=timeout)
+            self._sessions[loop] = session
+        return session
+
+    async def _request(self, method: str, locale: str, path: str, *, json: Any = None,
+                       params: dict[str, str] | None = None, what: str) -> Any:
+        query = dict(params or {})
+        if self._token:
+            query["token"] = self._token
+        url = self.base_url(locale) + path
+        try:
+            async with self._session().request(method, url, json=json, params=query) as response:
+                if response.status >= 400:
+                    body = (await response.text())[:200]
+                    raise DialogueError(f"{what}: the Rasa server at {self.base_url(locale)} answered "
+                                        f"HTTP {response.status}: {body}")
+                if response.status == 204:
+                    return None
+                return await response.json(content_type=None)
+        except DialogueError:
+            raise
+        except asyncio.TimeoutError:
+            raise DialogueError(f"{what}: no answer from the Rasa server at {self.base_url(locale)} within "
+                                f"{self._settings.dialogue_timeout_s} s") from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise DialogueError(f"{what}: the Rasa server at {self.base_url(locale)} failed: "
+                                f"{type(exc).__name__}: {exc}") from exc
+
+    # -- DialogueEngine
+    async def warm_up(self) -> None:
+        """Check that the Rasa server of the configured locale answers and has a model."""
+        status = await self._request("GET", self._settings.locale, "/status", what="status")
+        if not isinstance(status, dict) or not status.get("model_file"):
+            raise DialogueError(f"the Rasa server at {self.base_url(self._settings.locale)} has no model loaded")
+
+    async def start(self, call: CallInfo) -> Reply:
+        return await self._turn(call, START_MESSAGE)
+
+    async def handle(self, call: CallInfo, user: UserInput) -> Reply:
+        text = message_text(user, digits_expected=call.call_id in self._digits_awaited, locale=call.locale)
+        return await self._turn(call, text)
+
+    async def classify(self, text: str, locale: str) -> tuple[str, float]:
+        clean = text.strip().lstrip("/").strip()
+        parsed = await self._request("POST", locale, "/model/parse", json={"text": clean}, what="classify")
+        intent = (parsed or {}).get("intent") or {}
+        return str(intent.get("name") or ""), float(intent.get("confidence") or 0.0)
+
+    async def close(self, call: CallInfo | None = None) -> None:
+        """Wipe the call's conversation on the server. Without a call: close the HTTP sessions."""
+        if call is None:
+            await self.aclose()
+            return
+        self._digits_awaited.discard(call.call_id)
+        await self._request("PUT", call.locale, f"/conversations/{quote(call.call_id, safe='')}/tracker/events",
+                            json=[], params={"include_events": "NONE"}, what="close")
+
+    async def aclose(self) -> None:
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        self._digits_awaited.clear()
+        for session in sessions:
+            if not session.closed:
+                await session.close()
+
+    async def _turn(self, call: CallInfo, text: str) -> Reply:
+        body = {"sender": call.call_id, "message": text, "metadata": call_metadata(call)}
+        messages = await self._request("POST", call.locale, "/webhooks/rest/webhook", json=body, what="turn")
+        if not isinstance(messages, list):
+            raise DialogueError("turn: the Rasa server's webhook did not return a list of messages")
+        tracker = await self._request(
+            "GET", call.locale, f"/conversations/{quote(call.call_id, safe='')}/tracker",
+            params={"include_events": "NONE"}, what="tracker",
+        )
+        if not isinstance(tracker, dict):
+            raise DialogueError("turn: the Rasa server returned no tracker")
+        slots = tracker.get("slots") or {}
+        latest = (tracker.get("latest_message") or {}).get("intent") or {}
+        texts = [str(m["text"]) for m in messages if isinstance(m, dict) and m.get("text")]
+        reply = build_reply(texts, {name: slots.get(name) for name in STATE_SLOTS},
+                            str(latest.get("name") or ""), float(latest.get("confidence") or 0.0))
+        if reply.expect is Expect.DIGITS:
+            self._digits_awaited.add(call.call_id)
+        else:
+            self._digits_awaited.discard(call.call_id)
+        return reply

@@ -1,0 +1,231 @@
+"""The scale-out option: the same conversation checks against real Rasa HTTP servers.
+
+Started here as real processes on loopback ports, exactly as documented in ``dialogs/server/``:
+``rasa run actions --actions ivr.dialogue.action_server`` (the custom actions, on a demo SQLite
+database) and one ``rasa run --enable-api --auth-token ...`` per locale (a server serves one model).
+Production reaches them with a ``{locale}`` URL template; here each locale is a port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import secrets
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from ivr.config import LOCALES, PROJECT_ROOT, load_settings
+from ivr.dialogue import rasa_environment
+from ivr.dialogue.remote import RemoteRasaEngine
+from ivr.dialogue.train import model_path, train_locales
+from ivr.parts import CallInfo, DialogueError, UserInput
+
+# The same conversation checks as the in-process engine; pytest runs them here with this module's
+# ``engine`` and ``db_path`` fixtures.
+from tests.test_dialogue import (  # noqa: F401
+    CALLERS,
+    make_store,
+    new_call,
+    test_a_person_at_any_point,
+    test_known_caller_verifies_and_hears_the_real_balance,
+    test_noise_and_fillers_are_not_understood,
+    test_repeat_go_back_and_out_of_scope,
+    test_verified_caller_is_not_asked_again_in_the_same_call,
+    test_withheld_or_unknown_number_keys_the_registered_phone_first,
+    test_wrong_digits_never_disclose_and_three_failures_transfer,
+)
+
+RASA = PROJECT_ROOT / ".venv" / "bin" / "rasa"
+READY_WITHIN_S = 300.0  # four processes importing TensorFlow on a shared 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Servers:
+    token: str
+    ports: dict[str, int]  # Rasa server per locale
+    actions_port: int
+    work: Path
+
+
+class Process:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        self._out = log.open("wb")
+        self.popen = subprocess.Popen(argv, env=env, cwd=PROJECT_ROOT, stdout=self._out, stderr=subprocess.STDOUT)
+
+    def failed(self) -> str | None:
+        if self.popen.poll() is None:
+            return None
+        return f"{self.name} exited with {self.popen.returncode}:\n" + self.log.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+        self._out.close()
+
+
+async def wait_ready(processes: list[Process], urls: list[str]) -> None:
+    """Poll the health endpoints until every server answers (or one process dies, or the deadline passes)."""
+    deadline = time.monotonic() + READY_WITHIN_S
+    pending = list(urls)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        while pending:
+            for process in processes:
+                problem = process.failed()
+                if problem:
+                    raise RuntimeError(problem)
+            still = []
+            for url in pending:
+                try:
+                    async with session.get(url) as response:
+                        if response.status != 200:
+                            still.append(url)
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    still.append(url)
+            pending = still
+            if pending:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"not ready within {READY_WITHIN_S} s: {pending}")
+                await asyncio.sleep(0.5)  # polling interval of a readiness check, not a synchronisation
+
+
+@pytest.fixture(scope="module")
+def models() -> Path:
+    """Train what is missing or changed (skipped when the data is unchanged)."""
+    settings = load_settings(environ={})
+    train_locales(settings.dialogs_dir, settings.models_dir)
+    return settings.models_dir
+
+
+@pytest.fixture(scope="module")
+def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("remote") / "accounts.db"
+    make_store(path).close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def servers(models: Path, db_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    work = tmp_path_factory.mktemp("rasa-servers")
+    token = secrets.token_hex(16)
+    actions_port = free_port()
+    ports = {locale: free_port() for locale in LOCALES}
+    endpoints = work / "endpoints.yml"
+    endpoints.write_text(f"action_endpoint:\n  url: http://127.0.0.1:{actions_port}/webhook\n", encoding="utf-8")
+    env = rasa_environment(models)
+    env.update({
+        "IVR_DATABASE_URL": f"sqlite:///{db_path}",
+        "IVR_LOCKOUT_FAILURES": "10000",  # many calls share this database; the lockout has its own test
+        "IVR_CONFIG": str(work / "no-ivr.toml"),
+        "SANIC_HOST": "127.0.0.1",
+    })
+    env.pop("IVR_DIALOGUE_URL", None)
+    Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
+    processes = [Process("rasa run actions", [str(RASA), "run", "actions", "--actions", "ivr.dialogue.action_server",
+                                              "--port", str(actions_port)], env, work / "actions.log")]
+    for locale, port in ports.items():
+        processes.append(Process(f"rasa run ({locale})", [
+            str(RASA), "run", "--enable-api", "--auth-token", token, "-i", "127.0.0.1", "-p", str(port),
+            "-m", str(model_path(models, locale)), "--endpoints", str(endpoints),
+            "--credentials", str(PROJECT_ROOT / "dialogs" / "server" / "credentials.yml"),
+        ], env, work / f"rasa-{locale}.log"))
+    try:
+        urls = [f"http://127.0.0.1:{actions_port}/health"]
+        urls += [f"http://127.0.0.1:{port}/status?token={token}" for port in ports.values()]
+        asyncio.run(wait_ready(processes, urls))
+        yield Servers(token, ports, actions_port, work)
+    finally:
+        for process in processes:
+            process.stop()
+
+
+class PortPerLocale(RemoteRasaEngine):
+    """Production uses a host name per locale (``http://rasa-{locale}:5005``); here each locale has a port."""
+
+    def __init__(self, servers: Servers) -> None:
+        settings = replace(load_settings(environ={}), dialogue_timeout_s=60.0, locale="en-US")
+        super().__init__(settings, url="http://127.0.0.1:{locale}", token=servers.token)
+        self._ports = servers.ports
+
+    def base_url(self, locale: str) -> str:
+        return f"http://127.0.0.1:{self._ports[locale]}" if locale in self._ports else "http://127.0.0.1:1"
+
+
+@pytest.fixture
+async def engine(servers: Servers) -> AsyncIterator[RemoteRasaEngine]:
+    eng = PortPerLocale(servers)
+    yield eng
+    await eng.aclose()
+
+
+@pytest.fixture
+def overdue_days() -> str:
+    # The action server's store runs on the real clock.
+    return str((dt.date.today() - dt.date(2026, 11, 16)).days)
+
+
+# ---------------------------------------------------------------- remote-only checks
+async def test_remote_server_is_up_and_classifies(engine: RemoteRasaEngine) -> None:
+    await engine.warm_up()
+    assert (await engine.classify("yes", "en-US"))[0] == "affirm"
+    assert (await engine.classify("转人工", "zh-CN"))[0] == "human"
+
+
+async def test_close_wipes_the_conversation_on_the_server(engine: RemoteRasaEngine, servers: Servers) -> None:
+    c = CALLERS["en-US"]
+    call = new_call("en-US", c.phone)
+    await engine.start(call)
+    await engine.handle(call, UserInput(c.ask_balance))
+    await engine.handle(call, UserInput(c.digits, keypad=True))
+    url = f"http://127.0.0.1:{servers.ports['en-US']}/conversations/{call.call_id}/tracker"
+    params = {"token": servers.token, "include_events": "ALL"}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, params=params) as response:
+            before = await response.json()
+        await engine.close(call)
+        async with session.get(url, params=params) as response:
+            after = await response.json()
+    assert before["slots"]["verified"] is True
+    assert after["slots"]["verified"] is not True
+    assert not [e for e in after["events"] if e.get("event") in ("user", "bot")]
+
+
+async def test_wrong_token_and_unreachable_server_are_dialogue_errors(servers: Servers) -> None:
+    settings = replace(load_settings(environ={}), dialogue_timeout_s=10.0)
+    wrong = RemoteRasaEngine(settings, url=f"http://127.0.0.1:{servers.ports['en-US']}", token="wrong")
+    gone = RemoteRasaEngine(settings, url=f"http://127.0.0.1:{free_port()}", token=servers.token)
+    try:
+        with pytest.raises(DialogueError, match="401"):
+            await wrong.classify("hello", "en-US")
+        with pytest.raises(DialogueError):
+            await gone.start(CallInfo("unreachable", "", "en-US"))
+    finally:
+        await wrong.aclose()
+        await gone.aclose()
+
+
+def test_rasa_wrote_its_files_in_the_service_home_not_the_users(servers: Servers, models: Path) -> None:
+    # Rasa's CLI writes its telemetry consent file in $HOME even with telemetry off: $HOME is ours.
+    home = Path(rasa_environment(models)["HOME"])
+    assert (home / ".config" / "rasa" / "global.yml").is_file()
+    assert home != Path(os.path.expanduser("~"))
