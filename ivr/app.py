@@ -79,6 +79,7 @@ class Robot:
     health: HealthServer | None = None
     # Set by the benchmark to collect each call's per-turn timings; None in production.
     results: list[SessionResult] | None = None
+    http_port: int = 0
 
     async def handle_call(self, environment: AgiEnvironment, channel: AgiChannel) -> None:
         locale = environment.params.get("lang") or self.settings.locale
@@ -109,6 +110,16 @@ class Robot:
 
     async def warm_up(self) -> None:
         """Load the models before the first call (Rasa per locale, Vosk where installed), off the loop."""
+        # Importing TensorFlow pulls in numpy.distutils, whose logger *is* the root logger and is set
+        # to WARNING on import: that would silence our INFO lines. Keep the level we were given.
+        root = logging.getLogger()
+        level = root.level
+        try:
+            await self._load_parts()
+        finally:
+            root.setLevel(level)
+
+    async def _load_parts(self) -> None:
         for part in (self.parts.dialogue, self.parts.recognizer, self.parts.synthesizer):
             warm = getattr(part, "warm_up", None)
             if warm is None:
@@ -128,7 +139,7 @@ class Robot:
         if http:
             checks = {"database": self._database_ok, "dialogue": lambda: True}
             self.health = HealthServer(self.parts.metrics, checks)
-            await self.health.start(self.settings.http_host, self.settings.http_port)
+            self.http_port = await self.health.start(self.settings.http_host, self.settings.http_port)
 
     def _database_ok(self) -> bool:
         return self.store.healthy()

@@ -109,19 +109,29 @@ class Transcript:
 
     def __init__(self, path: Path | None) -> None:
         self._path = path
-        self._lines: list[str] = []
+        self._entries: list[dict[str, Any]] = []
 
     def add(self, who: str, text: str, **extra: Any) -> None:
-        entry = {"t": round(time.time(), 3), "who": who, "text": text}
+        entry: dict[str, Any] = {"t": round(time.time(), 3), "who": who, "text": text}
         entry.update({k: v for k, v in extra.items() if v not in (None, "")})
-        self._lines.append(json.dumps(entry, ensure_ascii=False))
+        self._entries.append(entry)
+
+    def note_intent(self, intent: str, confidence: float) -> None:
+        """The dialogue's reading of the caller's last turn, on that turn's line."""
+        for entry in reversed(self._entries):
+            if entry["who"] == "caller":
+                if intent:
+                    entry["intent"] = intent
+                    entry["intent_confidence"] = round(confidence, 3)
+                return
 
     def write(self) -> None:
         if self._path is None:
             return
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._path.write_text("\n".join(self._lines) + "\n", encoding="utf-8")
+            lines = (json.dumps(e, ensure_ascii=False) for e in self._entries)
+            self._path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         except OSError:
             log.exception("could not write the transcript")
 
@@ -226,6 +236,7 @@ class CallSession:
             started = time.monotonic()
             nxt = await self._part("dialogue", self.parts.dialogue.handle(self.call, confirmed))
             self._timing.dialogue_s += time.monotonic() - started
+            self.transcript.note_intent(nxt.intent, nxt.confidence)
             if nxt.transfer_reason == "verification_failed" or nxt.intent == "verification_failed":
                 self.parts.metrics.verification_failures.inc()
             if nxt.intent in NOT_UNDERSTOOD and nxt.outcome is None:
@@ -323,7 +334,7 @@ class CallSession:
     async def _speak(self, reply: Reply) -> None:
         if reply.texts:
             self._last_texts = reply.texts if reply.outcome is None else self._last_texts
-        for i, text in enumerate(reply.texts):
+        for text in reply.texts:
             started = time.monotonic()
             sound = await self._part(
                 "tts", self.parts.synthesizer.render(text, self.call.locale), self.settings.tts_timeout_s
@@ -334,7 +345,7 @@ class CallSession:
                 self.parts.metrics.turn_latency.observe(self._timing.compute_s)
                 self.result.turns.append(self._timing)
                 self._handed_over_at = None
-            self.transcript.add("robot", mask_text(text), intent=reply.intent if i == 0 else None)
+            self.transcript.add("robot", mask_text(text))
             await self.channel.play(sound)
 
     async def _repeat_last(self) -> None:

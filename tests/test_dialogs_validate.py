@@ -143,3 +143,36 @@ def test_cli_validate(project: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert run_cli(["dialogs", "validate", "--locale", "en-US", "--no-rasa"], settings) == 1
     err = capsys.readouterr().err
     assert re.search(r"dialogs/en-US/domain\.yml:\d+: error: response 'utter_balance'", err), err
+
+
+# ---------------------------------------------------------------- ivr train: what counts as a change
+def test_fingerprint_covers_training_files_only(project: Path) -> None:
+    from ivr.dialogue.train import fingerprint
+
+    before = fingerprint(project, "en-US")
+    edit(project / "en-US" / "heldout.yml", "    - hiya\n", "    - hiya there\n")  # not training data
+    edit(project / "en-US" / "tests" / "test_stories.yml", "      hello\n", "      hi\n")
+    assert fingerprint(project, "en-US") == before
+    edit(project / "en-US" / "data" / "nlu.yml", "    - howdy\n", "    - howdy partner\n")
+    changed = fingerprint(project, "en-US")
+    assert changed != before
+    edit(project / "en-US" / "domain.yml", "Goodbye.", "Bye.")
+    assert fingerprint(project, "en-US") != changed
+
+
+def test_cli_train_skips_unchanged_data(capsys: pytest.CaptureFixture[str]) -> None:
+    from ivr.dialogue.train import is_current, train_locale
+
+    settings = load_settings(environ={})
+    train_locale(settings.dialogs_dir, settings.models_dir, "en-US")  # trains only if missing or changed
+    assert is_current(settings.dialogs_dir, settings.models_dir, "en-US")
+    assert run_cli(["train", "--locale", "en-US"], settings) == 0
+    assert "en-US: unchanged" in capsys.readouterr().out
+
+
+def test_train_names_a_broken_project(project: Path, tmp_path: Path) -> None:
+    from ivr.dialogue.train import TrainingError, train_locale
+
+    (project / "en-US" / "config.yml").unlink()
+    with pytest.raises(TrainingError, match=r"en-US/config\.yml: missing"):
+        train_locale(project, tmp_path / "models", "en-US")

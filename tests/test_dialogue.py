@@ -467,6 +467,71 @@ def test_other_speech_goes_to_the_nlu_even_while_digits_are_awaited(locale: str,
     assert message_text(UserInput(said), digits_expected=True, locale=locale) == said
 
 
+async def test_missing_model_is_a_dialogue_error_until_it_is_trained(tmp_path: Path, trained_models: Path) -> None:
+    from ivr.dialogue.train import model_path
+
+    eng = RasaEngine(base_settings(), make_store(tmp_path / "a.db"), locales=["en-US"], models_dir=tmp_path)
+    try:
+        with pytest.raises(DialogueError, match="no trained dialogue model"):
+            await eng.warm_up()
+        with pytest.raises(DialogueError, match="ivr train --locale en-US"):
+            await eng.start(new_call("en-US", ""))
+        target = model_path(tmp_path, "en-US")
+        target.parent.mkdir(parents=True)
+        target.write_bytes(b"not a model")
+        with pytest.raises(DialogueError, match="cannot load the model"):
+            await eng.start(new_call("en-US", ""))
+        target.write_bytes(model_path(trained_models, "en-US").read_bytes())  # now it is trained
+        reply = await eng.start(new_call("en-US", ""))
+        assert reply.texts == (prompt("utter_greet", "en-US"),)
+    finally:
+        await eng.aclose()
+
+
+@pytest.mark.parametrize(("amount", "currency", "said"), [
+    ("1234.56", "CNY", "1,234.56 CNY"), ("-300", "CNY", "-300.00 CNY"), ("2500.75", "USD", "2,500.75 USD"),
+    ("1234000", "KRW", "1,234,000 KRW"), ("-52000.00", "KRW", "-52,000 KRW"), ("0", "USD", "0.00 USD"),
+])
+def test_money_is_said_per_the_number_conventions(amount: str, currency: str, said: str) -> None:
+    from decimal import Decimal
+
+    from ivr.dialogue.actions import format_money
+
+    assert format_money(Decimal(amount), currency) == said
+
+
+def action_call(action: str, slots: dict[str, Any], intent: str, text: str, caller_id: str = "") -> dict[str, Any]:
+    """What Rasa posts to an action server (the parts our actions read)."""
+    metadata = {"call_id": "direct", "caller_id": caller_id, "locale": "en-US"}
+    return {
+        "next_action": action,
+        "sender_id": "direct",
+        "tracker": {
+            "sender_id": "direct",
+            "slots": slots,
+            "latest_message": {"intent": {"name": intent, "confidence": 1.0}, "entities": [], "text": text},
+            "events": [{"event": "user", "text": text, "metadata": metadata}],
+            "paused": False, "followup_action": None, "active_loop": {}, "latest_action_name": "action_listen",
+        },
+    }
+
+
+@pytest.mark.parametrize("slots", [
+    {"verified": False, "customer_id": "C002"},  # a candidate from the caller ID is not a verified caller
+    {"verified": True, "customer_id": None},
+    {"verified": "true", "customer_id": "C002"},  # only the boolean True counts
+])
+async def test_answering_actions_check_verification_themselves(store: SwitchableStore, slots: dict[str, Any]) -> None:
+    from ivr.dialogue.actions import build_executor
+
+    executor = build_executor(store, base_settings())
+    for action, intent in (("action_answer_or_verify", "ask_balance"), ("action_verify_digits", "inform_digits")):
+        result = await executor.run(action_call(action, {**slots, "requested_info": "balance"}, intent, "7305"))
+        assert result is not None
+        said = [m.get("response") for m in result["responses"]]
+        assert not {"utter_balance", "utter_balance_account"} & set(said), (action, said)
+
+
 def test_reply_from_slots() -> None:
     reply = build_reply(["a"], {"awaiting": "phone"}, "ask_balance", 0.9)
     assert (reply.expect, reply.secret, reply.max_digits) == (Expect.DIGITS, True, 15)

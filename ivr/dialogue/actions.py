@@ -33,6 +33,7 @@ from rasa_sdk.events import SlotSet
 from rasa_sdk.executor import ActionExecutor, CollectingDispatcher
 
 from ivr.accounts.api import AccountStore, VerifyStatus
+from ivr.accounts.importer import currency_exponent
 from ivr.asr.digits import digits_from_words
 from ivr.config import LOCALES
 from ivr.parts import AccountStoreError
@@ -98,12 +99,6 @@ class LookupFailed(Exception):
 
 
 # ---------------------------------------------------------------- formatting (notes/TEAM.md)
-def currency_exponent(currency: str) -> int:
-    from ivr.accounts.importer import currency_exponent as exponent
-
-    return exponent(currency)
-
-
 def format_money(amount: Decimal, currency: str) -> str:
     """``1,234.56 CNY``, ``-300.00 CNY``, ``1,234,000 KRW``: separators, the currency's decimals, ISO code."""
     places = currency_exponent(currency)
@@ -473,18 +468,17 @@ async def _balance(turn: Turn, customer: str) -> None:
 async def _next_repayment(turn: Turn, customer: str) -> None:
     loans = await turn.lookup(turn.store.loans, customer)
     due = sorted(
-        (loan for loan in loans
+        ((loan.next_due_date, loan.next_due_amount, loan) for loan in loans
          if loan.status != "closed" and loan.next_due_date is not None and loan.next_due_amount is not None),
-        key=lambda loan: loan.next_due_date or 0,
+        key=lambda item: item[0],
     )
     await _disclose(turn, customer, "next_repayment")
     if not due:
         turn.say("utter_no_repayment")
         return
-    for loan in due:
-        assert loan.next_due_date is not None and loan.next_due_amount is not None
-        amount = format_money(loan.next_due_amount, loan.currency)
-        date = loan.next_due_date.isoformat()
+    for due_date, due_amount, loan in due:
+        amount = format_money(due_amount, loan.currency)
+        date = due_date.isoformat()
         if loan.status == "overdue":
             turn.say("utter_repayment_overdue", amount=amount, date=date, days=str(loan.days_overdue))
         else:

@@ -247,9 +247,16 @@ class RasaEngine:
                 self._loading[locale] = future
         try:
             await asyncio.wrap_future(future)
-        except DialogueError:
-            raise
         except Exception as exc:
+            # Forget the failure, so that a model trained (or fixed) later is loaded by the next call.
+            with self._lock:
+                if self._loading.get(locale) is future:
+                    del self._loading[locale]
+                runner = self._agents.pop(locale, None)
+            if runner is not None:
+                await asyncio.to_thread(runner.stop)
+            if isinstance(exc, DialogueError):
+                raise
             raise DialogueError(f"{model_path(self._models_dir, locale)}: cannot load the model: {exc}") from exc
         return self._agents[locale]
 
@@ -259,7 +266,6 @@ class RasaEngine:
             failed: concurrent.futures.Future[None] = concurrent.futures.Future()
             failed.set_exception(DialogueError(
                 f"{model}: no trained dialogue model for {locale} (run `ivr train --locale {locale}`)"))
-            # Not cached: a model trained later is picked up by the next call.
             return failed
         from ivr.dialogue import prepare_rasa
 

@@ -1,0 +1,65 @@
+"""/metrics, /health and the JSON logs, on a running robot."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from pathlib import Path
+
+from ivr.app import build_robot
+from ivr.config import Settings
+from ivr.testing.callfile import CallFile, Expect, Turn
+from ivr.testing.harness import ScriptedAsterisk
+from tests.conftest import SuiteDirs
+
+
+async def http_get(port: int, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_metrics_health_and_logs(demo_settings: Settings, suite_dirs: SuiteDirs) -> None:
+    robot = build_robot(demo_settings, text_input=True)
+    await robot.warm_up()
+    await robot.start("127.0.0.1", 0)
+    try:
+        assert robot.server is not None
+        status, body = await http_get(robot.http_port, "/health")
+        assert status == 200
+        assert json.loads(body)["parts"]["database"] == "up"
+        call = CallFile(Path("m.yaml"), "13800000001", "zh-CN", (Turn("say", "我要转人工"),), Expect())
+        report = await ScriptedAsterisk(call, locale="zh-CN", text_mode=True).run("127.0.0.1", robot.server.port)
+        assert report.outcome == "transfer"
+        status, metrics = await http_get(robot.http_port, "/metrics")
+        assert status == 200
+        text = metrics.decode()
+        assert "ivr_calls_answered_total 1.0" in text
+        assert 'ivr_calls_transferred_total{reason="caller_request"} 1.0' in text
+        assert "ivr_calls_active 0.0" in text
+        assert "ivr_turn_latency_seconds_count" in text
+        assert (await http_get(robot.http_port, "/nope"))[0] == 404
+    finally:
+        await robot.stop()
+    # Every line the session logged for that call carries its call ID.
+    lines = [json.loads(line) for line in suite_dirs.log_file.read_text(encoding="utf-8").splitlines()]
+    ended = [e for e in lines if e["logger"] == "ivr.session" and e["msg"] == "call ended"]
+    assert ended and all(e["call_id"] not in ("", "-") for e in ended)
+
+
+async def test_health_reports_a_database_that_is_down(demo_settings: Settings, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    settings = dataclasses.replace(demo_settings, database_url=f"sqlite:///{blocker}/db.sqlite")
+    robot = build_robot(settings, text_input=True)
+    await robot.start("127.0.0.1", 0)
+    try:
+        status, body = await http_get(robot.http_port, "/health")
+    finally:
+        await robot.stop()
+    assert status == 503
+    assert json.loads(body) == {"status": "degraded", "parts": {"database": "down", "dialogue": "up"}}
