@@ -15,7 +15,6 @@ import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ivr.accounts.api import AccountStore
 from ivr.agi.connection import AgiChannel

@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from ivr.accounts.store import SqlAccountStore
 from ivr.config import Settings
 from ivr.parts import CallInfo, DialogueError, Recognition, RecognizerError, SynthesisError, UserInput

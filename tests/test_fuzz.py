@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ivr.agi.protocol import MAX_LINE_BYTES, AgiParser, AgiProtocolError
 from ivr.config import Settings

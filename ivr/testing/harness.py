@@ -110,6 +110,12 @@ def write_silence(path: Path, seconds: float) -> None:
         w.writeframes(b"\x00\x00" * int(8000 * seconds))
 
 
+def write_text_turn(target: Path, text: str) -> None:
+    """Text mode: a short silent recording, and the words beside it for the text recognizer."""
+    write_silence(target, 0.5)
+    Path(args_base(target) + ".txt").write_text(text, encoding="utf-8")
+
+
 def wav_duration_s(path: Path) -> float:
     with wave.open(str(path), "rb") as w:
         return w.getnframes() / float(w.getframerate())
@@ -295,7 +301,7 @@ class ScriptedAsterisk:
         if turn.kind == "dtmf":
             keys: str = turn.value
             self.report.events.append({"who": "caller", "text": mask_secret(keys), "kind": "dtmf"})
-            write_silence(target, 0.2)
+            await asyncio.to_thread(write_silence, target, 0.2)
             self._keys = keys[1:]
             self._silence_waited = 0.0
             self._recorded_at = time.monotonic()
@@ -307,7 +313,7 @@ class ScriptedAsterisk:
             recorded = min(seconds, silence_s) if silence_s else seconds
             if self.realtime:
                 await asyncio.sleep(recorded)
-            write_silence(target, recorded)
+            await asyncio.to_thread(write_silence, target, recorded)
             self._silence_waited = 0.0  # nobody spoke: there is no "last word" to measure from
             self._recorded_at = time.monotonic()
             return f"200 result=0 (timeout) endpos={int(recorded * 8000)}\n"
@@ -318,16 +324,15 @@ class ScriptedAsterisk:
             text: str = turn.value
             self.report.events.append({"who": "caller", "text": mask_text(text), "kind": "say"})
             if self.text_mode:
-                write_silence(target, 0.5)
-                Path(args_base(target) + ".txt").write_text(text, encoding="utf-8")
+                await asyncio.to_thread(write_text_turn, target, text)
             else:
                 if self.speech is None:
                     raise RuntimeError("audio mode needs a speech renderer for say turns")
-                copy_as_8k(await self.speech(text, self.locale), target)
+                await asyncio.to_thread(copy_as_8k, await self.speech(text, self.locale), target)
         else:
             source: Path = turn.value
             self.report.events.append({"who": "caller", "text": "", "kind": "audio", "file": source.name})
-            copy_as_8k(source, target)
+            await asyncio.to_thread(copy_as_8k, source, target)
         if self.realtime:
             # The caller speaks at the pace of speech, then the recorder waits for the silence.
             await asyncio.sleep(wav_duration_s(target))
