@@ -44,6 +44,10 @@ def asterisk_up(args: argparse.Namespace, settings: Settings) -> int:
         print(f"ivr asterisk up: {exc}", file=sys.stderr)
         return 1
     print("\n".join(status.lines()))
+    apology = settings.sounds_dir / "fallback" / settings.locale / "apology.wav"
+    if not apology.exists():
+        print(f"note: no pre-rendered apology at {apology}: run `ivr prompts build` (else the dialplan plays "
+              "Asterisk's stock English apology when the robot is down)")
     print(
         f"call the robot: a SIP softphone registered as 'softphone' at 127.0.0.1:{status.sip_port}, dial any number"
     )

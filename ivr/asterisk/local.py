@@ -102,9 +102,11 @@ def config_values(
     mod_dir: str = "/usr/lib/x86_64-linux-gnu/asterisk/modules",
 ) -> dict[str, str]:
     """The ``@@NAME@@`` values for asterisk_conf/, from the settings and ``IVR_*`` variables."""
-    apology = environ.get("IVR_APOLOGY_SOUND") or str(settings.sounds_dir / "fallback" / settings.locale / "apology")
+    fallback = settings.sounds_dir.resolve() / "fallback"  # `ivr prompts build` publishes <locale>/apology.wav
+    apology = environ.get("IVR_APOLOGY_SOUND") or str(fallback / settings.locale / "apology")
     if local:
-        members = "member => Local/s@ivr-test-agent/n,0,Test agent"
+        # interface, penalty, name, state interface, ringinuse: the test agent answers calls in parallel
+        members = "member => Local/s@ivr-test-agent/n,0,Test agent,,yes"
         hours = "*,*,*,*"  # the local queue is always open: test calls reach the test agent
     else:
         channels = [c.strip() for c in environ.get("IVR_QUEUE_MEMBERS", "").split(",") if c.strip()]
@@ -117,6 +119,7 @@ def config_values(
         "MOD_DIR": mod_dir,
         "AGI_URL": agi_url(settings, environ),
         "APOLOGY_SOUND": apology,
+        "FALLBACK_SOUNDS": str(fallback),
         "OPEN_HOURS": hours,
         "AMI_PORT": str(settings.ami_port),
         "AMI_USER": settings.ami_user,

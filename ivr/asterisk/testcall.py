@@ -7,8 +7,9 @@ test caller (asterisk_conf/extensions_local.conf). The caller records what it he
 (an ``AGIExecStart`` event), the runner hands the caller its next turn (AMI ``Setvar`` + ``Redirect``):
 ``say`` turns as speech synthesized to 8 kHz WAV beforehand, ``audio`` turns as given, ``dtmf`` with
 ``SendDTMF``, ``silence`` as a silence file, ``hangup`` as a hang-up; with no turn left the caller hangs
-up, as in the replay harness. What the robot said is read from the ``.txt`` sidecar of each file it
-streams. The outcome comes from ``IVR_RESULT`` (``VarSet``), the dialplan's transfer to the human
+up, as in the replay harness. In text mode (a robot with the sidecar recognizer, ``ivr replay --asterisk
+--text``) the words of each ``say`` turn are also written beside the robot's recording. What the robot
+said is read from the ``.txt`` sidecar of each file it streams. The outcome comes from ``IVR_RESULT`` (``VarSet``), the dialplan's transfer to the human
 queue (``UserEvent IvrHuman``), or the caller's own hang-up. The report is the harness's ``CallReport``
 (plus the recordings and what the dialplan did), so ``expect`` checks work unchanged.
 
@@ -58,8 +59,15 @@ class TestCallError(RuntimeError):
 
 @dataclass
 class AsteriskCallReport(CallReport):
-    """The harness's report plus what only a real Asterisk shows."""
+    """The harness's report plus what only a real Asterisk shows.
 
+    ``events`` has exactly the harness's shape (the robot's prompts, the caller's turns, the robot's
+    hang-up), so ``failures()`` and transcript comparisons work unchanged; what the dialplan and the
+    test agent did is in ``telephony`` (and under ``"asterisk"`` in ``to_json()``).
+    """
+
+    channel_id: str = ""  # the hotline half's uniqueid: the robot's call ID starts with it
+    telephony: list[dict[str, Any]] = field(default_factory=list)  # dialplan apology, to the queue, agent
     agi_status: str = ""  # AGISTATUS when the dialplan got the call back ("" if the robot hung up)
     reached_human: bool = False  # the dialplan put the caller through to the human queue
     agent_answered: bool = False  # the (test) agent answered
@@ -72,15 +80,18 @@ class AsteriskCallReport(CallReport):
 
     def to_json(self) -> dict[str, Any]:
         data = super().to_json()
-        data.update(
-            agi_status=self.agi_status,
-            reached_human=self.reached_human,
-            agent_answered=self.agent_answered,
-            dialplan_prompts=self.dialplan_prompts,
-            heard_wav=str(self.heard_wav) if self.heard_wav else None,
-            heard_s=round(self.heard_s, 2),
-            duration_s=round(self.duration_s, 2),
-        )
+        data["asterisk"] = {
+            "channel_id": self.channel_id,
+            "agi_status": self.agi_status,
+            "reached_human": self.reached_human,
+            "agent_answered": self.agent_answered,
+            "dialplan_prompts": self.dialplan_prompts,
+            "telephony": self.telephony,
+            "heard_wav": str(self.heard_wav) if self.heard_wav else None,
+            "heard_s": round(self.heard_s, 2),
+            "heard_rms": self.heard_rms,
+            "duration_s": round(self.duration_s, 2),
+        }
         return data
 
 
@@ -122,7 +133,7 @@ class _Call:
         self.work = work
         self.robot_uid = f"{tag}-robot"  # the ;1 half, in the hotline context
         self.caller_uid = f"{tag}-caller"  # the ;2 half, the test caller
-        self.report = AsteriskCallReport(call.name)
+        self.report = AsteriskCallReport(call.name, channel_id=self.robot_uid)
         self.turn_files: dict[int, Path] = {}
         self._turns = list(enumerate(call.turns))
         self._caller_hung_up = False
@@ -131,6 +142,7 @@ class _Call:
         self._started = 0.0
         self._record_ended_at: float | None = None
         self._speech_ended_at: float | None = None
+        self._silence_waited: float | None = None  # the last turn's silence wait, for the perceived latency
 
     def mine(self, event: AmiEvent) -> bool:
         ids = (self.robot_uid, self.caller_uid)
@@ -195,8 +207,10 @@ class _Call:
             await self._robot_command(ami, event.get("Command"))
         elif name == "AGIExecEnd" and uid == self.robot_uid and event.get("Command").upper().startswith("RECORD FILE"):
             self._record_ended_at = time.monotonic()
+            self._silence_waited = None
             if self._speech_ended_at is not None:
-                self.report.silence_waits_s.append(self._record_ended_at - self._speech_ended_at)
+                self._silence_waited = self._record_ended_at - self._speech_ended_at
+                self.report.silence_waits_s.append(self._silence_waited)
                 self._speech_ended_at = None
         elif name == "VarSet" and uid == self.robot_uid and event.get("Variable") in ("IVR_RESULT", "IVR_TRANSFER_REASON", "AGISTATUS"):
             self.report.variables[event.get("Variable")] = event.get("Value")
@@ -220,13 +234,17 @@ class _Call:
         elif kind == "IvrApology" and uid == self.robot_uid:
             sound = event.get("Sound")
             self.report.dialplan_prompts.append(sound)
-            self.report.events.append({"who": "dialplan", "text": f"<{Path(sound).name}>", "kind": "apology"})
+            self.report.telephony.append(
+                {"who": "dialplan", "kind": "apology", "sound": sound, "reason": event.get("Reason")}
+            )
         elif kind == "IvrHuman" and uid == self.robot_uid:
             self.report.reached_human = True
-            self.report.events.append({"who": "dialplan", "text": "", "kind": "to_human", "reason": event.get("Reason")})
+            self.report.telephony.append({"who": "dialplan", "kind": "to_human", "reason": event.get("Reason")})
+        elif kind == "IvrVoicemail" and uid == self.robot_uid:
+            self.report.telephony.append({"who": "dialplan", "kind": "voicemail", "reason": event.get("Reason")})
         elif kind == "IvrTestAgent":
             self.report.agent_answered = True
-            self.report.events.append({"who": "agent", "text": "", "kind": "answered"})
+            self.report.telephony.append({"who": "agent", "kind": "answered"})
 
     async def _robot_command(self, ami: AmiClient, command: str) -> None:
         args = parse_arguments(command)
@@ -240,13 +258,16 @@ class _Call:
             skip = 3 if name.startswith("CONTROL") else 2
             if len(args) > skip:
                 self._robot_said(Path(args[skip]))
-        elif name == "RECORD FILE":
-            await self._next_turn(ami)
+        elif name == "RECORD FILE" and len(args) > 2:
+            await self._next_turn(ami, args[2])
 
     def _robot_said(self, sound: Path) -> None:
         if self._record_ended_at is not None:
-            self.report.compute_latencies_s.append(time.monotonic() - self._record_ended_at)
-            self._record_ended_at = None
+            compute = time.monotonic() - self._record_ended_at
+            self.report.compute_latencies_s.append(compute)
+            if self._silence_waited is not None:
+                self.report.perceived_latencies_s.append(self._silence_waited + compute)
+            self._record_ended_at = self._silence_waited = None
         sidecar = sound.with_suffix(".txt")
         try:
             text = sidecar.read_text(encoding="utf-8")
@@ -254,15 +275,19 @@ class _Call:
             text = f"<{sound.name}>"
         self.report.events.append({"who": "robot", "text": text})
 
-    async def _next_turn(self, ami: AmiClient) -> None:
-        """The robot listens: give the caller its next turn (none left: the caller hangs up)."""
+    async def _next_turn(self, ami: AmiClient, recording: str) -> None:
+        """The robot listens (``recording``: its RECORD FILE target, without extension): give the caller
+        its next turn; with none left the caller hangs up (the harness does the same, without an event)."""
         if not self._turns:
-            self.report.events.append({"who": "caller", "text": "", "kind": "hangup", "note": "no turns left"})
-            await self._redirect(ami, "hangup", "")
             self._caller_hung_up = True
+            await self._redirect(ami, "hangup", "")
             return
         index, turn = self._turns.pop(0)
         self.report.events.append(self._turn_event(turn))
+        if turn.kind == "say" and self.caller.text_mode:
+            # `ivr replay --text` through Asterisk: the words go beside the recording for the robot's
+            # sidecar recognizer (ivr/testing/textinput.py); the caller still speaks them.
+            await asyncio.to_thread(_write_sidecar, Path(recording + ".txt"), str(turn.value))
         if turn.kind == "hangup":
             self._caller_hung_up = True
             await self._redirect(ami, "hangup", "")
@@ -320,8 +345,17 @@ class _Call:
             self.report.call_wav = mixed
 
 
+def _write_sidecar(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+    os.chmod(path, 0o644)
+
+
 class AsteriskCaller:
-    """Places test calls through the local Asterisk over one AMI session; calls may run concurrently."""
+    """Places test calls through the local Asterisk over one AMI session; calls may run concurrently.
+
+    ``text_mode``: for a robot started with ``text_input=True`` (as ``ivr replay --text``): each ``say``
+    turn's words are also written beside the robot's recording as ``<recording>.txt``.
+    """
 
     def __init__(
         self,
@@ -330,10 +364,12 @@ class AsteriskCaller:
         ami: AmiClient | None = None,
         speech: SpeechRenderer | None = None,
         agi_url: str | None = None,
+        text_mode: bool = False,
     ) -> None:
         self.settings = settings
         self.speech = speech
         self.agi_url = agi_url
+        self.text_mode = text_mode
         self.base = settings.spool_dir.resolve() / "testcalls"
         self.idle_file = self.base / "idle-10s.wav"
         self._ami = ami
@@ -400,10 +436,11 @@ async def run_call_via_asterisk(
     *,
     speech: SpeechRenderer | None = None,
     agi_url: str | None = None,
+    text_mode: bool = False,
     timeout_s: float = 180.0,
 ) -> AsteriskCallReport:
     """One call file as a real call through the local Asterisk (its own AMI session)."""
-    async with AsteriskCaller(settings, speech=speech, agi_url=agi_url) as caller:
+    async with AsteriskCaller(settings, speech=speech, agi_url=agi_url, text_mode=text_mode) as caller:
         return await caller.place(call_file, timeout_s=timeout_s)
 
 
@@ -413,6 +450,7 @@ async def replay_via_asterisk(
     *,
     speech: SpeechRenderer | None = None,
     agi_url: str | None = None,
+    text_mode: bool = False,
     concurrent: bool = False,
     timeout_s: float = 180.0,
 ) -> list[CallReport]:
@@ -422,8 +460,9 @@ async def replay_via_asterisk(
 
     ``agi_url`` points the hotline at another FastAGI server for the duration (a global variable;
     restored afterwards); by default the calls reach the robot the local Asterisk was configured with.
+    ``text_mode`` is for a robot with the sidecar recognizer (``text_input=True``), see ``AsteriskCaller``.
     """
-    async with AsteriskCaller(settings, speech=speech, agi_url=agi_url) as caller:
+    async with AsteriskCaller(settings, speech=speech, agi_url=agi_url, text_mode=text_mode) as caller:
         if concurrent:
             return list(await asyncio.gather(*(caller.place(c, timeout_s=timeout_s) for c in calls)))
         reports: list[CallReport] = [await caller.place(c, timeout_s=timeout_s) for c in calls]

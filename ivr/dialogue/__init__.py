@@ -13,6 +13,7 @@ Rasa is heavy to import (TensorFlow): modules here import it inside functions, a
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,6 +47,9 @@ def rasa_environment(models_dir: Path, base: Mapping[str, str] | None = None) ->
     return env
 
 
+_PREPARE = threading.Lock()  # agents of several locales may load at once, each in its own thread
+
+
 def prepare_rasa(models_dir: Path) -> None:
     """Make this process ready to import Rasa: no telemetry, quiet logs, no writes to ``$HOME``.
 
@@ -54,6 +58,11 @@ def prepare_rasa(models_dir: Path) -> None:
     patch point for that, and it is moved into the models folder. Rasa's structlog output is routed into
     the standard ``logging`` tree (capped by ``ivr.logs``) instead of stdout, which may be the AGI channel.
     """
+    with _PREPARE:
+        _prepare(models_dir)
+
+
+def _prepare(models_dir: Path) -> None:
     state = rasa_state_dir(models_dir)
     for key, value in RASA_ENVIRONMENT.items():
         if key != "PYTHONWARNINGS":

@@ -166,10 +166,12 @@ def in_process_endpoint(executor: ActionExecutor) -> Any:
 class _LocaleAgent:
     """One locale's agent on its own event loop thread. Everything touching the agent runs on that loop."""
 
-    def __init__(self, locale: str, model: Path, executor: ActionExecutor) -> None:
+    def __init__(self, locale: str, model: Path, models_dir: Path, store: AccountStore, settings: Settings) -> None:
         self.locale = locale
         self.model = model
-        self._executor = executor
+        self._models_dir = models_dir
+        self._store = store
+        self._settings = settings
         self.agent: Agent | None = None
         self.endpoint: Any = None
         self.loop = asyncio.new_event_loop()
@@ -184,10 +186,16 @@ class _LocaleAgent:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     async def load(self) -> None:
-        """On the agent's loop: load the model, then parse once (tokenizer dictionaries load lazily)."""
+        """On the agent's own loop (all of it is heavy): import Rasa, build the actions, load the model,
+        then parse once (tokenizer dictionaries load lazily)."""
+        from ivr.dialogue import prepare_rasa
+
+        prepare_rasa(self._models_dir)
         from rasa.core.agent import Agent
 
-        self.endpoint = in_process_endpoint(self._executor)
+        from ivr.dialogue.actions import build_executor
+
+        self.endpoint = in_process_endpoint(build_executor(self._store, self._settings))
         self.agent = Agent.load(str(self.model), action_endpoint=self.endpoint)
         await self.agent.parse_message("hello")
         log.info("dialogue model for %s loaded from %s", self.locale, self.model)
@@ -220,7 +228,6 @@ class RasaEngine:
         self._agents: dict[str, _LocaleAgent] = {}
         self._loading: dict[str, concurrent.futures.Future[None]] = {}
         self._lock = threading.Lock()
-        self._executor: ActionExecutor | None = None
         self._digits_awaited: set[str] = set()  # calls whose last reply expects digits
 
     # -- loading
@@ -267,14 +274,7 @@ class RasaEngine:
             failed.set_exception(DialogueError(
                 f"{model}: no trained dialogue model for {locale} (run `ivr train --locale {locale}`)"))
             return failed
-        from ivr.dialogue import prepare_rasa
-
-        prepare_rasa(self._models_dir)
-        if self._executor is None:
-            from ivr.dialogue.actions import build_executor
-
-            self._executor = build_executor(self._store, self._settings)
-        runner = _LocaleAgent(locale, model, self._executor)
+        runner = _LocaleAgent(locale, model, self._models_dir, self._store, self._settings)
         self._agents[locale] = runner
         return runner.submit(runner.load())
 

@@ -18,7 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text", action="store_true", help="give 'say' turns to the dialogue as recognized text")
     p.add_argument("--json", action="store_true", help="print one JSON object per call")
     p.add_argument("--server", metavar="HOST:PORT", help="a running FastAGI server (default: start one in-process)")
-    p.add_argument("--asterisk", action="store_true", help="place each call through the local Asterisk (AMI)")
+    p.add_argument(
+        "--asterisk",
+        action="store_true",
+        help="place each call as a real call through the local Asterisk (`ivr asterisk up` first)",
+    )
     p.set_defaults(handler=replay)
 
     b = sub.add_parser("bench", help="simultaneous calls in real time: latency, CPU and memory")
@@ -38,7 +42,13 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
 
     calls = load_all(args.files)
     if args.asterisk:
-        reports = asyncio.run(_replay_through_asterisk(settings, calls, args.server))
+        from ivr.asterisk.testcall import TestCallError
+
+        try:
+            reports = asyncio.run(_replay_through_asterisk(settings, calls, args.server, args.text))
+        except TestCallError as exc:
+            print(f"ivr replay --asterisk: {exc}", file=sys.stderr)
+            return 1
     else:
         server = parse_server(args.server) if args.server else None
         reports = asyncio.run(replay_calls(settings, calls, text_mode=args.text, server=server))
@@ -54,6 +64,9 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
             label = event.get("kind") or event.get("action") or ""
             text = event["text"] if event["text"] or not label else f"({label})"
             print(f"  {event['who']:>6}{'/' + label if label else ''}: {text}")
+        for step in getattr(report, "telephony", ()):  # --asterisk: what the dialplan and the agent did
+            detail = step.get("sound") or step.get("reason") or ""
+            print(f"  {step['who']:>8}/{step['kind']}" + (f": {detail}" if detail else ""))
         for failure in failures:
             print(f"  FAILED: {failure}")
     if failed:
@@ -61,18 +74,35 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
-async def _replay_through_asterisk(settings: Settings, calls: list[CallFile], server: str | None) -> list[CallReport]:
-    """Each call placed through the local Asterisk, to a server given by --server or started here."""
+async def _replay_through_asterisk(
+    settings: Settings, calls: list[CallFile], server: str | None, text_mode: bool
+) -> list[CallReport]:
+    """Each call placed through the local Asterisk, to a server given by --server or started here.
+
+    The caller's ``say`` turns are spoken with the robot's own synthesizer (as in the replay harness).
+    With ``--text`` the robot started here takes the words from the sidecar text, not from Vosk.
+    """
     from ivr.asterisk.testcall import replay_via_asterisk
     from ivr.testing.replay import parse_server, replay_settings, running_robot
 
     settings = replay_settings(settings)
     if server:
+        from ivr.tts.synth import PromptSynthesizer
+
         host, port = parse_server(server)
-        return await replay_via_asterisk(settings, calls, agi_url=f"agi://{host}:{port}/ivr")
-    async with running_robot(settings, text_input=False, host=settings.agi_host) as (host, port, robot):
+        synth = PromptSynthesizer(settings)
+        try:
+            return await replay_via_asterisk(
+                settings, calls, agi_url=f"agi://{host}:{port}/ivr", speech=synth.render, text_mode=text_mode
+            )
+        finally:
+            await asyncio.to_thread(synth.close)
+    # Asterisk (in its chroot) shares this machine's network: the robot listens on loopback only.
+    async with running_robot(settings, text_input=text_mode, host="127.0.0.1") as (host, port, robot):
         speech = robot.parts.synthesizer.render
-        return await replay_via_asterisk(settings, calls, agi_url=f"agi://{host}:{port}/ivr", speech=speech)
+        return await replay_via_asterisk(
+            settings, calls, agi_url=f"agi://{host}:{port}/ivr", speech=speech, text_mode=text_mode
+        )
 
 
 def bench(args: argparse.Namespace, settings: Settings) -> int:

@@ -348,6 +348,12 @@ class PromptSynthesizer:
             shutil.copyfile(source, tmp)
             os.replace(tmp, target / f"{key}.wav")
 
+    def warm_up(self) -> None:
+        """Before the first call: start the engine and make sure every fixed prompt is rendered, so no
+        caller waits for the engine's start or a first synthesis. Blocking (the robot runs it in a thread)."""
+        self.start()
+        self.build_all(self._book)
+
     def start(self) -> None:
         """Start the worker now rather than at the first miss (~0.15 s). Blocking: from a running event
         loop, ``await asyncio.to_thread(synth.start)``. Raises SynthesisError if the engine cannot start."""
