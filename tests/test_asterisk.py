@@ -1,13 +1,18 @@
-"""The Asterisk side: the shipped configuration, and real calls through a local Asterisk.
+"""The Asterisk side: the shipped configuration, and real calls through a local Asterisk to the real robot.
 
 The ``asterisk`` tests install Debian sid's Asterisk into a chroot (debootstrap, about a minute the
 first time), start it, place calls through AMI and stop it by its PID at the end. When the sid
 download fails twice, they are skipped with a reason starting with "INFRASTRUCTURE:"; any other
 failure fails them.
 
-Until the real FastAGI server is wired in here, the robot's side of a call is ``StandInRobot``: a
-throwaway FastAGI responder that answers, plays a prompt (a 1 kHz tone with a ``.txt`` sidecar),
-records the caller with RECORD FILE (or reads keys), and sets IVR_RESULT.
+The robot on the other end is the project's own: ``RobotInThread`` (the FastAGI server, real Vosk in
+ko-KR, real Rasa, real pyttsx3 prompts, a demo SQLite database), and for the crash test ``ivr serve``
+as a separate process that is killed with SIGKILL mid-call and started again. The caller's words are
+spoken with the robot's own synthesizer; Vosk's small Korean model recognizes only a few of those
+synthetic phrases reliably ("바이바이", goodbye, is one), so the voice calls use them, silence and
+the keypad. The calls that need the dialogue to understand a request (a balance with verification,
+a person) also run through Asterisk with a second robot whose recognizer reads the caller's words
+from a sidecar text file (``ivr replay --asterisk --text``); everything else on those calls is real.
 """
 
 from __future__ import annotations
@@ -16,14 +21,18 @@ import asyncio
 import audioop
 import contextlib
 import dataclasses
-import math
+import json
 import os
 import re
+import signal
 import socket
+import threading
+import time
 import wave
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ivr.asterisk.ami import AmiClient, AmiError
@@ -40,58 +49,55 @@ from ivr.asterisk.local import (
 )
 from ivr.asterisk.testcall import AsteriskCaller, AsteriskCallReport
 from ivr.config import PROJECT_ROOT, Settings
-from ivr.testing.callfile import CallFile, Expect, Turn
+from ivr.dialogue.prompts import PromptBook
+from ivr.testing.callfile import CallFile, Expect, Turn, load_call_file
+from ivr.testing.harness import ScriptedAsterisk
+from ivr.testing.replay import RobotInThread
+from tests.conftest import SuiteDirs, make_demo_db
 
 CONF = PROJECT_ROOT / "asterisk_conf"
+CALLS = Path(__file__).parent / "calls"
+LOCALE = "ko-KR"  # the one locale whose Vosk model is installed: real-audio calls run in it
+GOODBYE = "바이바이"  # a goodbye Vosk's Korean model recognizes in the robot's synthetic voice
+DEMO_CALLER = "01012345678"  # C003, the Korean demo customer (ID last four 6193, balance 1,234,000 KRW)
 
 
 # ---------------------------------------------------------------- audio helpers
-def write_tone(path: Path, hz: float, seconds: float, amplitude: float = 0.4) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames = bytearray()
-    for i in range(int(8000 * seconds)):
-        frames += int(amplitude * 32767 * math.sin(2 * math.pi * hz * i / 8000)).to_bytes(2, "little", signed=True)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(bytes(frames))
-
-
 def read_wav(path: Path) -> tuple[bytes, int]:
     with wave.open(str(path), "rb") as w:
         assert (w.getnchannels(), w.getsampwidth()) == (1, 2), f"{path}: not mono 16-bit"
         return w.readframes(w.getnframes()), w.getframerate()
 
 
-def tone_share(path: Path, hz: float) -> float:
-    """The largest share of a 100 ms window's energy at ``hz`` (Goertzel), over the whole file: 0..1."""
-    frames, rate = read_wav(path)
-    samples = [int.from_bytes(frames[i : i + 2], "little", signed=True) for i in range(0, len(frames), 2)]
-    window = rate // 10
-    coeff = 2 * math.cos(2 * math.pi * hz / rate)
-    best = 0.0
-    for start in range(0, len(samples) - window, window):
-        chunk = samples[start : start + window]
-        energy = sum(s * s for s in chunk)
-        if energy < window * 100**2:  # quieter than RMS 100: silence
-            continue
-        s1 = s2 = 0.0
-        for sample in chunk:
-            s1, s2 = sample + coeff * s1 - s2, s1
-        power = s1 * s1 + s2 * s2 - coeff * s1 * s2
-        best = max(best, 2 * power / (window * energy))
-    return best
+def envelope(frames: bytes, rate: int, step_s: float = 0.02) -> np.ndarray:
+    samples = np.frombuffer(frames, dtype="<i2").astype(np.float64)
+    step = int(rate * step_s)
+    usable = len(samples) // step * step
+    return np.sqrt((samples[:usable].reshape(-1, step) ** 2).mean(axis=1))
 
 
-def rms(path: Path) -> int:
-    frames, _ = read_wav(path)
-    return audioop.rms(frames, 2) if frames else 0
+def heard_within(recording: Path, sound: Path) -> float:
+    """How well ``sound`` matches some stretch of ``recording``: the best correlation of their 20 ms
+    loudness envelopes, 0..1 (a prompt that reached the caller scores above 0.9)."""
+    needle = envelope(*read_wav(sound))
+    hay = envelope(*read_wav(recording))
+    if len(hay) < len(needle) or needle.std() == 0:
+        return 0.0
+    windows = np.lib.stride_tricks.sliding_window_view(hay, len(needle))
+    centred = windows - windows.mean(axis=1, keepdims=True)
+    target = needle - needle.mean()
+    denominator = np.linalg.norm(centred, axis=1) * np.linalg.norm(target)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scores = np.where(denominator > 0, centred @ target / denominator, 0.0)
+    return float(scores.max())
 
 
-def duration_s(path: Path) -> float:
-    frames, rate = read_wav(path)
-    return len(frames) / 2 / rate
+def write_wav(path: Path, frames: bytes) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(frames)
 
 
 # ---------------------------------------------------------------- the configuration (no Asterisk needed)
@@ -105,7 +111,9 @@ def test_shipped_files_exist_and_commit_no_secrets() -> None:
 
 
 def test_rendering_fills_every_placeholder(tmp_path: Path) -> None:
-    settings = Settings(agi_host="0.0.0.0", agi_port=4599, ami_user="robot", ami_port=5999)
+    settings = Settings(
+        agi_host="0.0.0.0", agi_port=4599, ami_user="robot", ami_port=5999, sounds_dir=tmp_path / "s", locale="en-US"
+    )
     values = config_values(settings, {}, local=True, ami_secret="s3cret", sip_secret="p4ss")
     written = render_config(tmp_path, values, local=True)
     assert sorted(p.name for p in written) == sorted(LOCAL_FILES)
@@ -116,10 +124,14 @@ def test_rendering_fills_every_placeholder(tmp_path: Path) -> None:
     extensions = (tmp_path / "extensions.conf").read_text(encoding="utf-8")
     assert "IVR_AGI_URL = agi://127.0.0.1:4599/ivr" in extensions  # 0.0.0.0 is reached on loopback
     assert "IVR_OPEN_HOURS = *,*,*,*" in extensions  # the local queue is always open
+    # the robot's pre-rendered apologies: per call language, else the configured locale's
+    assert f"IVR_FALLBACK_SOUNDS = {tmp_path / 's' / 'fallback'}\n" in extensions
+    assert f"IVR_APOLOGY_SOUND = {tmp_path / 's' / 'fallback' / 'en-US' / 'apology'}\n" in extensions
     manager = (tmp_path / "manager.conf").read_text(encoding="utf-8")
     assert "[robot]" in manager and "secret = s3cret" in manager and "port = 5999" in manager
     assert f"astetcdir => {ETC_IN_CHROOT}" in (tmp_path / "asterisk.conf").read_text(encoding="utf-8")
-    assert "member => Local/s@ivr-test-agent/n" in (tmp_path / "queues.conf").read_text(encoding="utf-8")
+    # the test agent takes simultaneous calls (ringinuse, the member's fifth field)
+    assert "member => Local/s@ivr-test-agent/n,0,Test agent,,yes\n" in (tmp_path / "queues.conf").read_text()
 
 
 def test_production_rendering_has_no_test_contexts(tmp_path: Path) -> None:
@@ -194,6 +206,12 @@ def local_asterisk(base_settings: Settings) -> Iterator[RunningAsterisk]:
     assert local.down(), "the local Asterisk was no longer running at the end of the session"
     assert not _process_alive(status.pid), f"Asterisk (PID {status.pid}) survived `down`"
     assert local.pid() is None
+    assert not any(p for p in _mount_points() if str(p).startswith(str(local.root))), "still mounted"
+
+
+def _mount_points() -> list[Path]:
+    with open("/proc/self/mountinfo", encoding="utf-8") as table:
+        return [Path(line.split()[4]) for line in table]
 
 
 @pytest.fixture
@@ -205,122 +223,87 @@ async def ami(local_asterisk: RunningAsterisk) -> AsyncIterator[AmiClient]:
     await client.aclose()
 
 
-@dataclasses.dataclass
-class StandInCall:
-    uniqueid: str = ""
-    caller_id: str = ""
-    network_script: str = ""
-    recordings: list[Path] = dataclasses.field(default_factory=list)
-    replies: list[str] = dataclasses.field(default_factory=list)
-    digits: str = ""
-    hung_up: bool = False
+@pytest.fixture(scope="module")
+def robot_settings(local_asterisk: RunningAsterisk, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The robots' settings: a demo database, the folders Asterisk shares, Korean by default; and the
+    prompts built as `ivr prompts build` does, which publishes the dialplan's fallback/<locale>/apology.wav."""
+    from ivr.tts.synth import PromptSynthesizer
 
-
-class StandInRobot:
-    """A throwaway FastAGI responder standing in for `ivr serve` (NOT the project's server).
-
-    Per call: ANSWER; then ``listens`` times: STREAM FILE the prompt, RECORD FILE (speech, or the first
-    key of a keypad entry, then WAIT FOR DIGIT up to '#'); then SET VARIABLE IVR_RESULT ``result``, and
-    HANGUP unless the result is a transfer (the dialplan takes over).
-    """
-
-    def __init__(self, spool: Path, prompt: Path, *, listens: int = 1, result: str = "completed") -> None:
-        self.spool, self.prompt, self.listens, self.result = spool, prompt, listens, result
-        self.calls: list[StandInCall] = []
-        self._server: asyncio.AbstractServer | None = None
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"agi://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/ivr"
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        call = StandInCall()
-        self.calls.append(call)
-        env = {}
-        while line := (await reader.readline()).decode().strip():
-            key, _, value = line.partition(": ")
-            env[key] = value
-        call.uniqueid, call.caller_id = env.get("agi_uniqueid", ""), env.get("agi_callerid", "")
-        call.network_script = env.get("agi_network_script", "")
-
-        async def command(text: str) -> str:
-            writer.write(text.encode() + b"\n")
-            await writer.drain()
-            while True:
-                reply = (await reader.readline()).decode().strip()
-                if reply == "HANGUP":  # Asterisk's own line when the caller hangs up
-                    call.hung_up = True
-                    continue
-                call.replies.append(f"{text.split()[0]}: {reply}")
-                return reply
-
-        def result_of(reply: str) -> str:
-            return reply.split("result=")[1].split()[0] if "result=" in reply else ""
-
-        try:
-            await command("ANSWER")
-            for n in range(1, self.listens + 1):
-                await command(f'STREAM FILE {self.prompt.with_suffix("")} ""')
-                target = self.spool / f"standin-{call.uniqueid.replace('.', '_')}-{n}"
-                reply = await command(f'RECORD FILE {target} wav "0123456789*#" 15000 0 s=1')
-                if reply.startswith("511") or call.hung_up:
-                    return
-                call.recordings.append(target.with_suffix(".wav"))
-                if "(dtmf)" in reply:
-                    key = chr(int(result_of(reply)))
-                    while key not in ("#", ""):
-                        call.digits += key
-                        reply = await command("WAIT FOR DIGIT 3000")
-                        code = result_of(reply)
-                        key = chr(int(code)) if code not in ("", "0", "-1") else ""
-            await command(f"SET VARIABLE IVR_RESULT {self.result}")
-            if self.result != "transfer":
-                await command("HANGUP")
-        except (ConnectionError, IndexError, ValueError):
-            return
-        finally:
-            writer.close()
-
-
-@pytest.fixture
-def prompt(local_asterisk: RunningAsterisk) -> Path:
-    """The stand-in robot's prompt: 1 s of 1 kHz, in the shared sound folder, with its text sidecar."""
-    path = local_asterisk.settings.sounds_dir / "standin" / "tone.wav"
-    write_tone(path, 1000, 1.0)
-    path.with_suffix(".txt").write_text("stand-in prompt", encoding="utf-8")
-    return path
-
-
-@pytest.fixture
-def caller_tone(tmp_path: Path) -> Path:
-    """Caller 'speech' that is easy to find again in the robot's recording: 1.5 s of 440 Hz."""
-    path = tmp_path / "caller-440.wav"
-    write_tone(path, 440, 1.5)
-    return path
-
-
-@contextlib.asynccontextmanager
-async def stand_in(settings: Settings, prompt: Path, **kwargs: object) -> AsyncIterator[tuple[StandInRobot, str]]:
-    robot = StandInRobot(settings.spool_dir, prompt, **kwargs)  # type: ignore[arg-type]
-    url = await robot.start()
+    settings = dataclasses.replace(
+        local_asterisk.settings,
+        database_url=make_demo_db(tmp_path_factory.mktemp("asterisk-db") / "accounts.db"),
+        locale=LOCALE,
+        asr_dither=False,
+    )
+    synth = PromptSynthesizer(settings)
     try:
-        yield robot, url
+        assert synth.build_all(PromptBook(settings.dialogs_dir)) > 0
     finally:
-        await robot.stop()
+        synth.close()
+    for locale in ("zh-CN", "en-US", "ko-KR"):
+        assert (settings.sounds_dir / "fallback" / locale / "apology.wav").is_file()
+    return settings
 
 
-def call_file(name: str, *turns: Turn, caller_id: str = "13800000001", locale: str | None = "en-US") -> CallFile:
+@pytest.fixture(scope="module")
+def voice_robot(robot_settings: Settings) -> Iterator[RobotInThread]:
+    """The real robot: FastAGI on loopback, Vosk (ko-KR), Rasa, pyttsx3, the demo database."""
+    robot = RobotInThread(robot_settings, text_input=False).start()
+    yield robot
+    robot.stop()
+
+
+@pytest.fixture(scope="module")
+def text_robot(robot_settings: Settings) -> Iterator[RobotInThread]:
+    """The real robot with the sidecar recognizer of `ivr replay --text`: the caller's words as text."""
+    robot = RobotInThread(robot_settings, text_input=True).start()
+    yield robot
+    robot.stop()
+
+
+def url_of(robot: RobotInThread) -> str:
+    return f"agi://127.0.0.1:{robot.port}/ivr"
+
+
+def speech_of(robot: RobotInThread):  # type: ignore[no-untyped-def]
+    assert robot.robot is not None
+    return robot.robot.parts.synthesizer.render
+
+
+def call_file(name: str, *turns: Turn, caller_id: str = DEMO_CALLER, locale: str | None = LOCALE) -> CallFile:
     return CallFile(Path(f"{name}.yaml"), caller_id, locale, tuple(turns), Expect())
 
 
-def assert_heard(report: AsteriskCallReport) -> None:
+def prompt(settings: Settings, name: str, locale: str = LOCALE) -> str:
+    return PromptBook(settings.dialogs_dir).text(name, locale)
+
+
+def robot_said(report: AsteriskCallReport) -> list[str]:
+    return [e["text"] for e in report.events if e["who"] == "robot" and e["text"]]
+
+
+def robot_record(settings: Settings, call: AsteriskCallReport | str) -> dict[str, str]:
+    """The robot's own transcript of a call (its call ID starts with the channel's uniqueid): the last
+    line holds the outcome the robot itself saw."""
+    channel_id = call if isinstance(call, str) else call.channel_id
+    [path] = settings.transcripts_dir.glob(f"*/{channel_id}-*.jsonl")
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return {"outcome": lines[-1].get("outcome", ""), "reason": lines[-1].get("reason", "")}
+
+
+def assert_heard(report: AsteriskCallReport, *sounds: Path) -> None:
+    """The caller's recording exists, is not silent, and has each of ``sounds`` in it."""
     assert report.heard_wav is not None and report.heard_wav.exists(), report.errors
     assert report.heard_rms > 300, f"the caller heard (almost) nothing: RMS {report.heard_rms}"
+    for sound in sounds:
+        score = heard_within(report.heard_wav, sound)
+        assert score > 0.9, f"{sound.name} is not in what the caller heard (best match {score:.2f})"
+
+
+async def prompt_wav(robot: RobotInThread, text: str, locale: str = LOCALE) -> Path:
+    """The robot's WAV for a prompt text (from its cache: the robot has played it already)."""
+    path: Path = await speech_of(robot)(text, locale)
+    return path
 
 
 @pytest.mark.asterisk
@@ -347,108 +330,408 @@ def test_ami_listens_on_loopback_only(local_asterisk: RunningAsterisk) -> None:
     assert ami_sockets == ["0100007F:" + port], f"AMI must listen on 127.0.0.1 only, found {ami_sockets}"
 
 
+# ---------------------------------------------------------------- calls to the real robot
+@dataclasses.dataclass(frozen=True)
+class PlacedCall:
+    call: CallFile
+    report: AsteriskCallReport
+    harness_events: list[dict[str, object]] | None = None  # text calls: the same call file in the harness
+
+
+@pytest.fixture(scope="module")
+def placed(
+    local_asterisk: RunningAsterisk,
+    robot_settings: Settings,
+    voice_robot: RobotInThread,
+    text_robot: RobotInThread,
+) -> dict[str, PlacedCall]:
+    """Voice calls to the real robot and text calls to the text robot, all at the same time through
+    Asterisk (each test below checks one of them); the text calls also go through the replay harness."""
+    voice = {
+        "silence": load_call_file(CALLS / "audio" / LOCALE / "silence.yaml"),
+        "goodbye": call_file("goodbye", Turn("say", GOODBYE)),
+        "keypad": call_file("keypad", Turn("dtmf", "6193#"), Turn("say", GOODBYE)),
+        "hangs-up": call_file("hangs-up", Turn("hangup", True), caller_id=""),
+    }
+    text = {
+        "balance": load_call_file(CALLS / "text" / LOCALE / "balance.yaml"),
+        "person": load_call_file(CALLS / "text" / LOCALE / "human.yaml"),
+    }
+
+    async def place_all() -> dict[str, PlacedCall]:
+        creds = local_asterisk.local.ami_credentials()
+        async with contextlib.AsyncExitStack() as stack:
+            ami = AmiClient(creds.host, creds.port, creds.user, creds.secret)
+            await ami.aconnect()
+            stack.push_async_callback(ami.aclose)
+            to_voice = await stack.enter_async_context(
+                AsteriskCaller(robot_settings, ami=ami, speech=speech_of(voice_robot), agi_url=url_of(voice_robot))
+            )
+            to_text = await stack.enter_async_context(
+                AsteriskCaller(
+                    robot_settings, ami=ami, speech=speech_of(text_robot), agi_url=url_of(text_robot), text_mode=True
+                )
+            )
+            jobs = [to_voice.place(c, timeout_s=150) for c in voice.values()]
+            jobs += [to_text.place(c, timeout_s=150) for c in text.values()]
+            reports = await asyncio.gather(*jobs)
+        out = {name: PlacedCall(c, r) for (name, c), r in zip([*voice.items(), *text.items()], reports, strict=True)}
+        for name, c in text.items():  # the same call file through the replay harness, for comparison
+            harness = ScriptedAsterisk(c, locale=LOCALE, text_mode=True, speech=speech_of(text_robot))
+            events = (await harness.run("127.0.0.1", text_robot.port)).events
+            out[name] = dataclasses.replace(out[name], harness_events=events)
+        return out
+
+    return asyncio.run(place_all())
+
+
 @pytest.mark.asterisk
-async def test_robot_down_caller_hears_apology_and_reaches_a_person(
-    local_asterisk: RunningAsterisk, ami: AmiClient
+@pytest.mark.audio
+async def test_silent_caller_is_prompted_then_put_through_to_a_person(
+    placed: dict[str, PlacedCall], robot_settings: Settings, voice_robot: RobotInThread
 ) -> None:
+    call, report = placed["silence"].call, placed["silence"].report
+    assert report.errors == [] and report.failures(call) == []
+    greet, no_input, transfer = (prompt(robot_settings, n) for n in ("utter_greet", "utter_no_input", "utter_transfer"))
+    assert robot_said(report) == [greet, no_input, greet, no_input, greet, transfer]
+    assert (report.outcome, report.transfer_reason) == ("transfer", "no_input")
+    assert report.answered and report.variables["IVR_RESULT"] == "transfer"
+    assert report.agi_status == "SUCCESS" and report.dialplan_prompts == []  # the robot itself handed over
+    assert report.reached_human and report.agent_answered
+    assert robot_record(robot_settings, report) == {"outcome": "transfer", "reason": "no_input"}
+    assert_heard(report, await prompt_wav(voice_robot, greet), await prompt_wav(voice_robot, transfer))
+
+
+@pytest.mark.asterisk
+@pytest.mark.audio
+async def test_spoken_goodbye_is_recognized_and_the_robot_hangs_up(
+    placed: dict[str, PlacedCall], robot_settings: Settings, voice_robot: RobotInThread
+) -> None:
+    report = placed["goodbye"].report
+    assert report.errors == []
+    greet, goodbye = prompt(robot_settings, "utter_greet"), prompt(robot_settings, "utter_goodbye")
+    # the caller's speech reached Vosk through Asterisk's recording, and the dialogue understood it
+    assert robot_said(report) == [greet, goodbye]
+    assert report.outcome == "completed" and report.variables["IVR_RESULT"] == "completed"
+    assert report.events[-1] == {"who": "robot", "text": "", "action": "hangup"}
+    assert report.agi_status == "" and not report.reached_human  # the robot hung up: no dialplan after AGI
+    assert report.silence_waits_s, "the robot's RECORD FILE never ended on the silence after the speech"
+    assert report.compute_latencies_s and report.perceived_latencies_s
+    assert robot_record(robot_settings, report) == {"outcome": "completed", "reason": ""}
+    assert_heard(report, await prompt_wav(voice_robot, greet), await prompt_wav(voice_robot, goodbye))
+
+
+@pytest.mark.asterisk
+@pytest.mark.audio
+async def test_keypad_digits_reach_the_robot(placed: dict[str, PlacedCall], robot_settings: Settings) -> None:
+    report = placed["keypad"].report
+    assert report.errors == []
+    said = robot_said(report)
+    # all keys up to '#' arrived as one keypad entry: digits with nothing awaited → "how can I help"
+    assert said == [prompt(robot_settings, n) for n in ("utter_greet", "utter_how_can_i_help", "utter_goodbye")]
+    assert [e["text"] for e in report.events if e.get("kind") == "dtmf"] == ["*****"]  # masked in the report
+    assert report.outcome == "completed"
+    assert robot_record(robot_settings, report)["outcome"] == "completed"
+
+
+@pytest.mark.asterisk
+async def test_caller_hangup_ends_the_robot_session(placed: dict[str, PlacedCall], robot_settings: Settings) -> None:
+    report = placed["hangs-up"].report  # a withheld number, hanging up when the robot first listens
+    assert report.errors == []
+    assert report.outcome == "caller_hangup"
+    assert robot_said(report) == [prompt(robot_settings, "utter_greet")]
+    assert robot_record(robot_settings, report) == {"outcome": "caller_hangup", "reason": ""}
+
+
+@pytest.mark.asterisk
+async def test_balance_request_is_verified_by_keypad_then_answered(
+    placed: dict[str, PlacedCall], robot_settings: Settings
+) -> None:
+    call, report, harness_events = placed["balance"]
+    assert report.errors == [] and report.failures(call) == []  # said 1,234,000 KRW, completed
+    said = robot_said(report)
+    assert said[1] == prompt(robot_settings, "utter_ask_id_last4")  # the robot asks the caller to verify
+    assert said[2] == prompt(robot_settings, "utter_verified")  # the keys 6193# arrived intact over DTMF
+    # through Asterisk, the call is exactly what the replay harness makes of the same call file
+    assert report.events == harness_events
+    assert robot_record(robot_settings, report)["outcome"] == "completed"
+
+
+@pytest.mark.asterisk
+async def test_request_for_a_person_is_transferred_to_the_queue(
+    placed: dict[str, PlacedCall], robot_settings: Settings
+) -> None:
+    call, report, harness_events = placed["person"]
+    assert report.errors == [] and report.failures(call) == []
+    assert (report.outcome, report.transfer_reason) == ("transfer", "caller_request")
+    assert report.variables["IVR_RESULT"] == "transfer"
+    assert report.agi_status == "SUCCESS" and report.dialplan_prompts == []  # no apology: the caller asked
+    assert report.reached_human and report.agent_answered
+    assert report.telephony == [
+        {"who": "dialplan", "kind": "to_human", "reason": "caller_request"},
+        {"who": "agent", "kind": "answered"},
+    ]
+    assert report.events == harness_events
+    assert_heard(report)
+
+
+@pytest.mark.asterisk
+async def test_robot_down_caller_hears_the_apology_and_reaches_a_person(
+    local_asterisk: RunningAsterisk, robot_settings: Settings, ami: AmiClient
+) -> None:
+    sounds = robot_settings.sounds_dir
     # a port that refuses connections: bound, never listening
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         url = f"agi://127.0.0.1:{closed.getsockname()[1]}/ivr"
-        async with AsteriskCaller(local_asterisk.settings, ami=ami, agi_url=url) as caller:
-            report = await caller.place(call_file("robot-down", Turn("say", "hello")), timeout_s=60)
-    assert report.errors == []
-    assert report.agi_status == "FAILURE"
-    assert report.variables.get("AGISTATUS") == "FAILURE"
-    assert report.dialplan_prompts, "the dialplan played no apology"
-    assert report.reached_human and report.agent_answered
-    assert (report.outcome, report.transfer_reason) == ("transfer", "robot_unreachable")
-    assert not report.answered  # the robot never answered: the dialplan alone looked after the caller
-    assert_heard(report)  # the apology and the agent's greeting reached the caller
-
-
-@pytest.mark.asterisk
-async def test_call_end_to_end_speech_and_keypad(local_asterisk: RunningAsterisk, ami: AmiClient, prompt: Path) -> None:
-    settings = local_asterisk.settings
-    async with stand_in(settings, prompt, listens=2) as (robot, url):
-        async with AsteriskCaller(settings, ami=ami, agi_url=url) as caller:
-            report = await caller.place(
-                call_file("speech-and-keys", Turn("say", "I would like to know my balance"), Turn("dtmf", "1234#")),
-                timeout_s=90,
+        async with AsteriskCaller(robot_settings, ami=ami, agi_url=url) as caller:
+            korean, unspecified = await asyncio.gather(
+                caller.place(call_file("robot-down", Turn("silence", 1)), timeout_s=60),
+                caller.place(call_file("robot-down-no-locale", Turn("silence", 1), locale=None), timeout_s=60),
             )
-    assert report.errors == []
-    [call] = robot.calls
-    assert call.caller_id == "13800000001"
-    assert call.network_script == "ivr?lang=en-US"  # the call file's locale reaches the robot
-    # the caller's speech reached the robot's recording (the shared spool, written by Asterisk)
-    speech = call.recordings[0]
-    assert speech.exists() and duration_s(speech) > 1.0 and rms(speech) > 300
-    # the keypad turn arrived as keys: the first interrupts RECORD FILE, the rest via WAIT FOR DIGIT
-    assert call.digits == "1234"
-    # the prompt reached the caller's recording, and its sidecar text is in the report
-    assert report.heard_wav is not None and tone_share(report.heard_wav, 1000) > 0.8
-    assert [e["text"] for e in report.events if e["who"] == "robot"][:2] == ["stand-in prompt"] * 2
-    assert report.answered and report.outcome == "completed"
-    assert report.variables["IVR_RESULT"] == "completed"
-    assert report.silence_waits_s, "the robot's RECORD FILE never ended on silence after the speech"
-    for path in call.recordings:
-        path.unlink(missing_ok=True)
+    # the call's language picks the robot's pre-rendered apology; without one, the configured locale's
+    default = local_asterisk.settings.locale
+    for report, locale in ((korean, LOCALE), (unspecified, default)):
+        assert report.errors == []
+        assert report.agi_status == "FAILURE" and report.variables.get("AGISTATUS") == "FAILURE"
+        apology = sounds / "fallback" / locale / "apology"
+        assert report.dialplan_prompts == [str(apology)]
+        assert report.reached_human and report.agent_answered
+        assert (report.outcome, report.transfer_reason) == ("transfer", "robot_unreachable")
+        assert not report.answered and report.events == []  # the robot never answered: the dialplan alone
+        assert_heard(report, apology.with_suffix(".wav"))
 
 
-@pytest.mark.asterisk
-async def test_robot_transfer_reaches_the_human_queue(
-    local_asterisk: RunningAsterisk, ami: AmiClient, prompt: Path, caller_tone: Path
-) -> None:
-    settings = local_asterisk.settings
-    async with stand_in(settings, prompt, result="transfer") as (robot, url):
-        async with AsteriskCaller(settings, ami=ami, agi_url=url) as caller:
-            report = await caller.place(call_file("to-a-person", Turn("audio", caller_tone)), timeout_s=60)
-    assert report.errors == []
-    assert report.variables["IVR_RESULT"] == "transfer"
-    assert report.agi_status == "SUCCESS" and not report.dialplan_prompts  # no apology: the robot chose this
-    assert report.reached_human and report.agent_answered and report.outcome == "transfer"
-    assert tone_share(robot.calls[0].recordings[0], 440) > 0.8
+# ---------------------------------------------------------------- many calls at once
+async def place_goodbyes(
+    count: int, settings: Settings, ami: AmiClient, robot: RobotInThread
+) -> tuple[list[AsteriskCallReport], float]:
+    calls = [call_file(f"load-{i}", Turn("say", GOODBYE)) for i in range(count)]
+    async with AsteriskCaller(settings, ami=ami, speech=speech_of(robot), agi_url=url_of(robot)) as caller:
+        started = time.monotonic()
+        reports = await asyncio.gather(*(caller.place(c, timeout_s=240) for c in calls))
+    return reports, time.monotonic() - started
 
 
-@pytest.mark.asterisk
-async def test_caller_hangup_ends_the_robot_session(
-    local_asterisk: RunningAsterisk, ami: AmiClient, prompt: Path
-) -> None:
-    settings = local_asterisk.settings
-    async with stand_in(settings, prompt, listens=2) as (robot, url):
-        async with AsteriskCaller(settings, ami=ami, agi_url=url) as caller:
-            report = await caller.place(call_file("hangs-up", Turn("hangup", True), caller_id=""), timeout_s=60)
-    assert report.errors == []
-    assert report.outcome == "caller_hangup"
-    [call] = robot.calls
-    assert call.caller_id == "unknown"  # withheld number
-    assert call.hung_up or any(r.endswith(("HANGUP", "result=-1")) or "511" in r for r in call.replies)
-
-
-@pytest.mark.asterisk
-async def test_twenty_simultaneous_calls_are_answered_and_completed(
-    local_asterisk: RunningAsterisk, ami: AmiClient, prompt: Path, caller_tone: Path
-) -> None:
-    settings = local_asterisk.settings
-    calls = [call_file(f"load-{i}", Turn("audio", caller_tone)) for i in range(20)]
-    async with stand_in(settings, prompt) as (robot, url):
-        async with AsteriskCaller(settings, ami=ami, agi_url=url) as caller:
-            reports = await asyncio.gather(*(caller.place(c, timeout_s=120) for c in calls))
-    assert [r.errors for r in reports] == [[]] * 20
-    assert all(r.answered for r in reports)
-    assert [r.outcome for r in reports] == ["completed"] * 20
-    assert len(robot.calls) == 20 and len({c.uniqueid for c in robot.calls}) == 20
-    for call in robot.calls:
-        [recording] = call.recordings
-        assert tone_share(recording, 440) > 0.8, f"{recording}: the caller's audio did not reach the robot"
-        recording.unlink()
+async def check_all_completed(reports: list[AsteriskCallReport], settings: Settings, robot: RobotInThread) -> None:
+    greet, goodbye = prompt(settings, "utter_greet"), prompt(settings, "utter_goodbye")
+    assert [r.errors for r in reports] == [[]] * len(reports)
+    assert all(r.answered for r in reports), "a call was not answered by the robot"
+    assert [r.outcome for r in reports] == ["completed"] * len(reports)
+    assert [robot_said(r) for r in reports] == [[greet, goodbye]] * len(reports)
+    assert len({r.channel_id for r in reports}) == len(reports)
+    assert [robot_record(settings, r)["outcome"] for r in reports] == ["completed"] * len(reports)
+    greeting = await prompt_wav(robot, greet)
     for report in reports:
-        assert_heard(report)
+        assert_heard(report, greeting)
 
 
+@pytest.mark.asterisk
+@pytest.mark.audio
+async def test_twenty_simultaneous_calls_are_answered_and_completed(
+    robot_settings: Settings, ami: AmiClient, voice_robot: RobotInThread
+) -> None:
+    reports, took = await place_goodbyes(20, robot_settings, ami, voice_robot)
+    await check_all_completed(reports, robot_settings, voice_robot)
+    log_timing("20 simultaneous calls", took)
+
+
+@pytest.mark.slow
+@pytest.mark.asterisk
+@pytest.mark.audio
+async def test_fifty_simultaneous_calls_are_answered_and_completed(
+    robot_settings: Settings, ami: AmiClient, voice_robot: RobotInThread
+) -> None:
+    reports, took = await place_goodbyes(50, robot_settings, ami, voice_robot)
+    await check_all_completed(reports, robot_settings, voice_robot)
+    log_timing("50 simultaneous calls", took)
+
+
+def log_timing(what: str, seconds: float) -> None:
+    import logging
+
+    logging.getLogger(__name__).info("%s took %.1f s", what, seconds)
+
+
+# ---------------------------------------------------------------- the robot's server killed and restarted
+class ServeProcess:
+    """`ivr serve` in its own process, as production runs it; stopped or killed by its PID.
+
+    Its log lines (JSON) are copied to ``log_file`` in the suite's log folder.
+    """
+
+    def __init__(self, settings: Settings, port: int, log_file: Path, workdir: Path) -> None:
+        self.settings, self.port, self.log_file, self.workdir = settings, port, log_file, workdir
+        self.process: asyncio.subprocess.Process | None = None
+        self._copier: asyncio.Task[None] | None = None
+        self._log = open(log_file, "ab")  # noqa: SIM115 (closed by stop())
+
+    def environment(self) -> dict[str, str]:
+        s = self.settings
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IVR_")}
+        env.update(
+            IVR_DATABASE_URL=s.database_url,
+            IVR_SOUNDS_DIR=str(s.sounds_dir),
+            IVR_SPOOL_DIR=str(s.spool_dir),
+            IVR_TRANSCRIPTS_DIR=str(s.transcripts_dir),
+            IVR_LOCALE=s.locale,
+            IVR_FIXED_DATE=s.fixed_date,
+            IVR_ASR_DITHER="false",
+            IVR_AGI_HOST="127.0.0.1",
+            IVR_HTTP_PORT="0",
+            IVR_LOG_LEVEL="INFO",
+            RASA_TELEMETRY_ENABLED="false",
+            TF_CPP_MIN_LOG_LEVEL="3",
+        )
+        return env
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def start(self, timeout_s: float = 300.0) -> float:
+        """Start and wait until it listens (it loads its models first); returns the seconds that took."""
+        import sys
+
+        started = time.monotonic()
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ivr", "serve", "--port", str(self.port),
+            env=self.environment(), cwd=self.workdir, start_new_session=True,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        await asyncio.wait_for(self._until_listening(), timeout_s)
+        self._copier = asyncio.create_task(self._copy_log())
+        return time.monotonic() - started
+
+    async def _until_listening(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        while line := await self.process.stderr.readline():
+            self._log.write(line)
+            if b"FastAGI server listening" in line:
+                return
+        self._log.flush()
+        raise AssertionError(f"`ivr serve` exited with {await self.process.wait()} before listening: see {self.log_file}")
+
+    async def _copy_log(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        while line := await self.process.stderr.readline():
+            self._log.write(line)
+
+    async def kill(self) -> None:
+        """SIGKILL, as a crash: no clean-up in the robot at all."""
+        assert self.process is not None
+        os.kill(self.pid, signal.SIGKILL)
+        assert await self.process.wait() == -signal.SIGKILL
+        await self._finish_copier()
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 60)
+            except asyncio.TimeoutError:
+                os.kill(self.pid, signal.SIGKILL)
+                await self.process.wait()
+            await self._finish_copier()
+        self._log.close()
+
+    async def _finish_copier(self) -> None:
+        if self._copier is not None:
+            await self._copier
+            self._copier = None
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text(encoding="ascii", errors="replace").rsplit(")", 1)[-1].split()
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.asterisk
+@pytest.mark.audio
+async def test_robot_killed_mid_call_then_restarted(
+    robot_settings: Settings,
+    ami: AmiClient,
+    voice_robot: RobotInThread,
+    suite_dirs: SuiteDirs,
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    server = ServeProcess(robot_settings, port, suite_dirs.log_file.parent / f"ivr-serve-{port}.jsonl", tmp_path)
+    apology = robot_settings.sounds_dir / "fallback" / LOCALE / "apology"
+    greet, goodbye = prompt(robot_settings, "utter_greet"), prompt(robot_settings, "utter_goodbye")
+    # in progress: three callers who would stay silent for a while
+    in_progress = [call_file(f"in-progress-{i}", *[Turn("silence", 3)] * 3) for i in range(3)]
+    try:
+        log_timing("`ivr serve` start", await server.start())
+        async with AsteriskCaller(
+            robot_settings, ami=ami, speech=speech_of(voice_robot), agi_url=f"agi://127.0.0.1:{port}/ivr"
+        ) as caller:
+            greeting = ami.subscribe_async(
+                lambda e: e.name == "AGIExecStart" and e.get("Command").upper().startswith("STREAM FILE")
+            )
+            calls = [asyncio.create_task(caller.place(c, timeout_s=120)) for c in in_progress]
+            playing: set[str] = set()
+            while len(playing) < len(in_progress):  # every call is in the robot's hands: it speaks
+                playing.add((await greeting.next(120)).uniqueid)
+            ami.unsubscribe(greeting)
+            helpers = children_of(server.pid)  # e.g. the TTS worker: it must go with its parent
+            await server.kill()
+            # while it is down, a new call is put through to a person at once
+            down = await caller.place(call_file("while-down", Turn("say", GOODBYE)), timeout_s=60)
+            interrupted = await asyncio.gather(*calls)
+            log_timing("`ivr serve` restart", await server.start())
+            back = await caller.place(call_file("after-restart", Turn("say", GOODBYE)), timeout_s=90)
+    finally:
+        await server.stop()
+    for report in interrupted:
+        assert report.errors == []
+        assert report.answered and robot_said(report) == [greet]  # the robot had answered and spoke
+        assert report.variables.get("IVR_RESULT", "") == ""  # ... and never got to say how it ended
+        assert report.agi_status == "SUCCESS"
+        assert (report.outcome, report.transfer_reason) == ("transfer", "robot_error")
+        assert report.dialplan_prompts == [str(apology)]
+        assert report.reached_human and report.agent_answered
+        assert_heard(report, await prompt_wav(voice_robot, greet), apology.with_suffix(".wav"))
+    assert down.errors == [] and not down.answered
+    assert (down.outcome, down.transfer_reason) == ("transfer", "robot_unreachable")
+    assert down.dialplan_prompts == [str(apology)] and down.agent_answered
+    assert back.errors == [] and back.answered
+    assert robot_said(back) == [greet, goodbye] and back.outcome == "completed"
+    assert robot_record(robot_settings, back)["outcome"] == "completed"
+    for pid in helpers:
+        gone = await asyncio.to_thread(wait_gone, pid, 10)
+        assert gone, f"process {pid}, started by the killed server, is still running"
+
+
+def wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _process_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)  # polling /proc: a process that is not our child cannot be waited for
+    return True
+
+
+# ---------------------------------------------------------------- a softphone on this machine
 class Softphone:
     """A minimal SIP user agent (UDP, digest auth, PCMU over RTP) that calls the local Asterisk the way
-    a softphone configured as documented in pjsip.conf would. Blocking: run it in a worker thread."""
+    a softphone configured as documented in pjsip.conf would. Blocking: run it in a worker thread.
+
+    It sends silence until ``speak`` is set (the person on the phone waits for the robot to listen),
+    then its speech once, then silence again, until Asterisk hangs up.
+    """
 
     def __init__(self, password: str, sip_port: int) -> None:
         self.password, self.server = password, ("127.0.0.1", sip_port)
@@ -461,6 +744,7 @@ class Softphone:
         self.port, self.rtp_port = self.sip.getsockname()[1], self.rtp.getsockname()[1]
         self.call_id, self.tag = f"{os.urandom(6).hex()}@127.0.0.1", os.urandom(4).hex()
         self.heard = bytearray()  # what the softphone received, as 16-bit linear
+        self.speak = threading.Event()
 
     def _send(self, text: str) -> None:
         self.sip.sendto(text.replace("\n", "\r\n").encode(), self.server)
@@ -508,7 +792,7 @@ class Softphone:
         )
 
     def call(self, speech: bytes) -> str:
-        """Dial, answer the challenge, send ``speech`` (16-bit 8 kHz) then silence, until Asterisk hangs up."""
+        """Dial, answer the challenge, send ``speech`` (16-bit 8 kHz) when told to, until Asterisk hangs up."""
         self._invite(1, "z9hG4bK" + os.urandom(4).hex())
         status, headers, _ = self._receive()
         while status.startswith("SIP/2.0 1"):
@@ -537,15 +821,16 @@ class Softphone:
         return self._media(("127.0.0.1", int(media.group(1))), speech)
 
     def _media(self, peer: tuple[str, int], speech: bytes) -> str:
-        import time
-
         self.sip.settimeout(0)
         seq, stamp, ssrc, sent = 0, 0, 0x1234ABCD, 0
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         next_send = time.monotonic()
         while time.monotonic() < deadline:
-            chunk = speech[sent : sent + 320] if sent < len(speech) else b"\0" * 320
-            sent += 320
+            if self.speak.is_set() and sent < len(speech):
+                chunk = speech[sent : sent + 320]
+                sent += 320
+            else:
+                chunk = b"\0" * 320
             header = bytes([0x80, 0]) + seq.to_bytes(2, "big") + stamp.to_bytes(4, "big") + ssrc.to_bytes(4, "big")
             self.rtp.sendto(header + audioop.lin2ulaw(chunk.ljust(320, b"\0"), 2), peer)
             seq, stamp = (seq + 1) & 0xFFFF, (stamp + 160) & 0xFFFFFFFF
@@ -569,31 +854,39 @@ class Softphone:
 
 
 @pytest.mark.asterisk
+@pytest.mark.audio
 async def test_softphone_on_loopback_reaches_the_robot(
-    local_asterisk: RunningAsterisk, ami: AmiClient, prompt: Path, caller_tone: Path
+    local_asterisk: RunningAsterisk, robot_settings: Settings, ami: AmiClient, voice_robot: RobotInThread, tmp_path: Path
 ) -> None:
-    settings = local_asterisk.settings
+    from ivr.testing.harness import copy_as_8k
+
     password = (local_asterisk.local.etc_dir / "sip_secret").read_text().strip()
-    speech, _ = read_wav(caller_tone)
+    copy_as_8k(await speech_of(voice_robot)(GOODBYE, LOCALE), tmp_path / "goodbye.wav")
+    speech, _ = read_wav(tmp_path / "goodbye.wav")
+    listens = ami.subscribe_async(
+        lambda e: e.name == "AGIExecStart"
+        and e.get("Command").upper().startswith("RECORD FILE")
+        and e.get("Channel").startswith("PJSIP/softphone")
+    )
     previous = await ami.agetvar("IVR_AGI_URL")
-    async with stand_in(settings, prompt) as (robot, url):
-        await ami.asetvar("IVR_AGI_URL", url)
-        phone = Softphone(password, local_asterisk.local.status().sip_port)
-        try:
-            ending = await asyncio.to_thread(phone.call, speech)
-        finally:
-            phone.close()
-            await ami.asetvar("IVR_AGI_URL", previous)
-    assert ending == "BYE"  # the robot completed the call and Asterisk hung up
-    [call] = robot.calls
-    assert call.caller_id == "13800000001"  # the softphone endpoint's caller ID: the demo customer
-    [recording] = call.recordings
-    assert tone_share(recording, 440) > 0.8, "the softphone's audio did not reach the robot"
-    heard = caller_tone.parent / "softphone-heard.wav"
-    with wave.open(str(heard), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes(bytes(phone.heard))
-    assert tone_share(heard, 1000) > 0.8, "the robot's prompt did not reach the softphone"
-    recording.unlink()
+    await ami.asetvar("IVR_AGI_URL", url_of(voice_robot))  # the softphone's calls go to this robot
+    phone = Softphone(password, local_asterisk.local.status().sip_port)
+    calling = asyncio.create_task(asyncio.to_thread(phone.call, speech))
+    try:
+        listening = await listens.next(60)  # the robot has greeted the caller and now listens
+        phone.speak.set()
+        ending = await asyncio.wait_for(calling, 90)
+    finally:
+        phone.speak.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(calling, 100)
+        phone.close()
+        ami.unsubscribe(listens)
+        await ami.asetvar("IVR_AGI_URL", previous)
+    assert ending == "BYE"  # the robot understood the goodbye, said goodbye and hung up
+    assert listening.get("CallerIDNum") == "13800000001"  # the softphone endpoint's caller ID: a demo customer
+    call_id = re.sub(r"[^0-9A-Za-z_-]", "_", listening.uniqueid)
+    assert robot_record(robot_settings, call_id) == {"outcome": "completed", "reason": ""}
+    write_wav(tmp_path / "softphone-heard.wav", bytes(phone.heard))
+    greeting = await prompt_wav(voice_robot, prompt(robot_settings, "utter_greet"))
+    assert heard_within(tmp_path / "softphone-heard.wav", greeting) > 0.9, "the greeting did not reach the phone"

@@ -126,9 +126,10 @@ def wav_rms(path: Path) -> tuple[float, int]:
 class _Call:
     """The runner's side of one test call: follows the AMI events of its two channels."""
 
-    def __init__(self, caller: AsteriskCaller, call: CallFile, tag: str, work: Path) -> None:
+    def __init__(self, caller: AsteriskCaller, call: CallFile, tag: str, work: Path, agi_url: str | None) -> None:
         self.caller = caller
         self.call = call
+        self.agi_url = agi_url
         self.tag = tag
         self.work = work
         self.robot_uid = f"{tag}-robot"  # the ;1 half, in the hotline context
@@ -174,6 +175,8 @@ class _Call:
         }
         if self.call.locale:
             variables["IVR_LOCALE"] = self.call.locale
+        if self.agi_url:  # a channel variable hides the global of the same name, for this call only
+            variables["IVR_AGI_URL"] = self.agi_url
         caller_id = f'"test caller" <{self.call.caller_id}>' if self.call.caller_id else ""
         try:
             await ami.aoriginate_local(
@@ -353,6 +356,8 @@ def _write_sidecar(path: Path, text: str) -> None:
 class AsteriskCaller:
     """Places test calls through the local Asterisk over one AMI session; calls may run concurrently.
 
+    ``agi_url``: the FastAGI server the calls reach (default: the one the local Asterisk was configured
+    with); it is set on each call's channels, so callers with different robots may run side by side.
     ``text_mode``: for a robot started with ``text_input=True`` (as ``ivr replay --text``): each ``say``
     turn's words are also written beside the robot's recording as ``<recording>.txt``.
     """
@@ -374,7 +379,6 @@ class AsteriskCaller:
         self.idle_file = self.base / "idle-10s.wav"
         self._ami = ami
         self._own_ami = ami is None
-        self._previous_agi_url: str | None = None
 
     @property
     def ami(self) -> AmiClient:
@@ -400,28 +404,24 @@ class AsteriskCaller:
         if not self.idle_file.exists():
             await asyncio.to_thread(write_silence, self.idle_file, IDLE_SILENCE_S)
             os.chmod(self.idle_file, 0o644)
-        if self.agi_url:
-            self._previous_agi_url = await self.ami.agetvar("IVR_AGI_URL")
-            await self.ami.asetvar("IVR_AGI_URL", self.agi_url)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._ami is None:
             return
-        if self.agi_url and self._previous_agi_url is not None:
-            with contextlib.suppress(AmiError):
-                await self.ami.asetvar("IVR_AGI_URL", self._previous_agi_url)
         if self._own_ami:
             await self._ami.aclose()
             self._ami = None
 
-    async def place(self, call: CallFile, *, timeout_s: float = 180.0) -> AsteriskCallReport:
-        """Place one call file as a real call and report what happened."""
+    async def place(
+        self, call: CallFile, *, timeout_s: float = 180.0, agi_url: str | None = None
+    ) -> AsteriskCallReport:
+        """Place one call file as a real call and report what happened (``agi_url``: this call's robot)."""
         tag = f"ivrtest-{uuid.uuid4().hex[:12]}"
         work = self.base / tag
         work.mkdir(parents=True)
         os.chmod(work, 0o777)  # Asterisk's user writes the recordings here
-        one = _Call(self, call, tag, work)
+        one = _Call(self, call, tag, work, agi_url or self.agi_url)
         await one.prepare(self.speech, call.locale or self.settings.locale)
         sub = self.ami.subscribe_async(one.mine)
         try:
@@ -458,8 +458,8 @@ async def replay_via_asterisk(
 
     The reports are ``AsteriskCallReport``s (typed as the harness's ``CallReport`` for the replay CLI).
 
-    ``agi_url`` points the hotline at another FastAGI server for the duration (a global variable;
-    restored afterwards); by default the calls reach the robot the local Asterisk was configured with.
+    ``agi_url`` points these calls at another FastAGI server; by default they reach the robot the local
+    Asterisk was configured with.
     ``text_mode`` is for a robot with the sidecar recognizer (``text_input=True``), see ``AsteriskCaller``.
     """
     async with AsteriskCaller(settings, speech=speech, agi_url=agi_url, text_mode=text_mode) as caller:
