@@ -22,6 +22,7 @@ from ivr.agi.protocol import AgiEnvironment
 from ivr.agi.server import FastAgiServer
 from ivr.config import LOCALES, Settings
 from ivr.dialogue.prompts import PromptBook
+from ivr.logs import quiet_third_party
 from ivr.metrics import HealthServer, Metrics
 from ivr.parts import CallInfo, DialogueEngine, Expect, Recognizer, Synthesizer
 from ivr.session import CallSession, Parts, SessionResult
@@ -117,6 +118,7 @@ class Robot:
             await self._load_parts()
         finally:
             root.setLevel(level)
+            quiet_third_party()
 
     async def _load_parts(self) -> None:
         for part in (self.parts.dialogue, self.parts.recognizer, self.parts.synthesizer):

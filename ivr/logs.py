@@ -43,5 +43,14 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    quiet_third_party()
+
+
+def quiet_third_party() -> None:
+    """Cap the chatty libraries at WARNING. Call again after loading models: jieba, for one, sets its
+    logger to DEBUG and adds its own stderr handler when it is first imported."""
     for name in _NOISY:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)
+        if name == "jieba":
+            logger.handlers[:] = []  # its own plain-text stderr handler; ours formats JSON

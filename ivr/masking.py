@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-# Runs of 5+ digits (account, card and phone numbers, optionally with spaces or dashes inside):
-# keep only the last 4. Shorter runs are amounts, dates, counts; secrets that short (ID last 4,
+# Runs of 8+ digits (account, card and phone numbers, optionally with spaces or dashes inside):
+# keep only the last 4. Shorter runs are amounts, dates, counts, ports; secrets that short (ID last 4,
 # PINs) are masked where they are known to be secret: see mask_secret.
-_LONG_NUMBER = re.compile(r"(?<!\d)\d(?:[ -]?\d){4,}(?!\d)")
+_LONG_NUMBER = re.compile(r"(?<!\d)\d(?:[ -]?\d){7,}(?!\d)")
 _DIGIT_WORDS = re.compile(r"\S+")
 
 

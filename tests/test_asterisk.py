@@ -22,6 +22,7 @@ import audioop
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 import signal
@@ -227,6 +228,7 @@ async def ami(local_asterisk: RunningAsterisk) -> AsyncIterator[AmiClient]:
 def robot_settings(local_asterisk: RunningAsterisk, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """The robots' settings: a demo database, the folders Asterisk shares, Korean by default; and the
     prompts built as `ivr prompts build` does, which publishes the dialplan's fallback/<locale>/apology.wav."""
+    from ivr.parts import SynthesisError
     from ivr.tts.synth import PromptSynthesizer
 
     settings = dataclasses.replace(
@@ -237,7 +239,14 @@ def robot_settings(local_asterisk: RunningAsterisk, tmp_path_factory: pytest.Tem
     )
     synth = PromptSynthesizer(settings)
     try:
-        assert synth.build_all(PromptBook(settings.dialogs_dir)) > 0
+        try:
+            built = synth.build_all(PromptBook(settings.dialogs_dir))
+        except SynthesisError:
+            # The pyttsx3 worker now and then gives no answer within tts_timeout_s (seen about once in ten
+            # builds on this 2-core machine); it is restarted, and what was built stays cached.
+            logging.getLogger(__name__).warning("prompts build failed once; trying again", exc_info=True)
+            built = synth.build_all(PromptBook(settings.dialogs_dir))
+        assert built > 0
     finally:
         synth.close()
     for locale in ("zh-CN", "en-US", "ko-KR"):
@@ -548,8 +557,6 @@ async def test_fifty_simultaneous_calls_are_answered_and_completed(
 
 
 def log_timing(what: str, seconds: float) -> None:
-    import logging
-
     logging.getLogger(__name__).info("%s took %.1f s", what, seconds)
 
 
@@ -564,7 +571,7 @@ class ServeProcess:
         self.settings, self.port, self.log_file, self.workdir = settings, port, log_file, workdir
         self.process: asyncio.subprocess.Process | None = None
         self._copier: asyncio.Task[None] | None = None
-        self._log = open(log_file, "ab")  # noqa: SIM115 (closed by stop())
+        self._log = open(log_file, "ab")  # closed by stop()
 
     def environment(self) -> dict[str, str]:
         s = self.settings
@@ -637,8 +644,10 @@ class ServeProcess:
         self._log.close()
 
     async def _finish_copier(self) -> None:
+        """The log ends when every holder of the pipe has gone (the TTS worker, too)."""
         if self._copier is not None:
-            await self._copier
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._copier, 30)
             self._copier = None
 
 

@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 
 from ivr.asr.grammar import split_in_vocabulary, splittable
 from ivr.asr.models import ModelError, model_path, spec_for
-from ivr.config import Settings
+from ivr.config import LOCALES, Settings
 from ivr.parts import Recognition, RecognizerError, Word
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,15 @@ class VoskRecognizer:
     def load(self, locale: str) -> None:
         """Load the locale's model now (at server start) instead of at the first call. Raises RecognizerError."""
         self._model(locale)
+
+    def warm_up(self) -> None:
+        """At server start: load every locale's model that is installed (one shared model per locale
+        per process); a locale without a model is logged, and its calls get the apology and a transfer."""
+        for locale in LOCALES:
+            try:
+                self.load(locale)
+            except RecognizerError as exc:
+                logger.warning("no speech model for %s: %s", locale, exc)
 
     def loaded_locales(self) -> tuple[str, ...]:
         with self._lock:

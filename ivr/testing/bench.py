@@ -55,6 +55,12 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99), "max": round(ordered[-1], 1), "n": len(ordered)}
 
 
+def synth_stats(robot: Any) -> dict[str, float]:
+    """The synthesizer's counters (renders, hits, misses, syntheses, ...), or {} if it keeps none."""
+    stats = getattr(robot.parts.synthesizer, "stats", None)
+    return dict(stats.snapshot()) if stats is not None else {}
+
+
 def rss_mb() -> float:
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:
@@ -85,7 +91,7 @@ async def bench_once(robot: Any, settings: Settings, calls: int, duration_s: flo
     robot.results = []
     reports: list[CallReport] = []
     rss_before, cpu_before = rss_mb(), cpu_s()
-    stats_before = dict(getattr(robot.parts.synthesizer, "stats", {}) or {})
+    stats_before = synth_stats(robot)
     deadline = time.monotonic() + duration_s
     await asyncio.gather(
         *(_caller(call, locale, robot.server.port, deadline, reports, text, render) for _ in range(calls))
@@ -95,7 +101,7 @@ async def bench_once(robot: Any, settings: Settings, calls: int, duration_s: flo
     compute = [x * 1000 for r in reports for x in r.compute_latencies_s]
     silence = [x * 1000 for r in reports for x in r.silence_waits_s]
     perceived = [x * 1000 for r in reports for x in r.perceived_latencies_s]
-    stats_after = dict(getattr(robot.parts.synthesizer, "stats", {}) or {})
+    stats_after = synth_stats(robot)
     outcomes = [r.outcome for r in reports]
     return {
         "calls": calls,
