@@ -456,7 +456,7 @@ async def test_caller_hangup_ends_the_robot_session(placed: dict[str, PlacedCall
 async def test_balance_request_is_verified_by_keypad_then_answered(
     placed: dict[str, PlacedCall], robot_settings: Settings
 ) -> None:
-    call, report, harness_events = placed["balance"]
+    call, report, harness_events = placed["balance"].call, placed["balance"].report, placed["balance"].harness_events
     assert report.errors == [] and report.failures(call) == []  # said 1,234,000 KRW, completed
     said = robot_said(report)
     assert said[1] == prompt(robot_settings, "utter_ask_id_last4")  # the robot asks the caller to verify
@@ -470,7 +470,7 @@ async def test_balance_request_is_verified_by_keypad_then_answered(
 async def test_request_for_a_person_is_transferred_to_the_queue(
     placed: dict[str, PlacedCall], robot_settings: Settings
 ) -> None:
-    call, report, harness_events = placed["person"]
+    call, report, harness_events = placed["person"].call, placed["person"].report, placed["person"].harness_events
     assert report.errors == [] and report.failures(call) == []
     assert (report.outcome, report.transfer_reason) == ("transfer", "caller_request")
     assert report.variables["IVR_RESULT"] == "transfer"

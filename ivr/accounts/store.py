@@ -117,6 +117,21 @@ def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def fixed_date_clock(iso_date: str) -> Callable[[], dt.datetime]:
+    """A clock whose date is ``iso_date`` (settings.fixed_date) and whose time of day runs on, so
+    answers that depend on "today" (days overdue) stay the same in replays and golden transcripts."""
+    try:
+        day = dt.date.fromisoformat(iso_date)
+    except ValueError:
+        raise AccountStoreError(f"fixed_date {iso_date!r} is not an ISO date (YYYY-MM-DD)") from None
+
+    def now() -> dt.datetime:
+        real = dt.datetime.now().astimezone()
+        return real.replace(year=day.year, month=day.month, day=day.day)
+
+    return now
+
+
 def _cap(value: object, length: int) -> str:
     return value[:length] if isinstance(value, str) else ""
 
@@ -210,6 +225,7 @@ class SqlAccountStore:
         the lookup timeout, so a locked database fails before the caller's timeout fires."""
         return cls(
             settings.database_url,
+            clock=fixed_date_clock(settings.fixed_date) if settings.fixed_date else _utc_now,
             lockout_failures=settings.lockout_failures,
             lockout_s=settings.lockout_s,
             busy_timeout_s=max(0.1, min(2.0, settings.lookup_timeout_s / 2)),
