@@ -40,8 +40,10 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
     """JSON lines on stderr (stdout may be a protocol channel). Third-party chatter capped at WARNING."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.set_name("ivr-json-stderr")
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replace our own handler from an earlier call; leave handlers others installed (test harnesses).
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != "ivr-json-stderr"] + [handler]
     root.setLevel(level.upper())
     quiet_third_party()
 

@@ -55,6 +55,12 @@ def suite_log(suite_dirs: SuiteDirs) -> Iterator[Path]:
     handler.close()
 
 
+@pytest.fixture(autouse=True)
+def suite_log_level(suite_log: Path) -> None:
+    """Importing TensorFlow (numpy.distutils) sets the root logger to WARNING; every test logs at DEBUG."""
+    logging.getLogger().setLevel(logging.DEBUG)
+
+
 @pytest.fixture(scope="session")
 def base_settings(suite_dirs: SuiteDirs) -> Settings:
     """Repository dialogs and models; everything written goes to the session's folders."""
