@@ -25,15 +25,16 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "call_id": getattr(record, "call_id", None) or call_id_var.get(),
-            # Last line of defence: long digit runs never reach a log in clear.
-            "msg": mask_text(record.getMessage()),
+            "msg": record.getMessage(),
         }
         for key in ("event", "outcome", "reason", "part", "intent"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
         if record.exc_info:
-            entry["exc"] = mask_text(self.formatException(record.exc_info))
-        return json.dumps(entry, ensure_ascii=False)
+            entry["exc"] = self.formatException(record.exc_info)
+        # Last line of defence: long digit runs never reach a log in clear, in any field.
+        masked = {k: mask_text(v) if isinstance(v, str) else v for k, v in entry.items()}
+        return json.dumps(masked, ensure_ascii=False)
 
 
 def configure_logging(level: str = "INFO", stream: Any = None) -> None:

@@ -2,7 +2,9 @@
 
 Started here as real processes on loopback ports, exactly as documented in ``dialogs/server/``:
 ``rasa run actions --actions ivr.dialogue.action_server`` (the custom actions, on a demo SQLite
-database) and one ``rasa run --enable-api --auth-token ...`` per locale (a server serves one model).
+database) and one ``rasa run --enable-api --auth-token ...`` per locale (a server serves one model),
+with ``dialogs/server/credentials.yml``: the turns go through the token-protected ``ivr_rest`` channel
+(``ivr.dialogue.secure_channel.TokenRestInput``), never Rasa's unauthenticated ``rest`` channel.
 Production reaches them with a ``{locale}`` URL template; here each locale is a port.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ipaddress
 import os
 import secrets
 import socket
@@ -24,7 +27,7 @@ import pytest
 
 from ivr.config import LOCALES, PROJECT_ROOT, load_settings
 from ivr.dialogue import rasa_environment
-from ivr.dialogue.remote import RemoteRasaEngine
+from ivr.dialogue.remote import WEBHOOK_PATH, RemoteRasaEngine
 from ivr.dialogue.train import model_path, train_locales
 from ivr.parts import CallInfo, DialogueError, UserInput
 
@@ -137,7 +140,8 @@ def servers(models: Path, db_path: Path, tmp_path_factory: pytest.TempPathFactor
         "IVR_DATABASE_URL": f"sqlite:///{db_path}",
         "IVR_LOCKOUT_FAILURES": "10000",  # many calls share this database; the lockout has its own test
         "IVR_CONFIG": str(work / "no-ivr.toml"),
-        "SANIC_HOST": "127.0.0.1",
+        "SANIC_HOST": "127.0.0.1",  # rasa_sdk's bind address (default 0.0.0.0); it has no authentication
+        "IVR_DIALOGUE_TOKEN": token,  # dialogs/server/credentials.yml: the ivr_rest channel's token
     })
     env.pop("IVR_DIALOGUE_URL", None)
     Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
@@ -217,6 +221,8 @@ async def test_wrong_token_and_unreachable_server_are_dialogue_errors(servers: S
     try:
         with pytest.raises(DialogueError, match="401"):
             await wrong.classify("hello", "en-US")
+        with pytest.raises(DialogueError, match="401"):  # the webhook refuses the turn itself
+            await wrong.start(CallInfo("wrong-token-call", "", "en-US"))
         with pytest.raises(DialogueError):
             await gone.start(CallInfo("unreachable", "", "en-US"))
     finally:
@@ -229,3 +235,92 @@ def test_rasa_wrote_its_files_in_the_service_home_not_the_users(servers: Servers
     home = Path(rasa_environment(models)["HOME"])
     assert (home / ".config" / "rasa" / "global.yml").is_file()
     assert home != Path(os.path.expanduser("~"))
+
+
+# ---------------------------------------------------------------- the webhook and the listeners are locked down
+async def test_webhook_refuses_requests_without_the_right_token(servers: Servers) -> None:
+    base = f"http://127.0.0.1:{servers.ports['en-US']}"
+    api = {"token": servers.token}
+    refused = {
+        "no header": ({}, {}),
+        "wrong token": ({"Authorization": "Bearer wrong"}, {}),
+        "right token with one character more": ({"Authorization": f"Bearer {servers.token}x"}, {}),
+        "empty bearer": ({"Authorization": "Bearer "}, {}),
+        "token without the Bearer scheme": ({"Authorization": servers.token}, {}),
+        "token as Basic credentials": ({"Authorization": f"Basic {servers.token}"}, {}),
+        "token as ?token= (the API's way, not the webhook's)": ({}, {"token": servers.token}),
+    }
+    async with aiohttp.ClientSession() as session:
+        for what, (headers, params) in refused.items():
+            sender = f"intruder-{secrets.token_hex(6)}"
+            body = {"sender": sender, "message": "what is my balance", "metadata": {"locale": "en-US"}}
+            async with session.post(base + WEBHOOK_PATH, json=body, headers=headers, params=params) as response:
+                assert response.status == 401, what
+                assert response.headers.get("WWW-Authenticate", "").startswith("Bearer"), what
+                assert "balance" not in await response.text(), what
+            # No conversation was created: Rasa's /story answers 404 for an unknown conversation.
+            async with session.get(f"{base}/conversations/{sender}/story", params=api) as response:
+                assert response.status == 404, what
+
+        # The same request with the token goes through and creates the conversation (so the 404s above
+        # mean "refused", not "this check cannot see conversations").
+        sender = f"caller-{secrets.token_hex(6)}"
+        body = {"sender": sender, "message": "hello", "metadata": {"locale": "en-US", "call_id": sender}}
+        headers = {"Authorization": f"Bearer {servers.token}"}
+        async with session.post(base + WEBHOOK_PATH, json=body, headers=headers) as response:
+            assert response.status == 200
+            messages = await response.json()
+        assert isinstance(messages, list) and messages and all(m["recipient_id"] == sender for m in messages)
+        async with session.get(f"{base}/conversations/{sender}/tracker", params=api) as response:
+            tracker = await response.json()
+        user_events = [e for e in tracker["events"] if e.get("event") == "user"]
+        assert [e["text"] for e in user_events] == ["hello"]
+        assert user_events[0]["input_channel"] == "ivr_rest"
+        assert user_events[0]["metadata"]["call_id"] == sender  # metadata passed through as by Rasa's REST
+        async with session.put(f"{base}/conversations/{sender}/tracker/events", json=[], params=api) as response:
+            assert response.status == 200
+
+
+async def test_builtin_unauthenticated_rest_channel_is_not_enabled(servers: Servers) -> None:
+    url = f"http://127.0.0.1:{servers.ports['en-US']}/webhooks/rest/webhook"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json={"sender": "intruder", "message": "hello"}) as response:
+            assert response.status == 404
+
+
+def test_channel_name_matches_the_engine_and_an_empty_token_is_refused() -> None:
+    from rasa.shared.exceptions import RasaException
+
+    from ivr.dialogue.secure_channel import TokenRestInput
+
+    assert WEBHOOK_PATH == f"/webhooks/{TokenRestInput.name()}/webhook"
+    for credentials in (None, {}, {"token": ""}, {"token": "   "}, {"token": 12345}):
+        with pytest.raises(RasaException, match="token"):
+            TokenRestInput.from_credentials(credentials)
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses that listen on TCP ``port``, from the kernel's socket tables (Linux)."""
+    found: set[str] = set()
+    for table, width in ((Path("/proc/net/tcp"), 4), (Path("/proc/net/tcp6"), 16)):
+        if not table.exists():
+            continue
+        for line in table.read_text().splitlines()[1:]:
+            fields = line.split()
+            address, hex_port = fields[1].split(":")
+            if fields[3] != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(address)
+            # The kernel prints each 32-bit word in host (little-endian) order.
+            words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.add(str(ipaddress.ip_address(words if width == 16 else words[:4])))
+    return found
+
+
+def test_action_server_and_rasa_servers_listen_on_loopback_only(servers: Servers) -> None:
+    # rasa_sdk has no authentication at all: its port must not be reachable from other hosts.
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("needs Linux /proc/net/tcp")
+    assert listening_addresses(servers.actions_port) == {"127.0.0.1"}
+    for locale, port in servers.ports.items():
+        assert listening_addresses(port) == {"127.0.0.1"}, locale

@@ -1,22 +1,27 @@
 """``RemoteRasaEngine``: the DialogueEngine against a Rasa HTTP server (the scale-out option).
 
-The Rasa server runs ``rasa run --enable-api --auth-token TOKEN --credentials ... --endpoints ...`` with the
-``rest`` channel, and its custom actions run in ``rasa run actions --actions ivr.dialogue.action_server``
-(see ``dialogs/server/``). One turn is two requests:
+The Rasa server runs ``rasa run --enable-api --auth-token TOKEN --credentials ... --endpoints ...`` with
+our token-protected input channel ``ivr_rest`` (``ivr.dialogue.secure_channel.TokenRestInput``, the REST
+channel behind a bearer token), and its custom actions run in
+``rasa run actions --actions ivr.dialogue.action_server`` (see ``dialogs/server/``). One turn is two requests:
 
-1. ``POST /webhooks/rest/webhook`` with ``{sender: call_id, message, metadata: {call_id, caller_id, locale}}``:
-   Rasa runs NLU, policies and actions and returns the bot's messages;
+1. ``POST /webhooks/ivr_rest/webhook`` with ``{sender: call_id, message, metadata: {call_id, caller_id,
+   locale}}`` and ``Authorization: Bearer TOKEN``: Rasa runs NLU, policies and actions and returns the
+   bot's messages;
 2. ``GET /conversations/{call_id}/tracker?include_events=NONE``: the slots (``awaiting``, ``call_outcome``,
    ``transfer_reason``) and the latest intent, which the webhook does not return.
 
 ``classify`` is ``POST /model/parse``; ``close(call)`` replaces the conversation's events with none
 (``PUT /conversations/{call_id}/tracker/events``), so what the caller said does not linger in the
-tracker store. The API endpoints carry the token (``?token=``); the REST webhook itself is not
-authenticated by Rasa, so the Rasa server must listen on a private network only.
+tracker store. The HTTP API endpoints carry the token as ``?token=`` (the only way Rasa's
+``--auth-token`` accepts it); the webhook carries the same token in the ``Authorization`` header, which
+the channel checks (the credentials file reads it from ``IVR_DIALOGUE_TOKEN``). Rasa's built-in
+``rest`` channel is not enabled.
 
 ``settings.dialogue_url`` may contain ``{locale}`` (``http://rasa-{locale}:5005``): one Rasa server
 per locale, since a server serves one model. Every request is bounded by ``settings.dialogue_timeout_s``;
-a timeout, a refused connection, an HTTP error or an unusable answer raises ``DialogueError``.
+a timeout, a refused connection, an HTTP error (401: wrong or missing token) or an unusable answer
+raises ``DialogueError``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATE_SLOTS = ("awaiting", "call_outcome", "transfer_reason", "verified")
+# The webhook of ivr.dialogue.secure_channel.TokenRestInput (name "ivr_rest"; not imported here: it needs Rasa).
+WEBHOOK_PATH = "/webhooks/ivr_rest/webhook"
 
 
 class RemoteRasaEngine:
@@ -65,13 +72,18 @@ class RemoteRasaEngine:
         return session
 
     async def _request(self, method: str, locale: str, path: str, *, json: Any = None,
-                       params: dict[str, str] | None = None, what: str) -> Any:
+                       params: dict[str, str] | None = None, bearer: bool = False, what: str) -> Any:
+        """One request; the token goes in ``Authorization: Bearer`` (``bearer``, the webhook) or ``?token=``."""
         query = dict(params or {})
-        if self._token:
+        headers: dict[str, str] = {}
+        if self._token and bearer:
+            headers["Authorization"] = f"Bearer {self._token.strip()}"
+        elif self._token:
             query["token"] = self._token
         url = self.base_url(locale) + path
         try:
-            async with self._session().request(method, url, json=json, params=query) as response:
+            async with self._session().request(method, url, json=json, params=query,
+                                               headers=headers) as response:
                 if response.status >= 400:
                     body = (await response.text())[:200]
                     raise DialogueError(f"{what}: the Rasa server at {self.base_url(locale)} answered "
@@ -127,7 +139,7 @@ class RemoteRasaEngine:
 
     async def _turn(self, call: CallInfo, text: str) -> Reply:
         body = {"sender": call.call_id, "message": text, "metadata": call_metadata(call)}
-        messages = await self._request("POST", call.locale, "/webhooks/rest/webhook", json=body, what="turn")
+        messages = await self._request("POST", call.locale, WEBHOOK_PATH, json=body, bearer=True, what="turn")
         if not isinstance(messages, list):
             raise DialogueError("turn: the Rasa server's webhook did not return a list of messages")
         tracker = await self._request(
