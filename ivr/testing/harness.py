@@ -110,6 +110,16 @@ def write_silence(path: Path, seconds: float) -> None:
         w.writeframes(b"\x00\x00" * int(8000 * seconds))
 
 
+def read_prompt(sound: str) -> tuple[str, float] | None:
+    """What a prompt says (its ``.txt`` sidecar) and how long it plays; None if Asterisk has no such file."""
+    wav = Path(sound + ".wav")
+    if not wav.exists():
+        return None
+    sidecar = Path(sound + ".txt")
+    text = sidecar.read_text(encoding="utf-8") if sidecar.exists() else f"<{wav.name}>"
+    return text, wav_duration_s(wav)
+
+
 def write_text_turn(target: Path, text: str) -> None:
     """Text mode: a short silent recording, and the words beside it for the text recognizer."""
     write_silence(target, 0.5)
@@ -247,7 +257,7 @@ class ScriptedAsterisk:
                 self.report.time_to_answer_s = time.monotonic() - started
             return "200 result=0\n"
         if name == "STREAM FILE":
-            return self._stream_file(args)
+            return await self._stream_file(args)
         if name == "RECORD FILE":
             try:
                 return await self._record_file(args)
@@ -267,23 +277,23 @@ class ScriptedAsterisk:
             return "200 result=0\n"
         return "510 Invalid or unknown command\n"
 
-    def _stream_file(self, args: list[str]) -> str:
+    async def _stream_file(self, args: list[str]) -> str:
         if len(args) < 3:
             return "520-Invalid command syntax.  Proper usage follows:\nUsage: STREAM FILE\n520 End of proper usage.\n"
-        sound = args[2]
-        wav = Path(sound + ".wav")
-        if not wav.exists():
-            self.report.errors.append(f"the robot played a prompt that does not exist: {wav}")
-            return "200 result=-1 endpos=0\n"
-        sidecar = Path(sound + ".txt")
-        text = sidecar.read_text(encoding="utf-8") if sidecar.exists() else f"<{wav.name}>"
-        if self._recorded_at is not None:
+        if self._recorded_at is not None:  # the robot's reply starts now
             compute = time.monotonic() - self._recorded_at
             self.report.compute_latencies_s.append(compute)
             self.report.perceived_latencies_s.append(compute + self._silence_waited)
             self._recorded_at = None
+        prompt = await asyncio.to_thread(read_prompt, args[2])
+        if prompt is None:
+            self.report.errors.append(f"the robot played a prompt that does not exist: {args[2]}.wav")
+            return "200 result=-1 endpos=0\n"
+        text, duration_s = prompt
         self.report.events.append({"who": "robot", "text": text})
-        return f"200 result=0 endpos={int(wav_duration_s(wav) * 8000)}\n"
+        if self.realtime:
+            await asyncio.sleep(duration_s)  # the caller listens to the whole prompt, as on a real call
+        return f"200 result=0 endpos={int(duration_s * 8000)}\n"
 
     async def _record_file(self, args: list[str]) -> str:
         if len(args) < 6:

@@ -498,20 +498,27 @@ class PromptSynthesizer:
             raise SynthesisError(f"the TTS worker (pyttsx3/espeak-ng) could not start: {exc}") from exc
 
     def _call_worker(self, payload: dict[str, Any], job: _Job) -> dict[str, Any]:
-        self._ensure_worker()
-        try:
-            reply = self._worker.request(payload, self._settings.tts_timeout_s)
-        except _WorkerGone as exc:
-            self.stats.add(errors=1)
-            logger.warning("TTS worker failed (%s); restarting it", exc)
-            self._worker.stop(kill=True)
+        """One request to the engine process. pyttsx3 now and then never finishes an utterance (seen
+        about once in a few hundred renders): a sentence takes ~30 ms, so after a third of the TTS
+        timeout the worker is replaced and the request tried once more, within the caller's timeout."""
+        attempt_timeout_s = max(0.5, self._settings.tts_timeout_s / 3)
+        for attempt in (1, 2):
+            self._ensure_worker()
             try:
-                self._ensure_worker()
-            except SynthesisError:
-                logger.exception("TTS worker restart failed")
-            raise SynthesisError(
-                f"the TTS worker failed while rendering {job.locale}/{job.name}: {exc}"
-            ) from exc
+                reply = self._worker.request(payload, attempt_timeout_s)
+                break
+            except _WorkerGone as exc:
+                self.stats.add(errors=1)
+                logger.warning("TTS worker failed (%s); restarting it", exc)
+                self._worker.stop(kill=True)
+                if attempt == 2:
+                    try:
+                        self._ensure_worker()
+                    except SynthesisError:
+                        logger.exception("TTS worker restart failed")
+                    raise SynthesisError(
+                        f"the TTS worker failed while rendering {job.locale}/{job.name}: {exc}"
+                    ) from exc
         if not reply.get("ok"):
             self.stats.add(errors=1)
             if reply.get("restart"):
