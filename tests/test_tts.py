@@ -279,19 +279,33 @@ async def test_no_dynamic_cache_keeps_only_the_file_just_made(settings: Settings
         assert synth.stats.evictions == 2
 
 
-async def test_a_hung_worker_fails_one_request_and_is_replaced(settings: Settings) -> None:
-    with PromptSynthesizer(dataclasses.replace(settings, tts_timeout_s=1.0)) as synth:
+async def test_a_hung_worker_is_replaced_and_the_request_served_by_the_new_one(settings: Settings) -> None:
+    with PromptSynthesizer(dataclasses.replace(settings, tts_timeout_s=1.5)) as synth:
         synth.start()
         pid = synth.worker_pid
         assert pid is not None and synth.stats.worker_starts == 1
         os.kill(pid, signal.SIGSTOP)  # alive, but never answers (close() kills it if the test fails)
-        with pytest.raises(SynthesisError, match="worker failed"):
-            await synth.render("This request meets a hung engine.", "en-US")
-        assert synth.stats.worker_starts == 2  # restarted at once, not at the next request
+        assert_asterisk_wav(await synth.render("This request meets a hung engine first.", "en-US"))
+        assert synth.stats.worker_starts == 2 and synth.stats.errors == 1
         new_pid = synth.worker_pid
         assert new_pid not in (None, pid)
         assert_asterisk_wav(await synth.render("This one is served by the new engine.", "en-US"))
         assert synth.worker_pid == new_pid
+
+
+async def test_a_request_that_hangs_twice_fails(settings: Settings) -> None:
+    with PromptSynthesizer(dataclasses.replace(settings, tts_timeout_s=1.5)) as synth:
+        real_start = synth._worker.start
+
+        def start_stopped() -> None:  # every engine it starts hangs at once
+            real_start()
+            assert synth._worker.pid is not None
+            os.kill(synth._worker.pid, signal.SIGSTOP)
+
+        synth._worker.start = start_stopped  # type: ignore[method-assign]
+        with pytest.raises(SynthesisError, match="worker failed"):
+            await synth.render("Nobody will ever say this.", "en-US")
+        assert synth.stats.errors == 2
 
 
 async def test_a_worker_that_died_between_requests_is_replaced_transparently(
