@@ -149,6 +149,8 @@ class CallSession:
         self._last_texts: tuple[str, ...] = ()
         self._handed_over_at: float | None = None
         self._timing = TurnTiming()
+        self._no_input = 0  # silences in a row
+        self._not_understood = 0  # turns not understood in a row
 
     # ------------------------------------------------------------ the loop
     async def run(self) -> SessionResult:
@@ -206,31 +208,32 @@ class CallSession:
             await self._apologise_and_transfer(f"{part}_failed")
 
     async def _next_reply(self, reply: Reply) -> Reply:
-        """Listen until the caller gives usable input, then ask the dialogue for the next step."""
-        no_input = 0
-        not_understood = 0
+        """Listen until the caller gives usable input, then ask the dialogue for the next step.
+
+        Failures count across turns until the caller is understood again: the configured number of
+        silences in a row, or of turns not understood in a row, hands the call to a person.
+        """
         while True:
             user = await self._listen(reply)
             if user is None:
-                no_input += 1
-                if no_input >= self.settings.no_input_limit:
+                self._no_input += 1
+                if self._no_input >= self.settings.no_input_limit:
                     return self._transfer_reply("no_input")
                 await self._say_prompt("utter_no_input")
                 await self._repeat_last()
                 continue
+            self._no_input = 0
             if user.text == "*" and user.keypad:  # star alone: hear the question again
                 await self._repeat_last()
                 continue
             if not user.text:  # speech, but no word the recognizer knows
-                not_understood += 1
-                if not_understood >= self.settings.not_understood_limit:
+                if self._not_understood_again():
                     return self._transfer_reply("not_understood")
                 await self._say_prompt("utter_not_understood")
                 continue
             confirmed = await self._confirm_if_unsure(user, reply)
             if confirmed is None:
-                not_understood += 1
-                if not_understood >= self.settings.not_understood_limit:
+                if self._not_understood_again():
                     return self._transfer_reply("not_understood")
                 continue
             started = time.monotonic()
@@ -240,11 +243,17 @@ class CallSession:
             if nxt.transfer_reason == "verification_failed" or nxt.intent == "verification_failed":
                 self.parts.metrics.verification_failures.inc()
             if nxt.intent in NOT_UNDERSTOOD and nxt.outcome is None:
-                not_understood += 1
-                if not_understood >= self.settings.not_understood_limit:
+                if self._not_understood_again():
                     await self._speak(nxt)
                     return self._transfer_reply("not_understood")
+            else:
+                self._not_understood = 0
             return nxt
+
+    def _not_understood_again(self) -> bool:
+        """Count one more turn not understood; True when that reaches the limit."""
+        self._not_understood += 1
+        return self._not_understood >= self.settings.not_understood_limit
 
     def _transfer_reply(self, reason: str) -> Reply:
         text = self.parts.prompts.text("utter_transfer", self.call.locale)

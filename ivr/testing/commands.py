@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="simultaneous calls in real time: latency, CPU and memory")
     b.add_argument("--calls", type=int, default=5, help="simultaneous calls (default 5)")
     b.add_argument("--duration", type=float, default=30.0, help="seconds to keep calling (default 30)")
+    b.add_argument("--ramp", type=float, default=10.0, help="seconds over which the callers' first calls start (default 10)")
     b.add_argument("--locale", help="locale of the calls (default: ko-KR, the one with an installed Vosk model)")
     b.add_argument("--json", metavar="FILE", help="write the results as JSON")
     b.add_argument("--plot", metavar="FILE.png", help="with --sweep: plot latency percentiles and CPU")
