@@ -98,7 +98,8 @@ async def bench_once(
     reports: list[CallReport] = []
     rss_before, cpu_before = rss_mb(), cpu_s()
     stats_before = synth_stats(robot)
-    deadline = time.monotonic() + duration_s
+    started = time.monotonic()
+    deadline = started + duration_s
     # Callers start spread evenly over the ramp (calls arrive one after another, not in lockstep),
     # then each keeps calling again until the duration is over; calls under way then are finished.
     await asyncio.gather(
@@ -108,6 +109,7 @@ async def bench_once(
         )
     )
     cpu_used = cpu_s() - cpu_before
+    wall_s = time.monotonic() - started  # longer than the duration: calls under way are finished
     turns_ = [t for r in robot.results for t in r.turns]
     compute = [x * 1000 for r in reports for x in r.compute_latencies_s]
     silence = [x * 1000 for r in reports for x in r.silence_waits_s]
@@ -139,7 +141,8 @@ async def bench_once(
         "time_to_answer_ms": percentiles([r.time_to_answer_s * 1000 for r in reports if r.time_to_answer_s is not None]),
         "tts_cache": {k: stats_after.get(k, 0) - stats_before.get(k, 0) for k in stats_after},
         "cpu_s_per_call": round(cpu_used / max(1, len(reports)), 3),
-        "cpu_utilisation": round(cpu_used / duration_s, 2),
+        "wall_s": round(wall_s, 1),
+        "cpu_utilisation": round(cpu_used / wall_s, 2),
         "rss_before_mb": round(rss_before, 1),
         "rss_after_mb": round(rss_mb(), 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
