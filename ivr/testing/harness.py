@@ -110,6 +110,15 @@ def write_silence(path: Path, seconds: float) -> None:
         w.writeframes(b"\x00\x00" * int(8000 * seconds))
 
 
+def truncate_wav(path: Path, seconds: float) -> None:
+    with wave.open(str(path), "rb") as w:
+        params = w.getparams()
+        frames = w.readframes(int(seconds * params.framerate))
+    with wave.open(str(path), "wb") as w:
+        w.setparams(params)
+        w.writeframes(frames)
+
+
 def read_prompt(sound: str) -> tuple[str, float] | None:
     """What a prompt says (its ``.txt`` sidecar) and how long it plays; None if Asterisk has no such file."""
     wav = Path(sound + ".wav")
@@ -177,6 +186,7 @@ class ScriptedAsterisk:
         self._hung_up = False
         self._recorded_at: float | None = None
         self._silence_waited = 0.0  # the recorder's silence wait before the last recording was handed over
+        self._record_limit_s: float | None = None  # RECORD FILE's timeout: Asterisk stops recording there
         self._number = next(_call_numbers)
 
     def environment(self, host: str, port: int) -> bytes:
@@ -300,6 +310,7 @@ class ScriptedAsterisk:
             return "520-Invalid command syntax.  Proper usage follows:\nUsage: RECORD FILE\n520 End of proper usage.\n"
         target = Path(f"{args[2]}.{args[3]}")
         silence_s = next((float(a[2:]) for a in args[6:] if a.startswith("s=")), 0.0)
+        self._record_limit_s = int(args[5]) / 1000 if args[5].lstrip("-").isdigit() and int(args[5]) > 0 else None
         if not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
             raise OSError(f"cannot write {target}")
         if not self._turns:  # the script is over: the caller hangs up
@@ -343,6 +354,10 @@ class ScriptedAsterisk:
             source: Path = turn.value
             self.report.events.append({"who": "caller", "text": "", "kind": "audio", "file": source.name})
             await asyncio.to_thread(copy_as_8k, source, target)
+        if self._record_limit_s is not None and wav_duration_s(target) > self._record_limit_s:
+            # Asterisk ends the recording at RECORD FILE's timeout, however long the caller talks on.
+            await asyncio.to_thread(truncate_wav, target, self._record_limit_s)
+            self.report.events[-1]["truncated_to_s"] = self._record_limit_s
         if self.realtime:
             # The caller speaks at the pace of speech, then the recorder waits for the silence.
             await asyncio.sleep(wav_duration_s(target))
