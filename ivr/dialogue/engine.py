@@ -209,8 +209,43 @@ class _LocaleAgent:
             self.loop.close()
 
 
+class TurnEngine:
+    """What the in-process and the remote engine share: a call's turns in and out, and which calls
+    wait for digits (so spoken digit words go to Rasa as digits). Subclasses implement ``_turn``
+    (one message to Rasa, the Reply back) and ``_nlu`` (NLU only)."""
+
+    def __init__(self) -> None:
+        self._digits_awaited: set[str] = set()  # calls whose last reply expects digits
+
+    async def start(self, call: CallInfo) -> Reply:
+        return await self._step(call, START_MESSAGE)
+
+    async def handle(self, call: CallInfo, user: UserInput) -> Reply:
+        text = message_text(user, digits_expected=call.call_id in self._digits_awaited, locale=call.locale)
+        return await self._step(call, text)
+
+    async def classify(self, text: str, locale: str) -> tuple[str, float]:
+        parsed = await self._nlu(text.strip().lstrip("/").strip(), locale)
+        intent = (parsed or {}).get("intent") or {}
+        return str(intent.get("name") or ""), float(intent.get("confidence") or 0.0)
+
+    async def _step(self, call: CallInfo, text: str) -> Reply:
+        reply = await self._turn(call, text)
+        if reply.expect is Expect.DIGITS:
+            self._digits_awaited.add(call.call_id)
+        else:
+            self._digits_awaited.discard(call.call_id)
+        return reply
+
+    async def _turn(self, call: CallInfo, text: str) -> Reply:
+        raise NotImplementedError
+
+    async def _nlu(self, text: str, locale: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+
 # ---------------------------------------------------------------- the engine
-class RasaEngine:
+class RasaEngine(TurnEngine):
     """The in-process DialogueEngine. ``RasaEngine(settings, store)``; ``await warm_up()`` before calls."""
 
     def __init__(
@@ -228,7 +263,7 @@ class RasaEngine:
         self._agents: dict[str, _LocaleAgent] = {}
         self._loading: dict[str, concurrent.futures.Future[None]] = {}
         self._lock = threading.Lock()
-        self._digits_awaited: set[str] = set()  # calls whose last reply expects digits
+        super().__init__()
 
     # -- loading
     async def warm_up(self, locales: Sequence[str] | None = None) -> None:
@@ -292,20 +327,10 @@ class RasaEngine:
         except Exception as exc:
             raise DialogueError(f"{what}: the {runner.locale} dialogue failed: {type(exc).__name__}: {exc}") from exc
 
-    # -- DialogueEngine
-    async def start(self, call: CallInfo) -> Reply:
-        return await self._turn(call, START_MESSAGE)
-
-    async def handle(self, call: CallInfo, user: UserInput) -> Reply:
-        text = message_text(user, digits_expected=call.call_id in self._digits_awaited, locale=call.locale)
-        return await self._turn(call, text)
-
-    async def classify(self, text: str, locale: str) -> tuple[str, float]:
+    # -- DialogueEngine (start, handle, classify: TurnEngine)
+    async def _nlu(self, text: str, locale: str) -> dict[str, Any]:
         runner = await self._agent(locale)
-        clean = text.strip().lstrip("/").strip()
-        parsed = await self._run(runner, _parse(runner, clean), "classify")
-        intent = parsed.get("intent") or {}
-        return str(intent.get("name") or ""), float(intent.get("confidence") or 0.0)
+        return await self._run(runner, _parse(runner, text), "classify")
 
     async def close(self, call: CallInfo | None = None) -> None:
         """Forget the call's conversation. Without a call: shut the engine down (``ivr.app`` closes it so)."""
@@ -337,12 +362,7 @@ class RasaEngine:
 
     async def _turn(self, call: CallInfo, text: str) -> Reply:
         runner = await self._agent(call.locale)
-        reply = await self._run(runner, _process(runner, call, text), "turn")
-        if reply.expect is Expect.DIGITS:
-            self._digits_awaited.add(call.call_id)
-        else:
-            self._digits_awaited.discard(call.call_id)
-        return reply
+        return await self._run(runner, _process(runner, call, text), "turn")
 
 
 # ---------------------------------------------------------------- on the agent's loop

@@ -33,8 +33,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from ivr.dialogue.engine import START_MESSAGE, build_reply, call_metadata, message_text
-from ivr.parts import CallInfo, DialogueError, Expect, Reply, UserInput
+from ivr.dialogue.engine import TurnEngine, build_reply, call_metadata
+from ivr.parts import CallInfo, DialogueError, Reply
 
 if TYPE_CHECKING:
     from ivr.config import Settings
@@ -46,7 +46,7 @@ STATE_SLOTS = ("awaiting", "call_outcome", "transfer_reason", "verified")
 WEBHOOK_PATH = "/webhooks/ivr_rest/webhook"
 
 
-class RemoteRasaEngine:
+class RemoteRasaEngine(TurnEngine):
     """``RemoteRasaEngine(settings)``: ``settings.dialogue_url`` and ``settings.dialogue_token`` (or the arguments)."""
 
     def __init__(self, settings: Settings, *, url: str | None = None, token: str | None = None) -> None:
@@ -56,7 +56,7 @@ class RemoteRasaEngine:
         if not self._url:
             raise ValueError("setting dialogue_url: empty (the URL of the Rasa HTTP server)")
         self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
-        self._digits_awaited: set[str] = set()  # calls whose last reply expects digits
+        super().__init__()
 
     # -- plumbing
     def base_url(self, locale: str) -> str:
@@ -107,18 +107,9 @@ class RemoteRasaEngine:
         if not isinstance(status, dict) or not status.get("model_file"):
             raise DialogueError(f"the Rasa server at {self.base_url(self._settings.locale)} has no model loaded")
 
-    async def start(self, call: CallInfo) -> Reply:
-        return await self._turn(call, START_MESSAGE)
-
-    async def handle(self, call: CallInfo, user: UserInput) -> Reply:
-        text = message_text(user, digits_expected=call.call_id in self._digits_awaited, locale=call.locale)
-        return await self._turn(call, text)
-
-    async def classify(self, text: str, locale: str) -> tuple[str, float]:
-        clean = text.strip().lstrip("/").strip()
-        parsed = await self._request("POST", locale, "/model/parse", json={"text": clean}, what="classify")
-        intent = (parsed or {}).get("intent") or {}
-        return str(intent.get("name") or ""), float(intent.get("confidence") or 0.0)
+    async def _nlu(self, text: str, locale: str) -> dict[str, Any]:
+        parsed = await self._request("POST", locale, "/model/parse", json={"text": text}, what="classify")
+        return parsed if isinstance(parsed, dict) else {}
 
     async def close(self, call: CallInfo | None = None) -> None:
         """Wipe the call's conversation on the server. Without a call: close the HTTP sessions."""
@@ -151,10 +142,5 @@ class RemoteRasaEngine:
         slots = tracker.get("slots") or {}
         latest = (tracker.get("latest_message") or {}).get("intent") or {}
         texts = [str(m["text"]) for m in messages if isinstance(m, dict) and m.get("text")]
-        reply = build_reply(texts, {name: slots.get(name) for name in STATE_SLOTS},
-                            str(latest.get("name") or ""), float(latest.get("confidence") or 0.0))
-        if reply.expect is Expect.DIGITS:
-            self._digits_awaited.add(call.call_id)
-        else:
-            self._digits_awaited.discard(call.call_id)
-        return reply
+        return build_reply(texts, {name: slots.get(name) for name in STATE_SLOTS},
+                           str(latest.get("name") or ""), float(latest.get("confidence") or 0.0))
