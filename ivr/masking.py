@@ -8,7 +8,6 @@ import re
 # keep only the last 4. Shorter runs are amounts, dates, counts, ports; secrets that short (ID last 4,
 # PINs) are masked where they are known to be secret: see mask_secret.
 _LONG_NUMBER = re.compile(r"(?<!\d)\d(?:[ -]?\d){7,}(?!\d)")
-_DIGIT_WORDS = re.compile(r"\S+")
 
 
 def mask_number(match: re.Match[str]) -> str:

@@ -35,7 +35,6 @@ from ivr.parts import (
     PartError,
     Recognizer,
     Reply,
-    SynthesisError,
     Synthesizer,
     UserInput,
 )
@@ -429,4 +428,4 @@ class _PartTimeout(PartError):
         self.part = part
 
 
-__all__ = ["CallSession", "Channel", "Parts", "Recording", "SessionResult", "SynthesisError", "TurnTiming"]
+__all__ = ["CallSession", "Channel", "Parts", "Recording", "SessionResult", "TurnTiming"]
