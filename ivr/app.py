@@ -47,7 +47,9 @@ def new_call_id(environment: AgiEnvironment) -> str:
 
 
 class GrammarBook:
-    """Per locale and dialogue state, the phrase list for the recognizer (built once, lazily)."""
+    """Per locale and dialogue state, the phrase list for the recognizer (built once, lazily).
+
+    None (free recognition) when ``settings.asr_grammars`` is off or the locale has no grammar."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -55,6 +57,8 @@ class GrammarBook:
         self._lock = threading.Lock()
 
     def __call__(self, locale: str, expect: Expect) -> Sequence[str] | None:
+        if not self._settings.asr_grammars:
+            return None
         with self._lock:  # called from recognition threads
             if locale not in self._built:
                 from ivr.asr.grammar import load_grammars

@@ -60,6 +60,7 @@ class Settings:
     tts_timeout_s: float = 5.0
     asr_min_confidence: float = 0.6
     asr_dither: bool = True  # off in tests and replays, so transcripts are reproducible
+    asr_grammars: bool = True  # per-state phrase lists; off: free recognition (slower, see README)
     vosk_model_base_url: str = ""  # empty: the Vosk project's model site (for `ivr models pull`)
     tts_rate_wpm: int = 160
     tts_voice: str = ""  # empty: the locale's default espeak-ng voice

@@ -18,6 +18,9 @@ _NOISY = ("rasa", "tensorflow", "absl", "sanic", "apscheduler", "matplotlib", "j
           "filelock", "h5py", "numexpr", "aiohttp", "pydub", "comtypes", "py.warnings", "sqlalchemy")
 
 
+UNMASKED_FIELDS = frozenset({"ts", "level", "logger", "call_id"})
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -32,8 +35,12 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = getattr(record, key)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        # Last line of defence: long digit runs never reach a log in clear, in any field.
-        masked = {k: mask_text(v) if isinstance(v, str) else v for k, v in entry.items()}
+        # Last line of defence: long digit runs never reach a log in clear, in any free-text field. The
+        # time stamp and the call ID (Asterisk's uniqueid, epoch.sequence) are ours, and must stay
+        # readable to correlate a log line with its transcript.
+        masked = {
+            k: mask_text(v) if isinstance(v, str) and k not in UNMASKED_FIELDS else v for k, v in entry.items()
+        }
         return json.dumps(masked, ensure_ascii=False)
 
 

@@ -10,25 +10,22 @@ Production reaches them with a ``{locale}`` URL template; here each locale is a 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import ipaddress
 import os
 import secrets
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from ivr.config import LOCALES, PROJECT_ROOT, load_settings
+from ivr.config import LOCALES, load_settings
 from ivr.dialogue import rasa_environment
 from ivr.dialogue.remote import WEBHOOK_PATH, RemoteRasaEngine
-from ivr.dialogue.train import model_path, train_locales
+from ivr.dialogue.servers import RasaServers, free_port, rasa_servers
+from ivr.dialogue.train import train_locales
 from ivr.parts import CallInfo, DialogueError, UserInput
 
 # The same conversation checks as the in-process engine; pytest runs them here with this module's
@@ -45,71 +42,6 @@ from tests.test_dialogue import (  # noqa: F401
     test_withheld_or_unknown_number_keys_the_registered_phone_first,
     test_wrong_digits_never_disclose_and_three_failures_transfer,
 )
-
-RASA = PROJECT_ROOT / ".venv" / "bin" / "rasa"
-READY_WITHIN_S = 300.0  # four processes importing TensorFlow on a shared 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Servers:
-    token: str
-    ports: dict[str, int]  # Rasa server per locale
-    actions_port: int
-    work: Path
-
-
-class Process:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.log = log
-        self._out = log.open("wb")
-        self.popen = subprocess.Popen(argv, env=env, cwd=PROJECT_ROOT, stdout=self._out, stderr=subprocess.STDOUT)
-
-    def failed(self) -> str | None:
-        if self.popen.poll() is None:
-            return None
-        return f"{self.name} exited with {self.popen.returncode}:\n" + self.log.read_text(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=10)
-        self._out.close()
-
-
-async def wait_ready(processes: list[Process], urls: list[str]) -> None:
-    """Poll the health endpoints until every server answers (or one process dies, or the deadline passes)."""
-    deadline = time.monotonic() + READY_WITHIN_S
-    pending = list(urls)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-        while pending:
-            for process in processes:
-                problem = process.failed()
-                if problem:
-                    raise RuntimeError(problem)
-            still = []
-            for url in pending:
-                try:
-                    async with session.get(url) as response:
-                        if response.status != 200:
-                            still.append(url)
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    still.append(url)
-            pending = still
-            if pending:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"not ready within {READY_WITHIN_S} s: {pending}")
-                await asyncio.sleep(0.5)  # polling interval of a readiness check, not a synchronisation
 
 
 @pytest.fixture(scope="module")
@@ -128,45 +60,18 @@ def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def servers(models: Path, db_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    work = tmp_path_factory.mktemp("rasa-servers")
-    token = secrets.token_hex(16)
-    actions_port = free_port()
-    ports = {locale: free_port() for locale in LOCALES}
-    endpoints = work / "endpoints.yml"
-    endpoints.write_text(f"action_endpoint:\n  url: http://127.0.0.1:{actions_port}/webhook\n", encoding="utf-8")
-    env = rasa_environment(models)
-    env.update({
-        "IVR_DATABASE_URL": f"sqlite:///{db_path}",
-        "IVR_LOCKOUT_FAILURES": "10000",  # many calls share this database; the lockout has its own test
-        "IVR_CONFIG": str(work / "no-ivr.toml"),
-        "SANIC_HOST": "127.0.0.1",  # rasa_sdk's bind address (default 0.0.0.0); it has no authentication
-        "IVR_DIALOGUE_TOKEN": token,  # dialogs/server/credentials.yml: the ivr_rest channel's token
-    })
-    env.pop("IVR_DIALOGUE_URL", None)
-    Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
-    processes = [Process("rasa run actions", [str(RASA), "run", "actions", "--actions", "ivr.dialogue.action_server",
-                                              "--port", str(actions_port)], env, work / "actions.log")]
-    for locale, port in ports.items():
-        processes.append(Process(f"rasa run ({locale})", [
-            str(RASA), "run", "--enable-api", "--auth-token", token, "-i", "127.0.0.1", "-p", str(port),
-            "-m", str(model_path(models, locale)), "--endpoints", str(endpoints),
-            "--credentials", str(PROJECT_ROOT / "dialogs" / "server" / "credentials.yml"),
-        ], env, work / f"rasa-{locale}.log"))
-    try:
-        urls = [f"http://127.0.0.1:{actions_port}/health"]
-        urls += [f"http://127.0.0.1:{port}/status?token={token}" for port in ports.values()]
-        asyncio.run(wait_ready(processes, urls))
-        yield Servers(token, ports, actions_port, work)
-    finally:
-        for process in processes:
-            process.stop()
+def servers(models: Path, db_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RasaServers]:
+    settings = replace(load_settings(environ={}), database_url=f"sqlite:///{db_path}", models_dir=models)
+    # many calls share this database; the lockout has its own test
+    extra = {"IVR_LOCKOUT_FAILURES": "10000"}
+    with rasa_servers(settings, LOCALES, tmp_path_factory.mktemp("rasa-servers"), extra_env=extra) as running:
+        yield running
 
 
 class PortPerLocale(RemoteRasaEngine):
     """Production uses a host name per locale (``http://rasa-{locale}:5005``); here each locale has a port."""
 
-    def __init__(self, servers: Servers) -> None:
+    def __init__(self, servers: RasaServers) -> None:
         settings = replace(load_settings(environ={}), dialogue_timeout_s=60.0, locale="en-US")
         super().__init__(settings, url="http://127.0.0.1:{locale}", token=servers.token)
         self._ports = servers.ports
@@ -176,7 +81,7 @@ class PortPerLocale(RemoteRasaEngine):
 
 
 @pytest.fixture
-async def engine(servers: Servers) -> AsyncIterator[RemoteRasaEngine]:
+async def engine(servers: RasaServers) -> AsyncIterator[RemoteRasaEngine]:
     eng = PortPerLocale(servers)
     yield eng
     await eng.aclose()
@@ -195,7 +100,7 @@ async def test_remote_server_is_up_and_classifies(engine: RemoteRasaEngine) -> N
     assert (await engine.classify("转人工", "zh-CN"))[0] == "human"
 
 
-async def test_close_wipes_the_conversation_on_the_server(engine: RemoteRasaEngine, servers: Servers) -> None:
+async def test_close_wipes_the_conversation_on_the_server(engine: RemoteRasaEngine, servers: RasaServers) -> None:
     c = CALLERS["en-US"]
     call = new_call("en-US", c.phone)
     await engine.start(call)
@@ -214,7 +119,7 @@ async def test_close_wipes_the_conversation_on_the_server(engine: RemoteRasaEngi
     assert not [e for e in after["events"] if e.get("event") in ("user", "bot")]
 
 
-async def test_wrong_token_and_unreachable_server_are_dialogue_errors(servers: Servers) -> None:
+async def test_wrong_token_and_unreachable_server_are_dialogue_errors(servers: RasaServers) -> None:
     settings = replace(load_settings(environ={}), dialogue_timeout_s=10.0)
     wrong = RemoteRasaEngine(settings, url=f"http://127.0.0.1:{servers.ports['en-US']}", token="wrong")
     gone = RemoteRasaEngine(settings, url=f"http://127.0.0.1:{free_port()}", token=servers.token)
@@ -230,7 +135,7 @@ async def test_wrong_token_and_unreachable_server_are_dialogue_errors(servers: S
         await gone.aclose()
 
 
-def test_rasa_wrote_its_files_in_the_service_home_not_the_users(servers: Servers, models: Path) -> None:
+def test_rasa_wrote_its_files_in_the_service_home_not_the_users(servers: RasaServers, models: Path) -> None:
     # Rasa's CLI writes its telemetry consent file in $HOME even with telemetry off: $HOME is ours.
     home = Path(rasa_environment(models)["HOME"])
     assert (home / ".config" / "rasa" / "global.yml").is_file()
@@ -238,7 +143,7 @@ def test_rasa_wrote_its_files_in_the_service_home_not_the_users(servers: Servers
 
 
 # ---------------------------------------------------------------- the webhook and the listeners are locked down
-async def test_webhook_refuses_requests_without_the_right_token(servers: Servers) -> None:
+async def test_webhook_refuses_requests_without_the_right_token(servers: RasaServers) -> None:
     base = f"http://127.0.0.1:{servers.ports['en-US']}"
     api = {"token": servers.token}
     refused = {
@@ -281,7 +186,7 @@ async def test_webhook_refuses_requests_without_the_right_token(servers: Servers
             assert response.status == 200
 
 
-async def test_builtin_unauthenticated_rest_channel_is_not_enabled(servers: Servers) -> None:
+async def test_builtin_unauthenticated_rest_channel_is_not_enabled(servers: RasaServers) -> None:
     url = f"http://127.0.0.1:{servers.ports['en-US']}/webhooks/rest/webhook"
     async with aiohttp.ClientSession() as session:
         async with session.post(url, json={"sender": "intruder", "message": "hello"}) as response:
@@ -317,7 +222,7 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
-def test_action_server_and_rasa_servers_listen_on_loopback_only(servers: Servers) -> None:
+def test_action_server_and_rasa_servers_listen_on_loopback_only(servers: RasaServers) -> None:
     # rasa_sdk has no authentication at all: its port must not be reachable from other hosts.
     if not Path("/proc/net/tcp").exists():
         pytest.skip("needs Linux /proc/net/tcp")

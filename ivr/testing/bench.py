@@ -6,19 +6,30 @@ Asterisk. Per turn: compute latency (recording handed to the server → its comm
 perceived latency (caller's last word → reply starts = silence wait + compute), and the parts (ASR,
 dialogue, synthesis). Per run: percentiles, answered/completed/transferred, time to answer, CPU
 seconds per call, peak RSS and RSS before/after.
+
+``--asterisk`` places the same calls as real calls through the local Asterisk (``ivr asterisk up``):
+AMI originates each call, the caller's side is a Local channel that plays the turns (see
+``ivr.asterisk.testcall``), and the latencies are read from AMI events, so they include Asterisk's own
+work and the event delivery. ``--compare`` answers the design questions in one run, each variant on a
+fresh robot with the same calls: grammar vs free recognition, in-process vs HTTP Rasa (the scale-out
+servers of ``dialogs/server/`` started on loopback), cached vs uncached prompts. CPU and RSS of the
+processes beside the robot (the pyttsx3 worker, the Rasa servers, Asterisk) are reported per process.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import platform
 import resource
 import sys
+import tempfile
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +72,30 @@ def synth_stats(robot: Any) -> dict[str, float]:
     return dict(stats.snapshot()) if stats is not None else {}
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+def _status_kb(pid: int | str, field: str) -> float:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
     return 0.0
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    return _status_kb(pid, "VmRSS") / 1024
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS since the last ``reset_peak_rss`` (VmHWM)."""
+    return _status_kb("self", "VmHWM") / 1024
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS window (Linux: "5" in clear_refs resets VmHWM), so each step's peak is its own."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
+        refs.write("5")
 
 
 def cpu_s() -> float:
@@ -74,19 +103,60 @@ def cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _caller(
-    call: CallFile, locale: str, port: int, start_after_s: float, deadline: float,
-    reports: list[CallReport], text: bool, render: Any,
-) -> None:
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of another process (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One way of running the robot; ``--compare`` measures each against the first (the default)."""
+
+    name: str
+    question: str = ""  # the design question this variant answers against the default
+    grammars: bool = True  # per-state grammars (settings.asr_grammars) or free recognition
+    dialogue: str = "in-process"  # or "http": the Rasa servers of dialogs/server/ on loopback
+    prompts: str = "cached"  # or "uncached": every prompt synthesized when it is played
+
+
+DEFAULT = Variant("default")
+COMPARISONS = (
+    Variant("free-recognition", "grammar vs free recognition", grammars=False),
+    Variant("http-rasa", "in-process vs HTTP Rasa", dialogue="http"),
+    Variant("uncached-prompts", "cached vs uncached prompts", prompts="uncached"),
+)
+
+# One call as the bench's callers place it: through the harness or through Asterisk.
+PlaceCall = Callable[[CallFile], Awaitable[CallReport]]
+
+
+async def _caller(place: PlaceCall, call: CallFile, start_after_s: float, deadline: float, reports: list[CallReport]) -> None:
     await asyncio.sleep(start_after_s)
     while time.monotonic() < deadline:
-        peer = ScriptedAsterisk(call, locale=locale, text_mode=text, speech=render, realtime=True, timeout_s=180)
-        reports.append(await peer.run("127.0.0.1", port))
+        reports.append(await place(call))
 
 
 async def bench_once(
-    robot: Any, settings: Settings, calls: int, duration_s: float, locale: str, text: bool, ramp_s: float = 10.0
+    robot: Any,
+    settings: Settings,
+    calls: int,
+    duration_s: float,
+    locale: str,
+    text: bool,
+    ramp_s: float = 10.0,
+    *,
+    place: PlaceCall | None = None,
+    helpers: dict[str, int] | None = None,
+    variant: Variant = DEFAULT,
+    transport: str = "harness",
 ) -> dict[str, Any]:
+    """``calls`` callers for ``duration_s`` against ``robot``; ``place`` places one call (default: the
+    real-time harness on the robot's port); ``helpers``: processes beside the robot whose CPU and RSS count."""
     caller_id, turns = BENCH_CALLS[locale]
     call = CallFile(Path(f"bench-{locale}.yaml"), caller_id, locale, turns, Expect())
     render = robot.parts.synthesizer.render
@@ -94,34 +164,52 @@ async def bench_once(
     for turn in turns:
         if turn.kind == "say" and not text:
             await render(turn.value, locale)
+    if place is None:
+
+        async def place(one: CallFile) -> CallReport:
+            peer = ScriptedAsterisk(one, locale=locale, text_mode=text, speech=render, realtime=True, timeout_s=180)
+            return await peer.run("127.0.0.1", robot.server.port)
+
+    helpers = {**(helpers or {})}
+    worker_pid = getattr(robot.parts.synthesizer, "worker_pid", None)
+    if worker_pid:
+        helpers["tts_worker"] = worker_pid
     robot.results = []
     reports: list[CallReport] = []
+    reset_peak_rss()
     rss_before, cpu_before = rss_mb(), cpu_s()
+    helpers_before = {name: process_cpu_s(pid) for name, pid in helpers.items()}
     stats_before = synth_stats(robot)
     started = time.monotonic()
     deadline = started + duration_s
     # Callers start spread evenly over the ramp (calls arrive one after another, not in lockstep),
     # then each keeps calling again until the duration is over; calls under way then are finished.
-    await asyncio.gather(
-        *(
-            _caller(call, locale, robot.server.port, i * ramp_s / calls, deadline, reports, text, render)
-            for i in range(calls)
-        )
-    )
+    await asyncio.gather(*(_caller(place, call, i * ramp_s / calls, deadline, reports) for i in range(calls)))
     cpu_used = cpu_s() - cpu_before
     wall_s = time.monotonic() - started  # longer than the duration: calls under way are finished
+    helper_figures = {
+        name: {"cpu_s": round(process_cpu_s(pid) - helpers_before[name], 2), "rss_mb": round(rss_mb(pid), 1)}
+        for name, pid in helpers.items()
+    }
+    helpers_cpu = sum(h["cpu_s"] for h in helper_figures.values())
     turns_ = [t for r in robot.results for t in r.turns]
     compute = [x * 1000 for r in reports for x in r.compute_latencies_s]
     silence = [x * 1000 for r in reports for x in r.silence_waits_s]
     perceived = [x * 1000 for r in reports for x in r.perceived_latencies_s]
     stats_after = synth_stats(robot)
     outcomes = [r.outcome for r in reports]
+    placed = max(1, len(reports))
     return {
+        "variant": variant.name,
+        "transport": transport,
         "calls": calls,
         "duration_s": duration_s,
         "ramp_s": ramp_s,
         "locale": locale,
         "recognition": "text" if text else "vosk",
+        "grammars": variant.grammars and not text,
+        "dialogue": variant.dialogue,
+        "prompts": variant.prompts,
         "calls_placed": len(reports),
         "calls_answered": sum(r.answered for r in reports),
         "calls_unanswered": sum(not r.answered for r in reports),
@@ -135,46 +223,158 @@ async def bench_once(
         "compute_latency_ms": percentiles(compute),
         "perceived_latency_ms": percentiles(perceived),
         "silence_wait_ms": percentiles(silence),
+        # the same span measured inside the robot (no transport, no event delivery)
+        "server_compute_ms": percentiles([t.compute_s * 1000 for t in turns_]),
         "asr_ms": percentiles([t.asr_s * 1000 for t in turns_]),
         "dialogue_ms": percentiles([t.dialogue_s * 1000 for t in turns_]),
         "tts_ms": percentiles([t.tts_s * 1000 for t in turns_]),
         "time_to_answer_ms": percentiles([r.time_to_answer_s * 1000 for r in reports if r.time_to_answer_s is not None]),
         "tts_cache": {k: stats_after.get(k, 0) - stats_before.get(k, 0) for k in stats_after},
-        "cpu_s_per_call": round(cpu_used / max(1, len(reports)), 3),
+        "cpu_s_per_call": round(cpu_used / placed, 3),  # the robot's process
+        "cpu_s_per_call_with_helpers": round((cpu_used + helpers_cpu) / placed, 3),
         "wall_s": round(wall_s, 1),
         "cpu_utilisation": round(cpu_used / wall_s, 2),
         "rss_before_mb": round(rss_before, 1),
         "rss_after_mb": round(rss_mb(), 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),  # the robot's process during this step
+        "helpers": helper_figures,
         "errors": sorted({e for r in reports for e in r.errors})[:10],
     }
 
 
-async def _run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+@contextlib.contextmanager
+def _dialogue_servers(settings: Settings, variant: Variant, locale: str, work: Path) -> Iterator[tuple[Settings, dict[str, int]]]:
+    """The settings for ``variant``'s robot, and the helper processes started for it (HTTP Rasa)."""
+    settings = dataclasses.replace(settings, asr_grammars=variant.grammars)
+    if variant.dialogue != "http":
+        yield settings, {}
+        return
+    from ivr.dialogue.servers import rasa_servers
+
+    print(f"bench: starting the Rasa servers for {locale} (logs in {work}) ...", file=sys.stderr)
+    extra = {"IVR_LOCKOUT_FAILURES": str(settings.lockout_failures)}
+    with rasa_servers(settings, [locale], work, extra_env=extra) as servers:
+        names = ["rasa_actions", f"rasa_{locale}"]
+        yield (
+            dataclasses.replace(settings, dialogue_url=servers.url(locale), dialogue_token=servers.token, locale=locale),
+            dict(zip(names, servers.pids, strict=True)),
+        )
+
+
+@contextlib.asynccontextmanager
+async def _robot(settings: Settings, variant: Variant, text: bool) -> AsyncIterator[Any]:
     from ivr.testing.replay import running_robot
 
-    locale = args.locale or "ko-KR"
+    parts: dict[str, Any] = {}
+    if variant.prompts == "uncached":
+        from ivr.tts.synth import PromptSynthesizer
+
+        parts["synthesizer"] = PromptSynthesizer(settings, cache=False)
+    try:
+        # Asterisk (in its chroot) shares this machine's network: the robot listens on loopback only.
+        async with running_robot(settings, text_input=text, host="127.0.0.1", **parts) as (_host, _port, robot):
+            yield robot
+    finally:
+        if "synthesizer" in parts:
+            await asyncio.to_thread(parts["synthesizer"].close)
+
+
+async def _steps(
+    args: argparse.Namespace, settings: Settings, variant: Variant, counts: list[int], helpers: dict[str, int]
+) -> list[dict[str, Any]]:
+    locale = args.locale
+    runs = []
+    async with _robot(settings, variant, args.text) as robot, contextlib.AsyncExitStack() as stack:
+        place: PlaceCall | None = None
+        transport = "harness"
+        if args.asterisk:
+            from ivr.asterisk.local import LocalAsterisk
+            from ivr.asterisk.testcall import AsteriskCaller
+
+            caller = await stack.enter_async_context(
+                AsteriskCaller(
+                    settings, speech=robot.parts.synthesizer.render, text_mode=args.text,
+                    agi_url=f"agi://127.0.0.1:{robot.server.port}/ivr",
+                )
+            )
+
+            async def place(one: CallFile) -> CallReport:
+                return await caller.place(one, timeout_s=180)
+
+            transport = "asterisk"
+            asterisk_pid = LocalAsterisk(settings).pid()
+            helpers = {**helpers, **({"asterisk": asterisk_pid} if asterisk_pid else {})}
+        for count in counts:
+            print(f"bench [{variant.name}, {transport}]: {count} simultaneous calls for {args.duration:.0f} s ...", file=sys.stderr)
+            run = await bench_once(
+                robot, settings, count, args.duration, locale, args.text, args.ramp,
+                place=place, helpers=helpers, variant=variant, transport=transport,
+            )
+            runs.append(run)
+            print(json.dumps(_summary(run)), file=sys.stderr)
+    return runs
+
+
+def _comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each variant's run against the default run with the same call count, figure by figure."""
+    base = {r["calls"]: r for r in runs if r["variant"] == DEFAULT.name}
+    out = []
+    for variant in COMPARISONS:
+        for run in (r for r in runs if r["variant"] == variant.name and r["calls"] in base):
+            ref = base[run["calls"]]
+            out.append({
+                "question": variant.question,
+                "calls": run["calls"],
+                "default": DEFAULT.name,
+                "variant": variant.name,
+                **{
+                    f"{figure}_p95": {"default": ref[figure]["p95"], variant.name: run[figure]["p95"]}
+                    for figure in ("compute_latency_ms", "perceived_latency_ms", "asr_ms", "dialogue_ms", "tts_ms")
+                },
+                "cpu_s_per_call_with_helpers": {
+                    "default": ref["cpu_s_per_call_with_helpers"], variant.name: run["cpu_s_per_call_with_helpers"]
+                },
+                "calls_completed": {"default": ref["calls_completed"], variant.name: run["calls_completed"]},
+                "calls_transferred": {"default": ref["calls_transferred"], variant.name: run["calls_transferred"]},
+            })
+    return out
+
+
+def _check_asterisk(settings: Settings) -> str | None:
+    """Why the --asterisk mode cannot run, or None."""
+    from ivr.asterisk.local import LocalAsterisk
+
+    if LocalAsterisk(settings).pid() is None:
+        return "the local Asterisk is not running: start it with `ivr asterisk up` (or run without --asterisk)"
+    return None
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     counts = [int(c) for c in args.sweep.split(",")] if args.sweep else [args.calls]
     # The bench's callers are all the same demo customer: the cross-call lockout would end their
     # calls after a few misrecognized answers, which is not what is being measured.
     settings = dataclasses.replace(
         settings, max_calls=max(max(counts), settings.max_calls), lockout_failures=1_000_000
     )
+    variants = [DEFAULT, *(COMPARISONS if args.compare else ())]
     runs = []
-    async with running_robot(settings, text_input=args.text) as (_host, _port, robot):
-        for count in counts:
-            print(f"bench: {count} simultaneous calls for {args.duration:.0f} s ...", file=sys.stderr)
-            runs.append(await bench_once(robot, settings, count, args.duration, locale, args.text, args.ramp))
-            print(json.dumps(_summary(runs[-1])), file=sys.stderr)
-    return {
+    with tempfile.TemporaryDirectory(prefix="ivr-bench-") as work:
+        for variant in variants:
+            with _dialogue_servers(settings, variant, args.locale, Path(work) / variant.name) as (vsettings, helpers):
+                runs += asyncio.run(_steps(args, vsettings, variant, counts, helpers))
+    result: dict[str, Any] = {
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "command": " ".join(["ivr", "bench", *sys.argv[2:]]),
         "runs": runs,
     }
+    if args.compare:
+        result["comparisons"] = _comparisons(runs)
+    return result
 
 
 def _summary(run: dict[str, Any]) -> dict[str, Any]:
     return {
+        "variant": run["variant"],
         "calls": run["calls"],
         "placed": run["calls_placed"],
         "unanswered": run["calls_unanswered"],
@@ -190,7 +390,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = result["runs"]
+    runs = [r for r in result["runs"] if r.get("variant", DEFAULT.name) == DEFAULT.name]
     xs = [r["calls"] for r in runs]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for key in ("p50", "p95", "p99"):
@@ -210,13 +410,22 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
-    if args.asterisk:
-        print("ivr bench: --asterisk mode is not available yet; run without it", file=sys.stderr)
+    args.locale = args.locale or "ko-KR"
+    problem = None
+    if args.calls < 1 or args.duration <= 0 or args.ramp < 0:
+        problem = "--calls must be >= 1, --duration > 0 and --ramp >= 0"
+    elif args.sweep and not all(c.strip().isdigit() and int(c) > 0 for c in args.sweep.split(",")):
+        problem = f"--sweep must be positive call counts separated by commas, got {args.sweep!r}"
+    elif args.locale not in BENCH_CALLS:
+        problem = f"--locale must be one of {', '.join(BENCH_CALLS)}, got {args.locale!r}"
+    elif args.plot and not args.sweep:
+        problem = "--plot needs --sweep (it plots figures against the number of calls)"
+    elif args.asterisk:
+        problem = _check_asterisk(settings)
+    if problem:
+        print(f"ivr bench: {problem}", file=sys.stderr)
         return 2
-    if args.calls < 1 or args.duration <= 0:
-        print("ivr bench: --calls must be >= 1 and --duration > 0", file=sys.stderr)
-        return 2
-    result = asyncio.run(_run(args, settings))
+    result = _run(args, settings)
     text = json.dumps(result, ensure_ascii=False, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n", encoding="utf-8")

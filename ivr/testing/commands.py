@@ -34,7 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--plot", metavar="FILE.png", help="with --sweep: plot latency percentiles and CPU")
     b.add_argument("--sweep", help="comma-separated call counts, e.g. 1,5,10,20,50,100")
     b.add_argument("--text", action="store_true", help="skip recognition (text turns): isolates the rest")
-    b.add_argument("--asterisk", action="store_true", help="place the calls through the local Asterisk")
+    b.add_argument(
+        "--asterisk", action="store_true", help="place the calls through the local Asterisk (`ivr asterisk up` first)"
+    )
+    b.add_argument(
+        "--compare",
+        action="store_true",
+        help="also run free recognition, HTTP Rasa and uncached prompts at the same calls, each against the default",
+    )
     b.set_defaults(handler=bench)
 
 

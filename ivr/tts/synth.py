@@ -226,7 +226,9 @@ class _Worker:
 class PromptSynthesizer:
     """ivr.parts.Synthesizer over pyttsx3/espeak-ng, with a prompt cache in ``settings.sounds_dir``."""
 
-    def __init__(self, settings: Settings, prompt_book: PromptBook | None = None) -> None:
+    def __init__(self, settings: Settings, prompt_book: PromptBook | None = None, *, cache: bool = True) -> None:
+        """``cache=False`` synthesizes every render anew (still written atomically to the cache path, so
+        a file being played is never half-written): only for ``ivr bench --compare``'s "uncached prompts"."""
         if not MIN_RATE_WPM <= settings.tts_rate_wpm <= MAX_RATE_WPM:
             raise ValueError(
                 f"setting tts_rate_wpm: {settings.tts_rate_wpm} is outside espeak-ng's "
@@ -247,6 +249,7 @@ class PromptSynthesizer:
         self._manifests: dict[str, tuple[float, dict[str, list[str]]]] = {}
         self._dynamic_bytes: int | None = None
         self._closed = False
+        self._cache = cache
         self.stats = SynthStats()
 
     # ------------------------------------------------------------ public API
@@ -271,7 +274,7 @@ class PromptSynthesizer:
         """The 8 kHz mono 16-bit WAV for ``text``: a cached file, or synthesized now. Raises SynthesisError."""
         job = self._job(text, locale)
         self.stats.add(renders=1)
-        hit = self._lookup(job)  # two stat() calls: cheaper than a hop to the synthesis thread
+        hit = self._lookup(job) if self._cache else None  # two stat() calls: cheaper than a hop to the thread
         if hit is not None:
             self.stats.add(hits=1)
             return hit
@@ -284,7 +287,7 @@ class PromptSynthesizer:
         """render() for code without an event loop (the CLI). Do not call it on an event loop."""
         job = self._job(text, locale)
         self.stats.add(renders=1)
-        hit = self._lookup(job)
+        hit = self._lookup(job) if self._cache else None
         if hit is not None:
             self.stats.add(hits=1)
             return hit
@@ -431,7 +434,7 @@ class PromptSynthesizer:
         with self._lock:
             if self._closed:
                 raise SynthesisError("the synthesizer is closed")
-            future = self._inflight.get(job.name)
+            future = self._inflight.get(job.name) if self._cache else None
             if future is not None:
                 self.stats.add(joined=1)
                 return future
@@ -451,7 +454,7 @@ class PromptSynthesizer:
         if fixed is None:
             fixed = self._is_fixed(job.text, job.locale)
         target = self._target(job, fixed)
-        existing = self._lookup(job)
+        existing = self._lookup(job) if self._cache else None
         if existing is not None:  # made meanwhile (by another process, or before a prompts build)
             if existing != target and fixed:  # a fixed prompt found in the dynamic cache: promote it
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,151 @@
+"""The scale-out setup started on loopback: a Rasa action server and one Rasa HTTP server per locale.
+
+Exactly what ``dialogs/server/README.md`` documents, as child processes of this one: ``rasa run actions
+--actions ivr.dialogue.action_server`` (custom actions on ``settings.database_url``) and ``rasa run
+--enable-api --auth-token TOKEN`` per locale with the shipped ``dialogs/server/endpoints.yml`` and
+``credentials.yml`` (the token-protected ``ivr_rest`` channel). Used by ``ivr bench --compare`` (in-process
+vs HTTP Rasa) and by ``tests/test_remote_dialogue.py``. Every process listens on loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ivr.config import PROJECT_ROOT, Settings
+from ivr.dialogue import rasa_environment
+from ivr.dialogue.train import model_path
+
+SERVER_DIR = PROJECT_ROOT / "dialogs" / "server"
+READY_WITHIN_S = 300.0  # several processes importing TensorFlow on a shared 2-core machine
+
+
+class RasaServerError(RuntimeError):
+    """A Rasa server or the action server did not start (the message carries the end of its log)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Process:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        self._out = log.open("wb")
+        self.popen = subprocess.Popen(argv, env=env, cwd=PROJECT_ROOT, stdout=self._out, stderr=subprocess.STDOUT)
+
+    def failed(self) -> str | None:
+        if self.popen.poll() is None:
+            return None
+        return f"{self.name} exited with {self.popen.returncode}:\n" + self.log.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+        self._out.close()
+
+
+@dataclass
+class RasaServers:
+    token: str
+    ports: dict[str, int]  # Rasa server per locale
+    actions_port: int
+    work: Path
+    pids: list[int]
+
+    def url(self, locale: str) -> str:
+        return f"http://127.0.0.1:{self.ports[locale]}"
+
+
+async def _wait_ready(processes: list[_Process], urls: list[str], within_s: float) -> None:
+    """Poll the health endpoints until every server answers (or a process dies, or the deadline passes)."""
+    import aiohttp
+
+    deadline = time.monotonic() + within_s
+    pending = list(urls)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        while pending:
+            for process in processes:
+                problem = process.failed()
+                if problem:
+                    raise RasaServerError(problem)
+            still = []
+            for url in pending:
+                try:
+                    async with session.get(url) as response:
+                        if response.status != 200:
+                            still.append(url)
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    still.append(url)
+            pending = still
+            if pending:
+                if time.monotonic() > deadline:
+                    raise RasaServerError(f"not ready within {within_s:.0f} s: {[u.split('?')[0] for u in pending]}")
+                await asyncio.sleep(0.5)  # polling interval of a readiness check, not a synchronisation
+
+
+@contextlib.contextmanager
+def rasa_servers(
+    settings: Settings,
+    locales: Iterable[str],
+    work: Path,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    ready_within_s: float = READY_WITHIN_S,
+) -> Iterator[RasaServers]:
+    """Start the action server and a Rasa server per locale (trained models must exist); stop them at exit.
+
+    ``extra_env``: more ``IVR_*`` settings for the action server (e.g. a lockout threshold). The logs are
+    ``work/actions.log`` and ``work/rasa-<locale>.log``. Blocks while the servers start (up to a few
+    minutes): call it off the event loop.
+    """
+    rasa = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "rasa"
+    if not rasa.exists():
+        rasa = Path("rasa")
+    work.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(16)
+    actions_port = free_port()
+    ports = {locale: free_port() for locale in locales}
+    env = rasa_environment(settings.models_dir)
+    env.update({
+        "IVR_DATABASE_URL": settings.database_url,
+        "IVR_FIXED_DATE": settings.fixed_date,
+        "IVR_CONFIG": str(work / "no-ivr.toml"),  # the settings come from here, not a local ivr.toml
+        "SANIC_HOST": "127.0.0.1",  # rasa_sdk's bind address (default 0.0.0.0); it has no authentication
+        "IVR_DIALOGUE_TOKEN": token,  # credentials.yml: the ivr_rest channel's token
+        "IVR_ACTION_SERVER_URL": f"http://127.0.0.1:{actions_port}/webhook",  # endpoints.yml
+        **(extra_env or {}),
+    })
+    env.pop("IVR_DIALOGUE_URL", None)
+    Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
+    processes = [_Process("rasa run actions", [str(rasa), "run", "actions", "--actions", "ivr.dialogue.action_server",
+                                               "--port", str(actions_port)], env, work / "actions.log")]
+    try:
+        for locale, port in ports.items():
+            processes.append(_Process(f"rasa run ({locale})", [
+                str(rasa), "run", "--enable-api", "--auth-token", token, "-i", "127.0.0.1", "-p", str(port),
+                "-m", str(model_path(settings.models_dir, locale)),
+                "--endpoints", str(SERVER_DIR / "endpoints.yml"), "--credentials", str(SERVER_DIR / "credentials.yml"),
+            ], env, work / f"rasa-{locale}.log"))
+        urls = [f"http://127.0.0.1:{actions_port}/health"]
+        urls += [f"http://127.0.0.1:{port}/status?token={token}" for port in ports.values()]
+        asyncio.run(_wait_ready(processes, urls, ready_within_s))
+        yield RasaServers(token, ports, actions_port, work, [p.popen.pid for p in processes])
+    finally:
+        for process in processes:
+            process.stop()
