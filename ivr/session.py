@@ -307,6 +307,7 @@ class CallSession:
             if not key:
                 break
             keys += key
+        self._handed_over_at = time.monotonic()  # the input is complete with the last key, not the first
         digits = "".join(k for k in keys if k.isdigit())
         shown = mask_secret(digits) if (reply.secret or digits) else keys
         self.transcript.add("caller", shown, keypad=True)

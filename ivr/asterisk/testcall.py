@@ -39,7 +39,7 @@ from ivr.asterisk.ami import AmiClient, AmiError, AmiEvent, AsyncSubscription
 from ivr.config import Settings
 from ivr.masking import mask_secret, mask_text
 from ivr.testing.callfile import CallFile, Turn
-from ivr.testing.harness import CallReport, copy_as_8k, parse_arguments, write_silence
+from ivr.testing.harness import CallReport, copy_as_8k, parse_arguments, trailing_quiet_s, write_silence
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,8 @@ class _Call:
         self._record_ended_at: float | None = None
         self._speech_ended_at: float | None = None
         self._silence_waited: float | None = None  # the last turn's silence wait, for the perceived latency
+        self.quiet_tails_s: dict[int, float] = {}  # per turn audio: its quiet end (harness.trailing_quiet_s)
+        self._quiet_tail_s = 0.0  # the turn being played
 
     def mine(self, event: AmiEvent) -> bool:
         ids = (self.robot_uid, self.caller_uid)
@@ -166,6 +168,7 @@ class _Call:
                 continue
             os.chmod(target, 0o644)
             self.turn_files[index] = target
+            self.quiet_tails_s[index] = await asyncio.to_thread(trailing_quiet_s, target)
 
     async def run(self, ami: AmiClient, sub: AsyncSubscription, timeout_s: float) -> AsteriskCallReport:
         self._started = time.monotonic()
@@ -215,6 +218,13 @@ class _Call:
                 self._silence_waited = self._record_ended_at - self._speech_ended_at
                 self.report.silence_waits_s.append(self._silence_waited)
                 self._speech_ended_at = None
+        elif (
+            name == "AGIExecEnd" and uid == self.robot_uid and self._record_ended_at is not None
+            and event.get("Command").upper().startswith("WAIT FOR DIGIT")
+        ):
+            # keys after the first: the caller's input is complete with the last key read
+            self._record_ended_at = time.monotonic()
+            self._silence_waited = 0.0  # keys end the input at once: no silence wait
         elif name == "VarSet" and uid == self.robot_uid and event.get("Variable") in ("IVR_RESULT", "IVR_TRANSFER_REASON", "AGISTATUS"):
             self.report.variables[event.get("Variable")] = event.get("Value")
         elif name == "UserEvent":
@@ -229,7 +239,9 @@ class _Call:
             if state == "done":
                 self._caller_done = True
             elif state == "idle":
-                self._speech_ended_at = time.monotonic()
+                # the caller's last word: before the end of its audio by the audio's quiet tail
+                self._speech_ended_at = time.monotonic() - self._quiet_tail_s
+                self._quiet_tail_s = 0.0
             elif state == "error":
                 self.report.errors.append(f"test caller: {event.get('Problem')}")
         elif kind == "IvrOutcome" and uid == self.robot_uid:
@@ -297,6 +309,7 @@ class _Call:
         elif turn.kind == "dtmf":
             await self._redirect(ami, "dtmf", str(turn.value))
         else:
+            self._quiet_tail_s = self.quiet_tails_s[index]
             await self._redirect(ami, "play", str(self.turn_files[index].with_suffix("")))
 
     @staticmethod

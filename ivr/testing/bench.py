@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -130,6 +131,11 @@ COMPARISONS = (
     Variant("http-rasa", "in-process vs HTTP Rasa", dialogue="http"),
     Variant("uncached-prompts", "cached vs uncached prompts", prompts="uncached"),
 )
+VARIANTS = {v.name: v for v in (DEFAULT, *COMPARISONS)}
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run (a variant's process failed, a server did not start)."""
 
 # One call as the bench's callers place it: through the harness or through Asterisk.
 PlaceCall = Callable[[CallFile], Awaitable[CallReport]]
@@ -334,10 +340,15 @@ def _comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "cpu_s_per_call_with_helpers": {
                     "default": ref["cpu_s_per_call_with_helpers"], variant.name: run["cpu_s_per_call_with_helpers"]
                 },
-                "calls_completed": {"default": ref["calls_completed"], variant.name: run["calls_completed"]},
-                "calls_transferred": {"default": ref["calls_transferred"], variant.name: run["calls_transferred"]},
+                "peak_rss_mb": {"default": ref["peak_rss_mb"], variant.name: run["peak_rss_mb"]},
+                "outcomes": {"default": _outcomes(ref), variant.name: _outcomes(run)},
             })
     return out
+
+
+def _outcomes(run: dict[str, Any]) -> dict[str, int]:
+    counts = {"completed": run["calls_completed"], "transfer": run["calls_transferred"], **run["calls_other"]}
+    return {k: v for k, v in counts.items() if v}
 
 
 def _check_asterisk(settings: Settings) -> str | None:
@@ -351,17 +362,12 @@ def _check_asterisk(settings: Settings) -> str | None:
 
 def _run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     counts = [int(c) for c in args.sweep.split(",")] if args.sweep else [args.calls]
-    # The bench's callers are all the same demo customer: the cross-call lockout would end their
-    # calls after a few misrecognized answers, which is not what is being measured.
-    settings = dataclasses.replace(
-        settings, max_calls=max(max(counts), settings.max_calls), lockout_failures=1_000_000
-    )
-    variants = [DEFAULT, *(COMPARISONS if args.compare else ())]
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="ivr-bench-") as work:
-        for variant in variants:
-            with _dialogue_servers(settings, variant, args.locale, Path(work) / variant.name) as (vsettings, helpers):
-                runs += asyncio.run(_steps(args, vsettings, variant, counts, helpers))
+    if args.compare:
+        runs = []
+        for variant in (DEFAULT, *COMPARISONS):
+            runs += _variant_in_child(args, variant)
+    else:
+        runs = _variant_here(args, settings, VARIANTS[args.variant], counts)
     result: dict[str, Any] = {
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "command": " ".join(["ivr", "bench", *sys.argv[2:]]),
@@ -370,6 +376,36 @@ def _run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     if args.compare:
         result["comparisons"] = _comparisons(runs)
     return result
+
+
+def _variant_here(args: argparse.Namespace, settings: Settings, variant: Variant, counts: list[int]) -> list[dict[str, Any]]:
+    # The bench's callers are all the same demo customer: the cross-call lockout would end their
+    # calls after a few misrecognized answers, which is not what is being measured.
+    settings = dataclasses.replace(
+        settings, max_calls=max(max(counts), settings.max_calls), lockout_failures=1_000_000
+    )
+    with tempfile.TemporaryDirectory(prefix="ivr-bench-") as work:
+        with _dialogue_servers(settings, variant, args.locale, Path(work)) as (variant_settings, helpers):
+            return asyncio.run(_steps(args, variant_settings, variant, counts, helpers))
+
+
+def _variant_in_child(args: argparse.Namespace, variant: Variant) -> list[dict[str, Any]]:
+    """One variant in a fresh ``ivr bench --variant`` process: models loaded for one variant stay in a
+    process's memory, so variants run one after another in one process would inherit each other's RSS."""
+    with tempfile.TemporaryDirectory(prefix="ivr-bench-") as work:
+        out = Path(work) / "runs.json"
+        argv = [sys.executable, "-m", "ivr"]
+        argv += ["--config", args.config] if args.config else []
+        argv += ["--log-level", args.log_level] if args.log_level else []
+        argv += ["bench", "--variant", variant.name, "--json", str(out), "--locale", args.locale]
+        argv += ["--calls", str(args.calls), "--duration", str(args.duration), "--ramp", str(args.ramp)]
+        argv += ["--sweep", args.sweep] if args.sweep else []
+        argv += [flag for flag, on in (("--text", args.text), ("--asterisk", args.asterisk)) if on]
+        done = subprocess.run(argv, check=False)  # its progress and logs go to our stderr
+        if not out.exists():
+            raise BenchError(f"the {variant.name} variant failed (exit {done.returncode}); see its output above")
+        runs: list[dict[str, Any]] = json.loads(out.read_text(encoding="utf-8"))["runs"]
+        return runs
 
 
 def _summary(run: dict[str, Any]) -> dict[str, Any]:
@@ -418,6 +454,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         problem = f"--sweep must be positive call counts separated by commas, got {args.sweep!r}"
     elif args.locale not in BENCH_CALLS:
         problem = f"--locale must be one of {', '.join(BENCH_CALLS)}, got {args.locale!r}"
+    elif args.compare and args.variant != DEFAULT.name:
+        problem = "--compare runs every variant; leave out --variant"
     elif args.plot and not args.sweep:
         problem = "--plot needs --sweep (it plots figures against the number of calls)"
     elif args.asterisk:
@@ -425,7 +463,14 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     if problem:
         print(f"ivr bench: {problem}", file=sys.stderr)
         return 2
-    result = _run(args, settings)
+    from ivr.asterisk.testcall import TestCallError
+    from ivr.dialogue.servers import RasaServerError
+
+    try:
+        result = _run(args, settings)
+    except (BenchError, RasaServerError, TestCallError) as exc:
+        print(f"ivr bench: {exc}", file=sys.stderr)
+        return 1
     text = json.dumps(result, ensure_ascii=False, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n", encoding="utf-8")

@@ -42,6 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also run free recognition, HTTP Rasa and uncached prompts at the same calls, each against the default",
     )
+    b.add_argument(
+        "--variant",
+        default="default",
+        choices=["default", "free-recognition", "http-rasa", "uncached-prompts"],
+        help="run the robot one of --compare's other ways (default: the production configuration)",
+    )
     b.set_defaults(handler=bench)
 
 

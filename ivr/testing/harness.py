@@ -140,6 +140,24 @@ def wav_duration_s(path: Path) -> float:
         return w.getnframes() / float(w.getframerate())
 
 
+SILENCE_THRESHOLD = 256  # Asterisk's default silence threshold (dsp.conf), on 16-bit samples
+
+
+def trailing_quiet_s(path: Path, frame_s: float = 0.02) -> float:
+    """How long a 16-bit WAV ends quietly (below Asterisk's silence threshold): the recorder's silence
+    detector counts this as silence already, so the caller's last word is this long before the file ends."""
+    with wave.open(str(path), "rb") as w:
+        width, rate = w.getsampwidth(), w.getframerate()
+        frames = w.readframes(w.getnframes())
+    step = max(1, int(rate * frame_s)) * width
+    quiet = 0
+    for end in range(len(frames), 0, -step):
+        if audioop.rms(frames[max(0, end - step):end], width) >= SILENCE_THRESHOLD:
+            break
+        quiet += 1
+    return min(quiet * frame_s, len(frames) / width / rate)
+
+
 def copy_as_8k(source: Path, target: Path) -> None:
     """Put a caller utterance where Asterisk would have recorded it (8 kHz mono 16-bit)."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -359,8 +377,10 @@ class ScriptedAsterisk:
             await asyncio.to_thread(truncate_wav, target, self._record_limit_s)
             self.report.events[-1]["truncated_to_s"] = self._record_limit_s
         if self.realtime:
-            # The caller speaks at the pace of speech, then the recorder waits for the silence.
-            await asyncio.sleep(wav_duration_s(target))
+            # The caller speaks at the pace of speech, then the recorder waits for the silence, which
+            # starts with the quiet end of the caller's audio (as Asterisk's silence detector counts it).
+            quiet_s = min(silence_s, await asyncio.to_thread(trailing_quiet_s, target))
+            await asyncio.sleep(wav_duration_s(target) - quiet_s)  # the caller's last word
             await asyncio.sleep(silence_s)
             self.report.silence_waits_s.append(silence_s)
             self._silence_waited = silence_s
@@ -371,6 +391,7 @@ class ScriptedAsterisk:
         if not self._keys:
             return "200 result=0\n"
         key, self._keys = self._keys[0], self._keys[1:]
+        self._recorded_at = time.monotonic()  # the caller's input is complete with the last key read
         return f"200 result={ord(key)}\n"
 
     def _hangup(self) -> str:
