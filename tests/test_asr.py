@@ -17,7 +17,7 @@ import subprocess
 import wave
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -176,6 +176,16 @@ def test_load_grammars_reads_the_settings_dialogs(dialogs: Path, tmp_path: Path)
     )
     # the Chinese model is not pulled here: jieba's segmentation alone
     assert "查 余额" in load_grammars(settings, "zh-CN")[Expect.SPEECH]
+
+
+def test_the_robot_uses_grammars_unless_settings_turn_them_off(dialogs: Path, tmp_path: Path) -> None:
+    from ivr.app import GrammarBook
+
+    settings = Settings(dialogs_dir=dialogs, models_dir=tmp_path / "models")
+    expected = build_grammars(load_nlu_examples(dialogs, "ko-KR"), "ko-KR")
+    assert GrammarBook(settings)("ko-KR", Expect.SPEECH) == expected[Expect.SPEECH]
+    free = GrammarBook(replace(settings, asr_grammars=False))
+    assert all(free("ko-KR", expect) is None for expect in Expect)  # None: free recognition
 
 
 def test_chinese_phrases_are_segmented_into_model_words() -> None:

@@ -28,6 +28,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import wave
@@ -585,6 +587,44 @@ def log_timing(what: str, seconds: float) -> None:
     logging.getLogger(__name__).info("%s took %.1f s", what, seconds)
 
 
+def robot_environment(s: Settings) -> dict[str, str]:
+    """The environment of an `ivr` process that works with this suite's local Asterisk."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IVR_")}
+    env.update(
+        IVR_DATABASE_URL=s.database_url,
+        IVR_SOUNDS_DIR=str(s.sounds_dir),
+        IVR_SPOOL_DIR=str(s.spool_dir),
+        IVR_TRANSCRIPTS_DIR=str(s.transcripts_dir),
+        IVR_LOCALE=s.locale,
+        IVR_FIXED_DATE=s.fixed_date,
+        IVR_ASR_DITHER="false",
+        IVR_AGI_HOST="127.0.0.1",
+        IVR_HTTP_PORT="0",
+        IVR_LOG_LEVEL="INFO",
+        RASA_TELEMETRY_ENABLED="false",
+        TF_CPP_MIN_LOG_LEVEL="3",
+    )
+    return env
+
+
+@pytest.mark.asterisk
+def test_bench_through_asterisk_writes_valid_json(robot_settings: Settings, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "ivr", "bench", "--asterisk", "--calls", "2", "--duration", "10", "--json", str(out)],
+        env=robot_environment(robot_settings), capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = json.loads(out.read_text(encoding="utf-8"))["runs"]
+    assert run["transport"] == "asterisk" and run["calls_placed"] >= 2 and run["calls_unanswered"] == 0
+    assert run["errors"] == []
+    assert run["compute_latency_ms"]["n"] > 0 and run["server_compute_ms"]["n"] > 0
+    # RECORD FILE's s=1 through the real Asterisk: a whole second of silence after the caller's last
+    # word (measured from before the quiet tail of the caller's audio, as the silence detector counts it)
+    assert run["silence_wait_ms"]["p50"] >= 900
+    assert run["helpers"]["asterisk"]["cpu_s"] > 0  # Asterisk's own CPU is counted beside the robot's
+
+
 # ---------------------------------------------------------------- the robot's server killed and restarted
 class ServeProcess:
     """`ivr serve` in its own process, as production runs it; stopped or killed by its PID.
@@ -599,23 +639,7 @@ class ServeProcess:
         self._log = open(log_file, "ab")  # closed by stop()
 
     def environment(self) -> dict[str, str]:
-        s = self.settings
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IVR_")}
-        env.update(
-            IVR_DATABASE_URL=s.database_url,
-            IVR_SOUNDS_DIR=str(s.sounds_dir),
-            IVR_SPOOL_DIR=str(s.spool_dir),
-            IVR_TRANSCRIPTS_DIR=str(s.transcripts_dir),
-            IVR_LOCALE=s.locale,
-            IVR_FIXED_DATE=s.fixed_date,
-            IVR_ASR_DITHER="false",
-            IVR_AGI_HOST="127.0.0.1",
-            IVR_HTTP_PORT="0",
-            IVR_LOG_LEVEL="INFO",
-            RASA_TELEMETRY_ENABLED="false",
-            TF_CPP_MIN_LOG_LEVEL="3",
-        )
-        return env
+        return robot_environment(self.settings)
 
     @property
     def pid(self) -> int:

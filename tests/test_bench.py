@@ -1,4 +1,4 @@
-"""`ivr bench` runs and writes valid JSON (a short run; speed figures come from the command itself)."""
+"""`ivr bench` runs and writes valid JSON (short runs; speed figures come from the command itself)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,22 @@ import json
 import os
 import subprocess
 import sys
+import wave
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pytest
+
+from ivr.cli import main
+from ivr.testing.harness import trailing_quiet_s
 from tests.conftest import SuiteDirs, make_demo_db
 
+FIGURES = ("compute_latency_ms", "perceived_latency_ms", "server_compute_ms", "asr_ms", "dialogue_ms", "tts_ms",
+           "time_to_answer_ms")
 
-def test_short_bench_writes_valid_json(tmp_path: Path, suite_dirs: SuiteDirs) -> None:
+
+def bench(tmp_path: Path, suite_dirs: SuiteDirs, *args: str) -> dict[str, Any]:
     out = tmp_path / "bench.json"
     env = {
         **os.environ,
@@ -22,19 +32,88 @@ def test_short_bench_writes_valid_json(tmp_path: Path, suite_dirs: SuiteDirs) ->
         "IVR_FIXED_DATE": "2026-11-28",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "ivr", "bench", "--calls", "2", "--duration", "10", "--locale", "ko-KR", "--json", str(out)],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
+        [sys.executable, "-m", "ivr", "bench", *args, "--locale", "ko-KR", "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=1200, check=False,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout == ""  # the report went to the file
-    result = json.loads(out.read_text(encoding="utf-8"))
-    (run,) = result["runs"]
-    assert run["calls"] == 2 and run["calls_placed"] >= 2
-    assert run["calls_unanswered"] == 0
-    for figure in ("compute_latency_ms", "perceived_latency_ms", "asr_ms", "dialogue_ms", "tts_ms", "time_to_answer_ms"):
-        assert set(run[figure]) >= {"p50", "p95", "p99", "max"}
-    assert run["compute_latency_ms"]["n"] > 0
-    # Perceived latency includes the recorder's whole-second silence wait.
-    assert run["perceived_latency_ms"]["max"] >= 1000
-    assert run["peak_rss_mb"] >= run["rss_before_mb"] > 0
+    result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
     assert result["machine"]["cores"] == os.cpu_count()
+    for run in result["runs"]:
+        assert run["calls_unanswered"] == 0 and run["calls_placed"] >= run["calls"], run
+        for figure in FIGURES:
+            assert set(run[figure]) >= {"p50", "p95", "p99", "max"}, figure
+        assert run["compute_latency_ms"]["n"] > 0
+        # Perceived latency includes the recorder's whole-second silence wait.
+        assert run["perceived_latency_ms"]["max"] >= 1000
+        assert run["peak_rss_mb"] > 0 and run["rss_before_mb"] > 0
+        assert run["cpu_s_per_call_with_helpers"] >= run["cpu_s_per_call"] > 0
+    return result
+
+
+def test_short_bench_writes_valid_json(tmp_path: Path, suite_dirs: SuiteDirs) -> None:
+    result = bench(tmp_path, suite_dirs, "--calls", "2", "--duration", "10")
+    (run,) = result["runs"]
+    assert (run["variant"], run["transport"], run["calls"]) == ("default", "harness", 2)
+    assert (run["grammars"], run["dialogue"], run["prompts"]) == (True, "in-process", "cached")
+    assert "tts_worker" in run["helpers"]
+    assert "comparisons" not in result
+
+
+def test_compare_runs_every_variant_on_the_real_parts(tmp_path: Path, suite_dirs: SuiteDirs) -> None:
+    result = bench(tmp_path, suite_dirs, "--compare", "--calls", "1", "--duration", "5", "--ramp", "0")
+    runs = {run["variant"]: run for run in result["runs"]}
+    assert list(runs) == ["default", "free-recognition", "http-rasa", "uncached-prompts"]
+    assert runs["free-recognition"]["grammars"] is False and runs["default"]["grammars"] is True
+    # HTTP Rasa: the Rasa server and the action server really ran the dialogue, in their own processes
+    assert runs["http-rasa"]["dialogue"] == "http"
+    assert runs["http-rasa"]["helpers"]["rasa_ko-KR"]["cpu_s"] > 0
+    assert set(runs["http-rasa"]["helpers"]) >= {"rasa_actions", "rasa_ko-KR"}
+    # uncached prompts: every prompt played was synthesized for the call; cached: none was
+    assert runs["uncached-prompts"]["tts_cache"]["hits"] == 0 and runs["uncached-prompts"]["tts_cache"]["syntheses"] > 0
+    assert runs["default"]["tts_cache"]["misses"] == 0
+    questions = [c["question"] for c in result["comparisons"]]
+    assert questions == ["grammar vs free recognition", "in-process vs HTTP Rasa", "cached vs uncached prompts"]
+    first = result["comparisons"][0]
+    assert first["compute_latency_ms_p95"] == {
+        "default": runs["default"]["compute_latency_ms"]["p95"],
+        "free-recognition": runs["free-recognition"]["compute_latency_ms"]["p95"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--calls", "0"], "--calls must be >= 1"),
+        (["--sweep", "1,x"], "--sweep must be positive call counts"),
+        (["--locale", "fr-FR"], "--locale must be one of"),
+        (["--plot", "x.png"], "--plot needs --sweep"),
+        (["--compare", "--variant", "http-rasa"], "leave out --variant"),
+    ],
+)
+def test_bad_options_are_refused_with_the_reason(
+    args: list[str], problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", *args]) == 2
+    assert problem in capsys.readouterr().err
+
+
+def test_asterisk_mode_needs_the_local_asterisk(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IVR_ASTERISK_STATE", str(tmp_path / "no-asterisk"))  # no Asterisk runs from here
+    assert main(["bench", "--asterisk"]) == 2
+    assert "the local Asterisk is not running: start it with `ivr asterisk up`" in capsys.readouterr().err
+
+
+def test_quiet_tail_of_the_callers_audio(tmp_path: Path) -> None:
+    path = tmp_path / "speech.wav"
+    t = np.arange(int(0.5 * 8000)) / 8000
+    tone = (8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2")
+    quiet = (np.random.default_rng(1).normal(0, 40, int(0.3 * 8000))).astype("<i2")  # line noise, below 256
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(np.concatenate([tone, quiet]).tobytes())
+    assert trailing_quiet_s(path) == pytest.approx(0.3, abs=0.021)

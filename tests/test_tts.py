@@ -125,6 +125,18 @@ async def test_second_render_is_a_cache_hit(synth: PromptSynthesizer, settings: 
         assert other.stats.syntheses == 0 and other.stats.worker_starts == 0 and other.worker_pid is None
 
 
+async def test_uncached_synthesizer_synthesizes_every_render_anew(settings: Settings) -> None:
+    # `ivr bench --compare`'s "uncached prompts": every render is a synthesis, into the same file path,
+    # replaced atomically (a file being played is never half-written).
+    with PromptSynthesizer(settings, cache=False) as uncached:
+        paths = await asyncio.gather(*(uncached.render(SAMPLE["en-US"], "en-US") for _ in range(3)))
+        again = await uncached.render(SAMPLE["en-US"], "en-US")
+        assert len({*paths, again}) == 1
+        assert uncached.stats.syntheses == 4 and uncached.stats.hits == 0 and uncached.stats.joined == 0
+        assert_asterisk_wav(again)
+        assert not list(again.parent.glob(".*")), "temporary files left behind"
+
+
 async def test_locale_voice_and_rate_make_different_files(settings: Settings) -> None:
     text = "Please hold, 12 agents are busy."
     variants = {
