@@ -18,7 +18,7 @@ from ivr.testing.harness import trailing_quiet_s
 from tests.conftest import SuiteDirs, make_demo_db
 
 FIGURES = ("compute_latency_ms", "perceived_latency_ms", "server_compute_ms", "asr_ms", "dialogue_ms", "tts_ms",
-           "time_to_answer_ms")
+           "lookup_ms", "time_to_answer_ms")
 
 
 def bench(tmp_path: Path, suite_dirs: SuiteDirs, *args: str) -> dict[str, Any]:
@@ -69,6 +69,8 @@ def test_compare_runs_every_variant_on_the_real_parts(tmp_path: Path, suite_dirs
     assert runs["http-rasa"]["dialogue"] == "http"
     assert runs["http-rasa"]["helpers"]["rasa_ko-KR"]["cpu_s"] > 0
     assert set(runs["http-rasa"]["helpers"]) >= {"rasa_actions", "rasa_ko-KR"}
+    # the account lookups are timed where they run: in-process, or in the action server (not seen here)
+    assert runs["default"]["lookup_ms"]["n"] > 0 and runs["http-rasa"]["lookup_ms"]["n"] == 0
     # uncached prompts: every prompt played was synthesized for the call; cached: none was
     assert runs["uncached-prompts"]["tts_cache"]["hits"] == 0 and runs["uncached-prompts"]["tts_cache"]["syntheses"] > 0
     assert runs["default"]["tts_cache"]["misses"] == 0
