@@ -246,8 +246,9 @@ def robot_settings(local_asterisk: RunningAsterisk, tmp_path_factory: pytest.Tem
         try:
             built = synth.build_all(PromptBook(settings.dialogs_dir))
         except SynthesisError:
-            # The pyttsx3 worker now and then gives no answer within tts_timeout_s (seen twice in about
-            # fifteen builds on this 2-core machine, reported); it is restarted, what was built stays cached.
+            # The pyttsx3 worker used to give no answer now and then (seen twice in about fifteen builds;
+            # cause found and fixed: ivr.tts.worker.Engine._wait_until_idle); should any hang remain, the
+            # worker is restarted and what was built stays cached.
             logging.getLogger(__name__).warning("prompts build failed once; trying again", exc_info=True)
             built = synth.build_all(PromptBook(settings.dialogs_dir))
         assert built > 0

@@ -138,6 +138,14 @@ class TimedStore:
         return timed
 
 
+def _tts_worker_cpu(synthesizer: Any) -> float:
+    """CPU seconds of the synthesizer's worker processes so far: the live one's, plus those of workers
+    replaced and reaped (they count among this process's waited-for children; the bench starts no others)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    pid = getattr(synthesizer, "worker_pid", None)
+    return children.ru_utime + children.ru_stime + (process_cpu_s(pid) if pid else 0.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """One way of running the robot; ``--compare`` measures each against the first (the default)."""
@@ -201,9 +209,7 @@ async def bench_once(
             return await peer.run("127.0.0.1", robot.server.port)
 
     helpers = {**(helpers or {})}
-    worker_pid = getattr(robot.parts.synthesizer, "worker_pid", None)
-    if worker_pid:
-        helpers["tts_worker"] = worker_pid
+    synthesizer = robot.parts.synthesizer
     robot.results = []
     lookups: list[float] = getattr(robot.store, "seconds", [])
     lookups.clear()
@@ -211,6 +217,7 @@ async def bench_once(
     reset_peak_rss()
     rss_before, cpu_before = rss_mb(), cpu_s()
     helpers_before = {name: process_cpu_s(pid) for name, pid in helpers.items()}
+    tts_before = _tts_worker_cpu(synthesizer)
     stats_before = synth_stats(robot)
     started = time.monotonic()
     deadline = started + duration_s
@@ -222,6 +229,11 @@ async def bench_once(
     helper_figures = {
         name: {"cpu_s": round(process_cpu_s(pid) - helpers_before[name], 2), "rss_mb": round(rss_mb(pid), 1)}
         for name, pid in helpers.items()
+    }
+    worker_pid = getattr(synthesizer, "worker_pid", None)
+    helper_figures["tts_worker"] = {
+        "cpu_s": round(_tts_worker_cpu(synthesizer) - tts_before, 2),
+        "rss_mb": round(rss_mb(worker_pid), 1) if worker_pid else 0.0,
     }
     helpers_cpu = sum(h["cpu_s"] for h in helper_figures.values())
     turns_ = [t for r in robot.results for t in r.turns]
@@ -268,7 +280,8 @@ async def bench_once(
         "cpu_s_per_call": round(cpu_used / placed, 3),  # the robot's process
         "cpu_s_per_call_with_helpers": round((cpu_used + helpers_cpu) / placed, 3),
         "wall_s": round(wall_s, 1),
-        "cpu_utilisation": round(cpu_used / wall_s, 2),
+        "cpu_utilisation": round(cpu_used / wall_s, 2),  # cores busy: the robot's process
+        "cpu_utilisation_with_helpers": round((cpu_used + helpers_cpu) / wall_s, 2),
         "rss_before_mb": round(rss_before, 1),
         "rss_after_mb": round(rss_mb(), 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),  # the robot's process during this step
@@ -451,6 +464,12 @@ def _summary(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _with_helpers(run: dict[str, Any]) -> float:
+    if "cpu_utilisation_with_helpers" in run:
+        return float(run["cpu_utilisation_with_helpers"])
+    return float(run["cpu_s_per_call_with_helpers"] * max(1, run["calls_placed"]) / run["wall_s"])
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -467,11 +486,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax1.set_ylabel("ms")
     ax1.set_title("turn latency")
     ax1.legend()
-    ax2.plot(xs, [r["cpu_utilisation"] for r in runs], marker="o", label="CPU (cores busy)")
+    ax2.plot(xs, [r["cpu_utilisation"] for r in runs], marker="o", label="CPU, robot (cores busy)")
+    ax2.plot(xs, [_with_helpers(r) for r in runs], marker="^", ls=":", label="CPU, robot + helpers")
     ax2.plot(xs, [r["peak_rss_mb"] / 1024 for r in runs], marker="s", label="peak RSS (GB)")
     ax2.set_xlabel("simultaneous calls")
     ax2.set_title("resources")
     ax2.legend()
+    transport = runs[0].get("transport", "harness") if runs else "harness"
+    fig.suptitle(f"{result['command']}  ({transport}; {result['machine']['cores']} cores)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

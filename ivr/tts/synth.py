@@ -501,9 +501,10 @@ class PromptSynthesizer:
             raise SynthesisError(f"the TTS worker (pyttsx3/espeak-ng) could not start: {exc}") from exc
 
     def _call_worker(self, payload: dict[str, Any], job: _Job) -> dict[str, Any]:
-        """One request to the engine process. pyttsx3 now and then never finishes an utterance (seen
-        about once in a few hundred renders): a sentence takes ~30 ms, so after a third of the TTS
-        timeout the worker is replaced and the request tried once more, within the caller's timeout."""
+        """One request to the engine process. A worker that gives no answer (pyttsx3's espeak driver used
+        to cancel an utterance now and then, see ``Engine._wait_until_idle`` in ivr.tts.worker; any other
+        hang alike) is replaced after a third of the TTS timeout, a sentence taking ~30 ms, and the request
+        tried once more, within the caller's timeout."""
         attempt_timeout_s = max(0.5, self._settings.tts_timeout_s / 3)
         for attempt in (1, 2):
             self._ensure_worker()

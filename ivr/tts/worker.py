@@ -67,6 +67,7 @@ class Engine:
         # flag and may run after this utterance has started. (espeak-ng's own FIFO: see _apply_rate.)
         self._driver = self._engine.proxy._driver
         self._done = threading.Event()
+        self._completed = True  # the last finished-utterance: completed, or cancelled
         self._engine.connect("finished-utterance", self._on_finished)
         self._finish_timeout_s = finish_timeout_s
         self._taps = _lowpass_taps(3600.0, ENGINE_RATE_HZ)
@@ -93,7 +94,21 @@ class Engine:
                 return
             time.sleep(0.0002)
 
+    def _wait_until_idle(self, timeout_s: float = 2.0) -> None:
+        """pyttsx3 2.99's espeak driver: runAndWait() queues the engine's endLoop behind the request, and
+        the driver runs it, i.e. driver.stop(), *before* starting the utterance; stop() sets _stopping
+        when espeak-ng still reports IsPlaying() from the previous utterance (its thread winds down
+        after the finished event; a race, more likely under CPU load), and the loop's first iterate()
+        then cancels the fresh utterance, whose file is never written. That was the worker that "hung
+        now and then". Measured with both cores busy: 40 cancelled utterances in 600 without this wait,
+        none with it. So: start only when espeak-ng is idle, with no stale flag."""
+        deadline = time.monotonic() + timeout_s
+        while self._espeak.IsPlaying() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        self._driver._stopping = False
+
     def _on_finished(self, name: Any = None, completed: bool = True) -> None:
+        self._completed = completed
         self._done.set()
 
     def synthesize(self, text: str, voice: str, rate_wpm: int, out: Path) -> dict[str, Any]:
@@ -114,10 +129,14 @@ class Engine:
         try:
             started = time.perf_counter()
             self._done.clear()
+            self._completed = True
+            self._wait_until_idle()
             self._engine.save_to_file(text, str(raw))
             self._engine.runAndWait()
             if not self._done.wait(self._finish_timeout_s):
                 raise RuntimeError(f"espeak-ng did not finish within {self._finish_timeout_s:.0f} s")
+            if not self._completed:
+                raise RuntimeError("espeak-ng cancelled the utterance")
             _wait_for_audio(raw, self._finish_timeout_s)
             synth_s = time.perf_counter() - started
             applied = self.current_rate()
