@@ -18,7 +18,7 @@ _NOISY = ("rasa", "tensorflow", "absl", "sanic", "apscheduler", "matplotlib", "j
           "filelock", "h5py", "numexpr", "aiohttp", "pydub", "comtypes", "py.warnings", "sqlalchemy")
 
 
-UNMASKED_FIELDS = frozenset({"ts", "level", "logger", "call_id"})
+UNMASKED_FIELDS = frozenset({"ts", "level", "logger"})
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,9 +35,9 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = getattr(record, key)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        # Last line of defence: long digit runs never reach a log in clear, in any free-text field. The
-        # time stamp and the call ID (Asterisk's uniqueid, epoch.sequence) are ours, and must stay
-        # readable to correlate a log line with its transcript.
+        # Last line of defence: long digit runs never reach a log in clear, in any field but the time
+        # stamp and the names. The call ID is masked too (it comes from the caller's side: Asterisk's
+        # uniqueid, or a remote channel's sender); the end of its random suffix still matches its transcript's name.
         masked = {
             k: mask_text(v) if isinstance(v, str) and k not in UNMASKED_FIELDS else v for k, v in entry.items()
         }

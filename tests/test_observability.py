@@ -67,12 +67,12 @@ async def test_health_reports_a_database_that_is_down(demo_settings: Settings, t
     assert json.loads(body) == {"status": "degraded", "parts": {"database": "down", "dialogue": "up"}}
 
 
-def test_log_lines_mask_digits_but_keep_the_time_and_call_id_readable() -> None:
+def test_log_lines_mask_digits_but_keep_the_time_readable() -> None:
     from ivr.logs import JsonFormatter
 
     record = logging.LogRecord("ivr.session", logging.INFO, __file__, 1, "caller 13800000001 said 4821", None, None)
-    record.call_id = "1764331200.9501-0a1b2c3d"
+    record.call_id = "13800000001-0a1b2c3d"  # a call ID can carry a caller's digits (a hostile sender)
     line = json.loads(JsonFormatter().format(record))
     assert "13800000001" not in line["msg"] and "0001" in line["msg"]
-    assert line["call_id"] == "1764331200.9501-0a1b2c3d"  # the transcript's file name starts with it
+    assert "13800000001" not in line["call_id"] and line["call_id"].endswith("a1b2c3d")  # still matchable
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z", line["ts"])

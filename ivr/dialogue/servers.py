@@ -32,9 +32,17 @@ class RasaServerError(RuntimeError):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports: all held open until all are chosen (one at a time, the
+    kernel may hand out the same port twice, and two Rasa servers would then share it)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 class _Process:
@@ -119,8 +127,9 @@ def rasa_servers(
         rasa = Path("rasa")
     work.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(16)
-    actions_port = free_port()
-    ports = {locale: free_port() for locale in locales}
+    locales = list(locales)
+    actions_port, *locale_ports = free_ports(1 + len(locales))
+    ports = dict(zip(locales, locale_ports, strict=True))
     env = rasa_environment(settings.models_dir)
     env.update({
         "IVR_DATABASE_URL": settings.database_url,
