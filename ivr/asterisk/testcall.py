@@ -144,7 +144,7 @@ class _Call:
         self._record_ended_at: float | None = None
         self._speech_ended_at: float | None = None
         self._silence_waited: float | None = None  # the last turn's silence wait, for the perceived latency
-        self.quiet_tails_s: dict[int, float] = {}  # per turn audio: its quiet end (harness.trailing_quiet_s)
+        self._quiet_tails_s: dict[int, float] = {}  # per turn audio: its quiet end (harness.trailing_quiet_s)
         self._quiet_tail_s = 0.0  # the turn being played
 
     def mine(self, event: AmiEvent) -> bool:
@@ -168,7 +168,7 @@ class _Call:
                 continue
             os.chmod(target, 0o644)
             self.turn_files[index] = target
-            self.quiet_tails_s[index] = await asyncio.to_thread(trailing_quiet_s, target)
+            self._quiet_tails_s[index] = await asyncio.to_thread(trailing_quiet_s, target)
 
     async def run(self, ami: AmiClient, sub: AsyncSubscription, timeout_s: float) -> AsteriskCallReport:
         self._started = time.monotonic()
@@ -309,7 +309,7 @@ class _Call:
         elif turn.kind == "dtmf":
             await self._redirect(ami, "dtmf", str(turn.value))
         else:
-            self._quiet_tail_s = self.quiet_tails_s[index]
+            self._quiet_tail_s = self._quiet_tails_s[index]
             await self._redirect(ami, "play", str(self.turn_files[index].with_suffix("")))
 
     @staticmethod

@@ -291,7 +291,7 @@ async def bench_once(
 
 
 @contextlib.contextmanager
-def _dialogue_servers(settings: Settings, variant: Variant, locale: str, work: Path) -> Iterator[tuple[Settings, dict[str, int]]]:
+def _variant_settings(settings: Settings, variant: Variant, locale: str, work: Path) -> Iterator[tuple[Settings, dict[str, int]]]:
     """The settings for ``variant``'s robot, and the helper processes started for it (HTTP Rasa)."""
     settings = dataclasses.replace(settings, asr_grammars=variant.grammars)
     if variant.dialogue != "http":
@@ -429,7 +429,7 @@ def _variant_here(args: argparse.Namespace, settings: Settings, variant: Variant
         settings, max_calls=max(max(counts), settings.max_calls), lockout_failures=1_000_000
     )
     with tempfile.TemporaryDirectory(prefix="ivr-bench-") as work:
-        with _dialogue_servers(settings, variant, args.locale, Path(work)) as (variant_settings, helpers):
+        with _variant_settings(settings, variant, args.locale, Path(work)) as (variant_settings, helpers):
             return asyncio.run(_steps(args, variant_settings, variant, counts, helpers))
 
 
