@@ -118,6 +118,9 @@ class Robot:
         # to WARNING on import: that would silence our INFO lines. Keep the level we were given.
         root = logging.getLogger()
         level = root.level
+        with contextlib.suppress(ImportError):
+            import jieba  # noqa: F401  (it sets its logger to DEBUG and adds a handler on import)
+        quiet_third_party()
         try:
             await self._load_parts()
         finally:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from ivr.config import ConfigError, load_settings
-from ivr.logs import configure_logging
+from ivr.logs import LOG_FORMATS, configure_logging
 
 COMMAND_MODULES = (
     "ivr.agi.commands",  # serve
@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ivr", description="Voice robot for a consumer-finance hotline.")
     parser.add_argument("--config", help="a TOML settings file (default: ./ivr.toml, or $IVR_CONFIG)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default: $IVR_LOG_LEVEL or INFO)")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="auto",
+        help="auto (default): readable lines on a terminal, JSON lines otherwise",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -47,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ivr: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, log_format=args.log_format)
     try:
         return int(args.handler(args, settings))
     except KeyboardInterrupt:

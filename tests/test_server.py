@@ -199,6 +199,11 @@ async def test_graceful_stop_lets_live_calls_finish(settings: Settings) -> None:
         ("10.0.0.7", ("10.0.0.0/24",), True),
         ("::1", ("::1",), True),
         ("not-an-ip", ("127.0.0.1",), False),
+        # a server bound to "::" sees IPv4 peers as IPv4-mapped IPv6 addresses
+        ("::ffff:127.0.0.1", ("127.0.0.1",), True),
+        ("::ffff:10.0.0.7", ("10.0.0.0/24",), True),
+        ("::ffff:10.0.0.7", ("127.0.0.1",), False),
+        ("fe80::1%eth0", ("fe80::/64",), True),
     ],
 )
 def test_peer_filter(peer: str, allowed: tuple[str, ...], ok: bool) -> None:

@@ -132,10 +132,6 @@ class AgiParser:
         self._eof = False
         self._events: list[Event] = []
 
-    @property
-    def in_header(self) -> bool:
-        return self._state is _State.HEADER
-
     def feed(self, data: bytes) -> None:
         if self._eof:
             raise AgiProtocolError("data after EOF")

@@ -26,9 +26,12 @@ Handler = Callable[[AgiEnvironment, AgiChannel], Awaitable[None]]
 def peer_allowed(peer: str, allowed: tuple[str, ...]) -> bool:
     """True when the peer address is in the allowed list (addresses or networks, e.g. 10.0.0.0/24)."""
     try:
-        address = ipaddress.ip_address(peer)
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(peer.split("%", 1)[0])
     except ValueError:
         return False
+    # Bound to "::", the kernel hands IPv4 peers over as IPv4-mapped IPv6 (::ffff:a.b.c.d).
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
     for entry in allowed:
         try:
             if address in ipaddress.ip_network(entry, strict=False):
@@ -65,10 +68,6 @@ class FastAgiServer:
             reuse_address=True,
         )
         log.info("FastAGI server listening on %s", ", ".join(str(s.getsockname()) for s in self._server.sockets))
-
-    async def serve_until(self, stop: asyncio.Event) -> None:
-        await stop.wait()
-        await self.stop()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting; let live calls finish up to the deadline, then cancel what is left."""

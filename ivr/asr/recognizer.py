@@ -102,12 +102,6 @@ class VoskRecognizer:
         with self._lock:
             return tuple(k for k, v in self._loaded.items() if v.model is not None)
 
-    def load_seconds(self, locale: str) -> float:
-        """How long the locale's model took to load (0.0 if it is not loaded)."""
-        with self._lock:
-            entry = self._loaded.get(locale)
-        return entry.load_s if entry else 0.0
-
     def has_word(self, locale: str, word: str) -> bool:
         """Whether the locale's model knows ``word`` (loads the model)."""
         return int(self._model(locale).vosk_model_find_word(word)) >= 0
