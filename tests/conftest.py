@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ivr.asterisk.local import AsteriskUnavailable, LocalAsterisk, _process_alive
 from ivr.config import Settings, load_settings
 from ivr.logs import JsonFormatter
 
@@ -91,3 +92,37 @@ def make_demo_db(path: Path) -> str:
 def demo_settings(base_settings: Settings, tmp_path: Path) -> Settings:
     """A fresh demo account database for this test."""
     return dataclasses.replace(base_settings, database_url=make_demo_db(tmp_path / "accounts.db"))
+
+
+# ---------------------------------------------------------------- the local Asterisk
+# One per test session, shared by tests/test_asterisk.py and tests/test_sipp.py.
+@dataclasses.dataclass(frozen=True)
+class RunningAsterisk:
+    local: LocalAsterisk
+    settings: Settings
+    pid: int
+
+
+@pytest.fixture(scope="session")
+def local_asterisk(base_settings: Settings) -> Iterator[RunningAsterisk]:
+    """The local Asterisk with the suite's sound and spool folders; stopped by its PID at the end."""
+    settings = dataclasses.replace(base_settings, ami_secret="")  # a fresh random secret per start
+    local = LocalAsterisk(settings)
+    if local.pid() is not None:  # e.g. a developer's `ivr asterisk up`, with other shared folders
+        local.down()
+    try:
+        local.install()
+    except AsteriskUnavailable as exc:
+        pytest.skip(str(exc))  # "INFRASTRUCTURE: ..." (the sid download failed twice)
+    status = local.up(timeout_s=60)
+    assert status.running and status.pid is not None
+    yield RunningAsterisk(local, settings, status.pid)
+    assert local.down(), "the local Asterisk was no longer running at the end of the session"
+    assert not _process_alive(status.pid), f"Asterisk (PID {status.pid}) survived `down`"
+    assert local.pid() is None
+    assert not any(p for p in _mount_points() if str(p).startswith(str(local.root))), "still mounted"
+
+
+def _mount_points() -> list[Path]:
+    with open("/proc/self/mountinfo", encoding="utf-8") as table:
+        return [Path(line.split()[4]) for line in table]

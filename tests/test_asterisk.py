@@ -57,7 +57,7 @@ from ivr.dialogue.prompts import PromptBook
 from ivr.testing.callfile import CallFile, Expect, Turn, load_call_file
 from ivr.testing.harness import ScriptedAsterisk, SpeechRenderer
 from ivr.testing.replay import RobotInThread
-from tests.conftest import SuiteDirs, make_demo_db
+from tests.conftest import RunningAsterisk, SuiteDirs, make_demo_db
 
 CONF = PROJECT_ROOT / "asterisk_conf"
 CALLS = Path(__file__).parent / "calls"
@@ -187,38 +187,7 @@ def test_failed_download_is_retried_once_then_reported_as_infrastructure(
 
 
 # ---------------------------------------------------------------- the local Asterisk
-@dataclasses.dataclass(frozen=True)
-class RunningAsterisk:
-    local: LocalAsterisk
-    settings: Settings
-    pid: int
-
-
-@pytest.fixture(scope="session")
-def local_asterisk(base_settings: Settings) -> Iterator[RunningAsterisk]:
-    """The local Asterisk with the suite's sound and spool folders; stopped by its PID at the end."""
-    settings = dataclasses.replace(base_settings, ami_secret="")  # a fresh random secret per start
-    local = LocalAsterisk(settings)
-    if local.pid() is not None:  # e.g. a developer's `ivr asterisk up`, with other shared folders
-        local.down()
-    try:
-        local.install()
-    except AsteriskUnavailable as exc:
-        pytest.skip(str(exc))  # "INFRASTRUCTURE: ..." (the sid download failed twice)
-    status = local.up(timeout_s=60)
-    assert status.running and status.pid is not None
-    yield RunningAsterisk(local, settings, status.pid)
-    assert local.down(), "the local Asterisk was no longer running at the end of the session"
-    assert not _process_alive(status.pid), f"Asterisk (PID {status.pid}) survived `down`"
-    assert local.pid() is None
-    assert not any(p for p in _mount_points() if str(p).startswith(str(local.root))), "still mounted"
-
-
-def _mount_points() -> list[Path]:
-    with open("/proc/self/mountinfo", encoding="utf-8") as table:
-        return [Path(line.split()[4]) for line in table]
-
-
+# (the session's one local Asterisk, `local_asterisk`, is in tests/conftest.py: test_sipp.py calls it too)
 @pytest.fixture
 async def ami(local_asterisk: RunningAsterisk) -> AsyncIterator[AmiClient]:
     creds = local_asterisk.local.ami_credentials()
