@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -42,10 +43,17 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class HealthServer:
-    """A small HTTP/1.0 endpoint: ``GET /metrics`` and ``GET /health`` (JSON, 503 when a part is down)."""
+HealthCheck = Callable[[], bool] | Callable[[], Awaitable[bool]]
+HEALTH_CHECK_S = 3.0  # a check that takes longer counts as "down"
 
-    def __init__(self, metrics: Metrics, checks: dict[str, Callable[[], bool]]) -> None:
+
+class HealthServer:
+    """A small HTTP/1.0 endpoint: ``GET /metrics`` and ``GET /health`` (JSON, 503 when a part is down).
+
+    A check is a blocking function (run in a thread) or a coroutine function; either must answer True
+    within ``HEALTH_CHECK_S``."""
+
+    def __init__(self, metrics: Metrics, checks: dict[str, HealthCheck]) -> None:
         self._metrics = metrics
         self._checks = checks
         self._server: asyncio.base_events.Server | None = None
@@ -63,7 +71,8 @@ class HealthServer:
         status: dict[str, str] = {}
         for name, probe in self._checks.items():
             try:
-                ok = await asyncio.wait_for(asyncio.to_thread(probe), 3.0)
+                work = probe() if inspect.iscoroutinefunction(probe) else asyncio.to_thread(probe)
+                ok = await asyncio.wait_for(work, HEALTH_CHECK_S)
             except Exception:  # a probe that fails or hangs means "down"
                 ok = False
             status[name] = "up" if ok else "down"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -33,7 +34,7 @@ async def test_metrics_health_and_logs(demo_settings: Settings, suite_dirs: Suit
         assert robot.server is not None
         status, body = await http_get(robot.http_port, "/health")
         assert status == 200
-        assert json.loads(body)["parts"]["database"] == "up"
+        assert json.loads(body)["parts"] == {"database": "up", "dialogue": "up"}
         call = CallFile(Path("m.yaml"), "13800000001", "zh-CN", (Turn("say", "我要转人工"),), Expect())
         report = await ScriptedAsterisk(call, locale="zh-CN", text_mode=True).run("127.0.0.1", robot.server.port)
         assert report.outcome == "transfer"
@@ -64,7 +65,46 @@ async def test_health_reports_a_database_that_is_down(demo_settings: Settings, t
     finally:
         await robot.stop()
     assert status == 503
-    assert json.loads(body) == {"status": "degraded", "parts": {"database": "down", "dialogue": "up"}}
+    # Not warmed up either: no dialogue model is loaded, so the dialogue is down too.
+    assert json.loads(body) == {"status": "degraded", "parts": {"database": "down", "dialogue": "down"}}
+
+
+async def test_health_checks_the_dialogue_for_real(demo_settings: Settings, tmp_path: Path) -> None:
+    """Up only while a model is loaded and a parse answers in time; down without a model, and down
+    while the agent is too busy to parse (its loop blocked), up again after."""
+    import time
+
+    from ivr.accounts.store import SqlAccountStore
+    from ivr.dialogue.engine import RasaEngine
+
+    store = SqlAccountStore.from_settings(demo_settings)
+    no_models = RasaEngine(demo_settings, store, locales=["zh-CN"], models_dir=tmp_path / "no-models")
+    with contextlib.suppress(Exception):
+        await no_models.warm_up()
+    assert await no_models.healthy() is False
+
+    engine = RasaEngine(demo_settings, store, locales=["zh-CN"])
+    assert await engine.healthy() is False  # nothing loaded yet, and the check does not load
+    await engine.warm_up()
+    robot = build_robot(demo_settings, text_input=True, dialogue=engine, store=store)
+    await robot.start("127.0.0.1", 0)
+    try:
+        status, body = await http_get(robot.http_port, "/health")
+        assert (status, json.loads(body)["parts"]["dialogue"]) == (200, "up")
+
+        async def busy() -> None:
+            time.sleep(2.5)  # blocks the zh-CN agent's own loop, as a stuck turn would
+
+        blocked = engine._agents["zh-CN"].submit(busy())
+        status, body = await http_get(robot.http_port, "/health")
+        assert (status, json.loads(body)["parts"]["dialogue"]) == (503, "down")
+        await asyncio.wrap_future(blocked)
+        status, body = await http_get(robot.http_port, "/health")
+        assert (status, json.loads(body)["parts"]["dialogue"]) == (200, "up")
+    finally:
+        await robot.stop()
+        await engine.aclose()
+        store.close()
 
 
 def test_log_lines_mask_digits_but_keep_the_time_readable() -> None:

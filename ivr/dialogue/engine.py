@@ -46,6 +46,8 @@ DIGITS_INTENT = "inform_digits"
 ID_DIGITS = 4
 PHONE_MAX_DIGITS = 15  # E.164
 STATE_SLOTS = ("awaiting", "call_outcome", "transfer_reason", "verified")
+HEALTH_PROBE = "hello"  # parsed by the health check: any text does, the answer's speed is what counts
+HEALTH_PARSE_S = 1.0  # a parse slower than this means the dialogue cannot serve calls in time
 
 
 # ---------------------------------------------------------------- messages and replies (shared with remote)
@@ -229,6 +231,19 @@ class TurnEngine:
         intent = (parsed or {}).get("intent") or {}
         return str(intent.get("name") or ""), float(intent.get("confidence") or 0.0)
 
+    async def healthy(self) -> bool:
+        """Every locale this engine serves parses a probe within ``HEALTH_PARSE_S`` (for ``/health``)."""
+        for locale in self.served_locales():
+            try:
+                await asyncio.wait_for(self._nlu(HEALTH_PROBE, locale), HEALTH_PARSE_S)
+            except Exception:
+                log.warning("health check: the %s dialogue did not parse in time", locale, exc_info=True)
+                return False
+        return True
+
+    def served_locales(self) -> Sequence[str]:
+        raise NotImplementedError
+
     async def _step(self, call: CallInfo, text: str) -> Reply:
         reply = await self._turn(call, text)
         if reply.expect is Expect.DIGITS:
@@ -326,6 +341,17 @@ class RasaEngine(TurnEngine):
             raise
         except Exception as exc:
             raise DialogueError(f"{what}: the {runner.locale} dialogue failed: {type(exc).__name__}: {exc}") from exc
+
+    def served_locales(self) -> Sequence[str]:
+        return self._locales
+
+    async def healthy(self) -> bool:
+        """A model is loaded for every locale and each one parses in time; never loads one itself."""
+        with self._lock:
+            loaded = [loc for loc in self._locales if (r := self._agents.get(loc)) is not None and r.agent]
+        if len(loaded) < len(self._locales):
+            return False
+        return await super().healthy()
 
     # -- DialogueEngine (start, handle, classify: TurnEngine)
     async def _nlu(self, text: str, locale: str) -> dict[str, Any]:

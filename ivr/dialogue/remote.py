@@ -11,12 +11,13 @@ channel behind a bearer token), and its custom actions run in
 2. ``GET /conversations/{call_id}/tracker?include_events=NONE``: the slots (``awaiting``, ``call_outcome``,
    ``transfer_reason``) and the latest intent, which the webhook does not return.
 
-``classify`` is ``POST /model/parse``; ``close(call)`` replaces the conversation's events with none
-(``PUT /conversations/{call_id}/tracker/events``), so what the caller said does not linger in the
-tracker store. The HTTP API endpoints carry the token as ``?token=`` (the only way Rasa's
-``--auth-token`` accepts it); the webhook carries the same token in the ``Authorization`` header, which
-the channel checks (the credentials file reads it from ``IVR_DIALOGUE_TOKEN``). Rasa's built-in
-``rest`` channel is not enabled.
+``classify`` is ``POST /model/parse``; ``close(call)`` deletes the conversation from the server's
+tracker store (``DELETE /webhooks/ivr_rest/conversations/{call_id}``, our channel's route: in Rasa 3.6,
+``PUT /conversations/{call_id}/tracker/events`` with no events leaves every event in an SQL or Redis
+tracker store), so what the caller said and keyed does not linger there. The HTTP API endpoints carry
+the token as ``?token=`` (the only way Rasa's ``--auth-token`` accepts it); the channel's routes carry
+the same token in the ``Authorization`` header, which the channel checks (the credentials file reads it
+from ``IVR_DIALOGUE_TOKEN``). Rasa's built-in ``rest`` channel is not enabled.
 
 ``settings.dialogue_url`` may contain ``{locale}`` (``http://rasa-{locale}:5005``): one Rasa server
 per locale, since a server serves one model. Every request is bounded by ``settings.dialogue_timeout_s``;
@@ -33,6 +34,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from ivr.config import LOCALES
 from ivr.dialogue.engine import TurnEngine, build_reply, call_metadata
 from ivr.parts import CallInfo, DialogueError, Reply
 
@@ -42,8 +44,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATE_SLOTS = ("awaiting", "call_outcome", "transfer_reason", "verified")
-# The webhook of ivr.dialogue.secure_channel.TokenRestInput (name "ivr_rest"; not imported here: it needs Rasa).
-WEBHOOK_PATH = "/webhooks/ivr_rest/webhook"
+# The routes of ivr.dialogue.secure_channel.TokenRestInput (name "ivr_rest"; not imported here: it needs Rasa).
+CHANNEL_PATH = "/webhooks/ivr_rest"
+WEBHOOK_PATH = CHANNEL_PATH + "/webhook"
 
 
 class RemoteRasaEngine(TurnEngine):
@@ -61,6 +64,10 @@ class RemoteRasaEngine(TurnEngine):
     # -- plumbing
     def base_url(self, locale: str) -> str:
         return self._url.replace("{locale}", locale)
+
+    def served_locales(self) -> tuple[str, ...]:
+        """One server per locale when the URL names ``{locale}``; else one server, the default locale."""
+        return LOCALES if "{locale}" in self._url else (self._settings.locale,)
 
     def _session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -112,13 +119,14 @@ class RemoteRasaEngine(TurnEngine):
         return parsed if isinstance(parsed, dict) else {}
 
     async def close(self, call: CallInfo | None = None) -> None:
-        """Wipe the call's conversation on the server. Without a call: close the HTTP sessions."""
+        """Delete the call's conversation from the server's tracker store. Without a call: close the HTTP
+        sessions. A server that cannot delete it (HTTP 501: a tracker store we cannot clean) raises."""
         if call is None:
             await self.aclose()
             return
         self._digits_awaited.discard(call.call_id)
-        await self._request("PUT", call.locale, f"/conversations/{quote(call.call_id, safe='')}/tracker/events",
-                            json=[], params={"include_events": "NONE"}, what="close")
+        await self._request("DELETE", call.locale, f"{CHANNEL_PATH}/conversations/{quote(call.call_id, safe='')}",
+                            bearer=True, what="close")
 
     async def aclose(self) -> None:
         sessions = list(self._sessions.values())
