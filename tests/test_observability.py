@@ -93,7 +93,7 @@ async def test_health_checks_the_dialogue_for_real(demo_settings: Settings, tmp_
         assert (status, json.loads(body)["parts"]["dialogue"]) == (200, "up")
 
         async def busy() -> None:
-            time.sleep(2.5)  # blocks the zh-CN agent's own loop, as a stuck turn would
+            time.sleep(2.5)  # noqa: ASYNC251  (blocks the zh-CN agent's loop on purpose, as a stuck turn would)
 
         blocked = engine._agents["zh-CN"].submit(busy())
         status, body = await http_get(robot.http_port, "/health")
