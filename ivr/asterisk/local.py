@@ -66,6 +66,10 @@ class AsteriskUnavailable(AsteriskError):
     """The Debian sid chroot with Asterisk could not be downloaded (an infrastructure failure)."""
 
 
+class AsteriskNeedsRoot(AsteriskError):
+    """Not running as root: the local Asterisk (debootstrap, chroot, mount) cannot be installed or run."""
+
+
 # ---------------------------------------------------------------- configuration rendering
 def agi_url(settings: Settings, environ: Mapping[str, str]) -> str:
     """Where Asterisk finds the robot: ``$IVR_AGI_URL`` (e.g. ``hagi://...``) or the settings' host/port."""
@@ -546,9 +550,13 @@ class LocalAsterisk:
         )
 
 
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
 def _need_root(what: str) -> None:
-    if os.geteuid() != 0:
-        raise AsteriskError(f"{what} needs root (chroot and mount); run it as root or with sudo")
+    if not _is_root():
+        raise AsteriskNeedsRoot(f"{what} needs root (chroot and mount); run it as root or with sudo")
 
 
 def _run(command: list[str], what: str) -> None:
