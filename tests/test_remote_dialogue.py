@@ -10,12 +10,13 @@ Production reaches them with a ``{locale}`` URL template; here each locale is a 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
@@ -23,10 +24,11 @@ import pytest
 
 from ivr.config import LOCALES, load_settings
 from ivr.dialogue import rasa_environment
-from ivr.dialogue.remote import WEBHOOK_PATH, RemoteRasaEngine
-from ivr.dialogue.servers import RasaServers, free_port, rasa_servers
+from ivr.dialogue.remote import CHANNEL_PATH, WEBHOOK_PATH, RemoteRasaEngine
+from ivr.dialogue.servers import SERVER_DIR, RasaServers, free_port, rasa_servers
 from ivr.dialogue.train import train_locales
 from ivr.parts import CallInfo, DialogueError, UserInput
+from tests.services import postgres_cluster, redis_server
 
 # The same conversation checks as the in-process engine; pytest runs them here with this module's
 # ``engine`` and ``db_path`` fixtures.
@@ -117,6 +119,180 @@ async def test_close_wipes_the_conversation_on_the_server(engine: RemoteRasaEngi
     assert before["slots"]["verified"] is True
     assert after["slots"]["verified"] is not True
     assert not [e for e in after["events"] if e.get("event") in ("user", "bot")]
+
+
+# ---------------------------------------------------------------- shared tracker stores really forget a call
+@dataclass
+class StoreUnderTest:
+    servers: RasaServers
+    # every stored record of one conversation, serialised as the store keeps it
+    records: Callable[[str], list[str]]
+    # every stored record of any conversation
+    everything: Callable[[], list[str]]
+
+
+def _sql_records(url: str) -> tuple[Callable[[str], list[str]], Callable[[], list[str]]]:
+    import sqlalchemy as sa
+
+    def query(sql: str, **params: str) -> list[str]:
+        engine = sa.create_engine(url)
+        try:
+            with engine.connect() as conn:
+                if not sa.inspect(conn).has_table("events"):
+                    return []
+                return [str(row[0]) for row in conn.execute(sa.text(sql), params)]
+        finally:
+            engine.dispose()
+
+    return (lambda sender: query("SELECT data FROM events WHERE sender_id = :s ORDER BY id", s=sender),
+            lambda: query("SELECT data FROM events ORDER BY id"))
+
+
+def _redis_records(host: str, port: int) -> tuple[Callable[[str], list[str]], Callable[[], list[str]]]:
+    import redis
+
+    client = redis.StrictRedis(host=host, port=port, db=0, decode_responses=True)
+
+    def of(sender: str) -> list[str]:
+        value = client.get(f"ivr:tracker:{sender}")  # key_prefix "ivr" in endpoints-redis.yml
+        return [value] if value is not None else []
+
+    def everything() -> list[str]:
+        return [str(client.get(key)) for key in client.keys("*")]
+
+    return of, everything
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "redis"])
+def shared_store(request: pytest.FixtureRequest, models: Path, db_path: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreUnderTest]:
+    """An en-US Rasa server with the shipped endpoints-sql.yml (on SQLite, then on a real PostgreSQL)
+    or endpoints-redis.yml (on a real Redis)."""
+    settings = replace(load_settings(environ={}), database_url=f"sqlite:///{db_path}", models_dir=models)
+    work = tmp_path_factory.mktemp(f"rasa-{request.param}")
+    with contextlib.ExitStack() as stack:
+        if request.param == "redis":
+            host, port = stack.enter_context(redis_server())
+            env = {"IVR_REDIS_HOST": host, "IVR_REDIS_PORT": str(port)}
+            endpoints = SERVER_DIR / "endpoints-redis.yml"
+            records, everything = _redis_records(host, port)
+        else:
+            url = (stack.enter_context(postgres_cluster()) if request.param == "postgresql"
+                   else f"sqlite:///{work / 'rasa-tracker.db'}")
+            env = {"IVR_RASA_TRACKER_DB_URL": url}
+            endpoints = SERVER_DIR / "endpoints-sql.yml"
+            records, everything = _sql_records(url)
+        env["IVR_LOCKOUT_FAILURES"] = "10000"
+        running = stack.enter_context(rasa_servers(settings, ["en-US"], work, extra_env=env, endpoints=endpoints))
+        yield StoreUnderTest(running, records, everything)
+
+
+async def test_close_deletes_the_conversation_from_the_shared_tracker_store(shared_store: StoreUnderTest) -> None:
+    c = CALLERS["en-US"]
+    engine = PortPerLocale(shared_store.servers)
+    try:
+        call = new_call("en-US", c.phone)
+        await engine.start(call)
+        await engine.handle(call, UserInput(c.ask_balance))
+        verified = await engine.handle(call, UserInput(c.digits, keypad=True))
+        assert verified.extra["verified"] == "true"
+        # The store really holds the call: the keyed ID digits and the caller ID are in its records.
+        held = "\n".join(shared_store.records(call.call_id))
+        assert c.digits in held and c.phone in held
+
+        await engine.close(call)
+        assert shared_store.records(call.call_id) == []
+        everything = "\n".join(shared_store.everything())
+        assert call.call_id not in everything
+        assert c.digits not in everything and c.phone not in everything
+    finally:
+        await engine.aclose()
+
+
+async def test_rasa_replacing_the_events_does_not_delete_them(shared_store: StoreUnderTest) -> None:
+    """Why close() does not use Rasa's API: ``PUT .../tracker/events`` with no events, what the robot used
+    to send, leaves every event in these stores (if this ever fails, Rasa changed; close() stays right)."""
+    c = CALLERS["en-US"]
+    engine = PortPerLocale(shared_store.servers)
+    base = shared_store.servers.url("en-US")
+    try:
+        call = new_call("en-US", c.phone)
+        await engine.start(call)
+        await engine.handle(call, UserInput(c.ask_balance))
+        await engine.handle(call, UserInput(c.digits, keypad=True))
+        async with aiohttp.ClientSession() as session:
+            async with session.put(f"{base}/conversations/{call.call_id}/tracker/events", json=[],
+                                   params={"token": shared_store.servers.token}) as response:
+                assert response.status == 200
+        assert c.digits in "\n".join(shared_store.records(call.call_id))
+        await engine.close(call)
+        assert shared_store.records(call.call_id) == []
+    finally:
+        await engine.aclose()
+
+
+async def test_the_delete_route_needs_the_token(servers: RasaServers) -> None:
+    c = CALLERS["en-US"]
+    engine = PortPerLocale(servers)
+    call = new_call("en-US", c.phone)
+    url = f"{servers.url('en-US')}{CHANNEL_PATH}/conversations/{call.call_id}"
+    api = {"token": servers.token, "include_events": "ALL"}
+    try:
+        await engine.start(call)
+        await engine.handle(call, UserInput(c.ask_balance))
+        async with aiohttp.ClientSession() as session:
+            for headers, params in (({}, {}), ({"Authorization": "Bearer wrong"}, {}), ({}, {"token": servers.token})):
+                async with session.delete(url, headers=headers, params=params) as response:
+                    assert response.status == 401
+            async with session.get(f"{servers.url('en-US')}/conversations/{call.call_id}/tracker",
+                                   params=api) as response:
+                kept = await response.json()
+            assert [e for e in kept["events"] if e.get("event") == "user"]  # refused: nothing was deleted
+            async with session.delete(url, headers={"Authorization": f"Bearer {servers.token}"}) as response:
+                assert response.status == 200
+                assert (await response.json())["deleted"] == 1
+    finally:
+        await engine.aclose()
+
+
+def test_forget_conversation_cleans_wrapped_stores_and_refuses_unknown_ones(tmp_path: Path) -> None:
+    import asyncio
+
+    from rasa.core.tracker_store import (
+        AwaitableTrackerStore,
+        FailSafeTrackerStore,
+        InMemoryTrackerStore,
+        SQLTrackerStore,
+        TrackerStore,
+    )
+    from rasa.shared.core.domain import Domain
+    from rasa.shared.core.events import UserUttered
+    from rasa.shared.core.trackers import DialogueStateTracker
+
+    from ivr.dialogue.secure_channel import UnsupportedTrackerStore, forget_conversation
+
+    domain = Domain.empty()
+
+    def tracker(sender: str) -> DialogueStateTracker:
+        return DialogueStateTracker.from_events(sender, [UserUttered('/inform_digits{"digits":"7305"}')])
+
+    sql = SQLTrackerStore(domain, host=f"sqlite:///{tmp_path / 'rasa.db'}")
+    fallback = InMemoryTrackerStore(domain)
+    wrapped = FailSafeTrackerStore(AwaitableTrackerStore(sql), fallback_tracker_store=fallback)
+    for sender in ("gone", "kept"):
+        asyncio.run(sql.save(tracker(sender)))
+        asyncio.run(fallback.save(tracker(sender)))  # as if the SQL store had failed once
+    assert forget_conversation(wrapped, "gone") == 2  # one SQL event, one in-memory tracker
+    assert asyncio.run(sql.retrieve("gone")) is None and "gone" not in fallback.store
+    assert asyncio.run(sql.retrieve("kept")) is not None and "kept" in fallback.store
+
+    class ElsewhereTrackerStore(TrackerStore):  # e.g. Mongo or Dynamo: not supported
+        pass
+
+    for unknown in (ElsewhereTrackerStore(domain), FailSafeTrackerStore(sql, fallback_tracker_store=ElsewhereTrackerStore(domain))):
+        with pytest.raises(UnsupportedTrackerStore, match="ElsewhereTrackerStore"):
+            forget_conversation(unknown, "kept")
+    assert asyncio.run(sql.retrieve("kept")) is not None  # refused before touching any store
 
 
 async def test_wrong_token_and_unreachable_server_are_dialogue_errors(servers: RasaServers) -> None:

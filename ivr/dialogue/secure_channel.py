@@ -14,6 +14,16 @@ The Rasa server loads it by module path from ``dialogs/server/credentials.yml``:
 
 ``ivr.dialogue.remote.RemoteRasaEngine`` sends ``settings.dialogue_token`` as that header. This module
 is imported by the Rasa server process only (it imports Rasa and Sanic at the top).
+
+The channel has a second route, behind the same token: ``DELETE /webhooks/ivr_rest/conversations/<id>``
+deletes every stored event of that conversation from the server's tracker store, which the robot calls
+when the call ends. Rasa's own API cannot do it: ``PUT /conversations/<id>/tracker/events`` with no
+events "replaces" the tracker by calling the store's ``save``, and in Rasa 3.6 the SQL store's ``save``
+only appends the events it has not stored yet, and the Redis store's merges the stored tracker back in:
+the caller's ID digits (``/inform_digits``) and caller ID (metadata) would stay in the database. The
+deletion is written per store (``forget_conversation``): in-memory, SQL (any SQLAlchemy dialect:
+PostgreSQL, SQLite, ...) and Redis, the ones ``dialogs/server/`` documents; any other store is refused
+with HTTP 501 naming it, so nobody believes a conversation was wiped when it was not.
 """
 
 from __future__ import annotations
@@ -25,6 +35,14 @@ from typing import Any
 
 from rasa.core.channels.channel import UserMessage
 from rasa.core.channels.rest import RestInput
+from rasa.core.tracker_store import (
+    AwaitableTrackerStore,
+    FailSafeTrackerStore,
+    InMemoryTrackerStore,
+    RedisTrackerStore,
+    SQLTrackerStore,
+    TrackerStore,
+)
 from rasa.shared.exceptions import RasaException
 from sanic import Blueprint, response
 from sanic.request import Request
@@ -33,6 +51,49 @@ from sanic.response import HTTPResponse
 log = logging.getLogger(__name__)
 
 CHANNEL_NAME = "ivr_rest"
+FORGET_PATH = "/conversations/<conversation_id:path>"  # DELETE, under /webhooks/ivr_rest
+
+
+class UnsupportedTrackerStore(RasaException):
+    """A tracker store this module cannot delete a conversation from."""
+
+
+def _stores(store: TrackerStore) -> list[TrackerStore]:
+    """The stores that may hold a conversation: the configured one inside Rasa's wrappers, and the
+    in-memory fallback that ``FailSafeTrackerStore`` saves to when the configured one fails."""
+    if isinstance(store, AwaitableTrackerStore | FailSafeTrackerStore):
+        found = _stores(store._tracker_store)
+        fallback = getattr(store, "_fallback_tracker_store", None)
+        if fallback is not None:
+            found += _stores(fallback)
+        return found
+    return [store]
+
+
+def forget_conversation(store: TrackerStore, conversation_id: str) -> int:
+    """Delete everything ``store`` holds of the conversation; returns how many events (SQL) or records
+    (in-memory, Redis) were deleted. Raises ``UnsupportedTrackerStore`` for a store it cannot clean,
+    before touching any store."""
+    stores = _stores(store)
+    for inner in stores:
+        if not isinstance(inner, InMemoryTrackerStore | SQLTrackerStore | RedisTrackerStore):
+            raise UnsupportedTrackerStore(
+                f"cannot delete conversations from the tracker store {type(inner).__module__}."
+                f"{type(inner).__name__}; use the in-memory, SQL or Redis tracker store (dialogs/server/)"
+            )
+    deleted = 0
+    for inner in stores:
+        if isinstance(inner, InMemoryTrackerStore):
+            deleted += inner.store.pop(conversation_id, None) is not None
+        elif isinstance(inner, SQLTrackerStore):
+            with inner.session_scope() as session:
+                deleted += session.query(inner.SQLEvent).filter(
+                    inner.SQLEvent.sender_id == conversation_id
+                ).delete(synchronize_session=False)
+                session.commit()
+        elif isinstance(inner, RedisTrackerStore):
+            deleted += int(inner.red.delete(inner.key_prefix + conversation_id))
+    return deleted
 
 
 class TokenRestInput(RestInput):
@@ -82,5 +143,19 @@ class TokenRestInput(RestInput):
                 status=401,
                 headers={"WWW-Authenticate": f'Bearer realm="{CHANNEL_NAME}"'},
             )
+
+        @webhook.route(FORGET_PATH, methods=["DELETE"])
+        async def forget(request: Request, conversation_id: str) -> HTTPResponse:
+            """Delete the conversation from the tracker store, after any turn still running on it
+            (the turn holds the conversation's lock; a turn saved after the deletion would bring it back)."""
+            agent = request.app.ctx.agent
+            try:
+                async with agent.lock_store.lock(conversation_id):
+                    deleted = forget_conversation(agent.tracker_store, conversation_id)
+            except UnsupportedTrackerStore as exc:
+                log.error("%s", exc)
+                return response.json({"status": "failure", "reason": "UnsupportedTrackerStore",
+                                      "message": str(exc), "code": 501}, status=501)
+            return response.json({"status": "deleted", "deleted": deleted})
 
         return webhook

@@ -114,11 +114,15 @@ def rasa_servers(
     work: Path,
     *,
     extra_env: Mapping[str, str] | None = None,
+    endpoints: Path | None = None,
     ready_within_s: float = READY_WITHIN_S,
 ) -> Iterator[RasaServers]:
     """Start the action server and a Rasa server per locale (trained models must exist); stop them at exit.
 
-    ``extra_env``: more ``IVR_*`` settings for the action server (e.g. a lockout threshold). The logs are
+    ``extra_env``: more environment for all of them (e.g. an ``IVR_*`` lockout threshold for the action
+    server, or the ``${...}`` values an endpoints file reads). ``endpoints``: the Rasa servers' endpoints
+    file, by default ``dialogs/server/endpoints.yml`` (in-memory tracker store); the shipped
+    ``endpoints-sql.yml`` and ``endpoints-redis.yml`` select a shared tracker store. The logs are
     ``work/actions.log`` and ``work/rasa-<locale>.log``. Blocks while the servers start (up to a few
     minutes): call it off the event loop.
     """
@@ -149,7 +153,8 @@ def rasa_servers(
             processes.append(_Process(f"rasa run ({locale})", [
                 str(rasa), "run", "--enable-api", "--auth-token", token, "-i", "127.0.0.1", "-p", str(port),
                 "-m", str(model_path(settings.models_dir, locale)),
-                "--endpoints", str(SERVER_DIR / "endpoints.yml"), "--credentials", str(SERVER_DIR / "credentials.yml"),
+                "--endpoints", str(endpoints or SERVER_DIR / "endpoints.yml"),
+                "--credentials", str(SERVER_DIR / "credentials.yml"),
             ], env, work / f"rasa-{locale}.log"))
         urls = [f"http://127.0.0.1:{actions_port}/health"]
         urls += [f"http://127.0.0.1:{port}/status?token={token}" for port in ports.values()]
