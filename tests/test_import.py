@@ -355,3 +355,56 @@ def test_db_import_command(tmp_path: Path, db_path: Path, capsys: pytest.Capture
         run_cli(["db", "import", str(bad)], settings)
     assert table_rows(db_path) == before
     assert len(before["customers"]) == 4
+
+
+# ---------------------------------------------------------------- the demo only into a demo database
+@pytest.mark.parametrize(("what", "other"), [
+    ("a customer with an id of its own", GOOD),
+    ("a real customer with a demo id", GOOD.replace("C010", "C001")),
+    ("a demo id, name and phone with other ID digits",
+     GOOD.replace("C010", "C001").replace("New Customer", "王芳").replace("15550000010", "13800000001")
+     .replace("2468", "1111")),
+], ids=["own-id", "demo-id", "demo-id-name-phone-other-digits"])
+def test_demo_init_refuses_a_database_holding_other_customers(
+    tmp_path: Path, db_path: Path, capsys: pytest.CaptureFixture[str], what: str, other: str
+) -> None:
+    settings = Settings(database_url=f"sqlite:///{db_path}")
+    assert run_cli(["db", "import", str(write(tmp_path, "real.yaml", other))], settings) == 0
+    before = table_rows(db_path)
+    capsys.readouterr()
+    assert run_cli(["db", "init", "--demo"], settings) == 1, what
+    error = capsys.readouterr().err
+    assert "refusing --demo" in error and "not the demo customers" in error and "C0" in error, what
+    assert "1111" not in error and "2468" not in error  # the ID digits are never echoed
+    assert table_rows(db_path) == before, what  # nothing replaced, nothing added
+
+
+def test_demo_init_fills_an_empty_or_demo_database_again(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = Settings(database_url=f"sqlite:///{db_path}")
+    assert run_cli(["db", "init", "--demo"], settings) == 0
+    assert run_cli(["db", "init", "--demo"], settings) == 0  # `make run` seeds it on every start
+    assert "imported 3 demo customers" in capsys.readouterr().out
+    store = SqlAccountStore(f"sqlite:///{db_path}")
+    try:
+        assert store.customers_other_than(load_file(DEMO)) == []
+        assert store.customer_by_phone("15550000002") == "C002"
+    finally:
+        store.close()
+
+
+def test_make_seeds_the_demo_only_into_the_default_database() -> None:
+    import subprocess
+
+    from ivr.config import PROJECT_ROOT
+
+    default = f"sqlite:///{PROJECT_ROOT / 'var' / 'accounts.db'}"
+    assert Settings().database_url == default
+    # make -n prints the recipe without running it; IVR_DATABASE_URL names a "real" database.
+    done = subprocess.run(["make", "-n", "-o", ".venv/.installed", "models"], cwd=PROJECT_ROOT, text=True,
+                          capture_output=True, env={"PATH": "/usr/bin:/bin", "IVR_DATABASE_URL": "postgresql://real/db"},
+                          check=True)
+    seeding = [line for line in done.stdout.splitlines() if "--demo" in line and not line.lstrip().startswith("#")]
+    assert seeding, done.stdout
+    for line in seeding:
+        assert line.strip().startswith('IVR_DATABASE_URL="sqlite:///$(CURDIR)/var/accounts.db"'.replace(
+            "$(CURDIR)", str(PROJECT_ROOT))), line

@@ -1,5 +1,9 @@
 """``ivr db init [--demo]`` and ``ivr db import FILE``: create the schema, load customer files.
 
+``--demo`` loads the demo customers only into a database that holds no others (empty, or the demo
+customers as ``demo.yaml`` has them): run against a real database it would replace real customers
+that have the demo's ids (C001, ...). ``make run`` seeds only the default database this way.
+
 SQLAlchemy is imported inside the handlers, so ``ivr --help`` stays fast. An invalid customer
 file raises ``AccountImportError`` (a ValueError: the CLI prints it and exits 2); a database
 failure is reported here and exits 1.
@@ -24,7 +28,9 @@ def register(subparsers: Any) -> None:
     actions = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
 
     init = actions.add_parser("init", help="create the tables (existing data is kept)")
-    init.add_argument("--demo", action="store_true", help=f"also load the demo customers ({DEMO_FILE.name})")
+    init.add_argument("--demo", action="store_true",
+                      help=f"also load the demo customers ({DEMO_FILE.name}); refused when the database holds "
+                           "any other customers")
     init.set_defaults(handler=_init)
 
     load = actions.add_parser("import", help="load customers from a YAML or JSON file, replacing same ids",
@@ -46,6 +52,15 @@ def _init(args: argparse.Namespace, settings: Settings) -> int:
             store.init_schema()
             print(f"schema ready in {store.url_display}")
             if args.demo:
+                others = store.customers_other_than(customers)
+                if others:
+                    shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+                    print(f"ivr db init: error: refusing --demo: {store.url_display} holds {len(others)} "
+                          f"customer(s) that are not the demo customers ({shown}); the demo import would "
+                          "replace customers with the demo's ids and mix demo data with real data. Load "
+                          "the demo into an empty database (the default sqlite:///var/accounts.db), or "
+                          "real customers with `ivr db import FILE`.", file=sys.stderr)
+                    return 1
                 count = store.import_customers(customers, str(DEMO_FILE))
                 print(f"imported {count} demo customers from {DEMO_FILE}")
         finally:

@@ -350,6 +350,24 @@ class SqlAccountStore:
                         f"loan id {loan_id} already belongs to customer {owner} (not in this file)",
                         customer.line)
 
+    def customers_other_than(self, expected: Sequence[CustomerData]) -> list[str]:
+        """The ids of the stored customers that are not one of ``expected`` as it stands (same id, name,
+        phone numbers and ID digits); ``ivr db init --demo`` refuses a database holding any."""
+        wanted = {c.customer_id: c for c in expected}
+        with self._transaction("listing customers") as session:
+            rows = session.execute(select(Customer.id, Customer.name, Customer.id_last4_hash)
+                                   .order_by(Customer.id)).all()
+            phones: dict[str, set[str]] = {}
+            for phone, owner in session.execute(select(PhoneNumber.phone, PhoneNumber.customer_id)).all():
+                phones.setdefault(owner, set()).add(phone)
+        others = []
+        for customer_id, name, secret_hash in rows:
+            same = wanted.get(customer_id)
+            if (same is None or same.name != name or set(same.phones) != phones.get(customer_id, set())
+                    or not check_secret(same.id_last4, secret_hash)):
+                others.append(str(customer_id))
+        return others
+
     # ------------------------------------------------------------ AccountStore
     def customer_by_phone(self, phone: str) -> str | None:
         digits = normalize_phone(phone)
