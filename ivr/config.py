@@ -69,6 +69,11 @@ class Settings:
     verify_max_failures: int = 3
     lockout_failures: int = 5
     lockout_s: int = 1800
+    # phone numbers a caller may key to be verified against, per caller ID and window (all withheld
+    # callers share one budget): stops a stranger testing which numbers are customers'
+    phone_lookup_limit: int = 10
+    phone_lookup_limit_withheld: int = 100
+    phone_lookup_window_s: int = 3600
     # AMI (credentials never committed: from the environment or a local ivr.toml)
     ami_host: str = "127.0.0.1"
     ami_port: int = 5038

@@ -447,3 +447,93 @@ def test_db_init_reports_an_unusable_database(tmp_path: Path, capsys: pytest.Cap
     blocker.write_text("")
     assert run_cli(["db", "init", "--demo"], Settings(database_url=f"sqlite:///{blocker}/a.db")) == 1
     assert "account store" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- phone numbers: no registration oracle, limited look-ups
+def _probe_replies(store: SqlAccountStore, phone: str, caller: str, tries: int) -> list[VerifyStatus]:
+    """What a prober learns from keying ``phone`` and wrong ID digits ``tries`` times."""
+    subject = store.lookup_keyed_phone(phone, call_id="probe", caller_id=caller)
+    assert subject is not None
+    return [verify(store, subject, "0000", caller=f"1390000{n:04d}") for n in range(tries)]
+
+
+def test_unregistered_numbers_get_a_stand_in_that_fails_like_a_customer(store: SqlAccountStore) -> None:
+    stand_in = store.verification_subject("12345678901")
+    assert stand_in.startswith("~") and len(stand_in) <= 32  # no customer id may start with "~"
+    assert store.verification_subject("123-4567-8901") == stand_in  # the same for every call
+    assert store.verification_subject("12345678902") != stand_in
+    assert "12345678901" not in stand_in and "8901" not in stand_in
+    assert store.verification_subject("13800000001") == "C001"
+    assert verify(store, stand_in, "0000") is VerifyStatus.WRONG
+    # Even the right digits of whoever: a stand-in never verifies.
+    assert all(verify(store, stand_in, digits) is VerifyStatus.WRONG for digits in SECRETS.values())
+    # The lockout after five failures comes after five failures too: the lock is no oracle either.
+    assert _probe_replies(store, "12345678903", "", 6) == _probe_replies(store, "15550000002", "", 6)
+    assert _probe_replies(store, "12345678904", "", 6)[-1] is VerifyStatus.LOCKED
+
+
+def test_keyed_phone_look_ups_are_limited_per_caller_and_window(db_path: Path, clock: Clock) -> None:
+    s = make_store(db_path, clock, phone_lookup_limit=3, phone_lookup_limit_withheld=5, phone_lookup_window_s=3600)
+    s.init_schema()
+    s.import_customers(load_file(DEMO), str(DEMO))
+
+    def look(phone: str, caller: str) -> str | None:
+        return s.lookup_keyed_phone(phone, call_id="call-x", caller_id=caller)
+
+    # Registered or not, every look-up counts (counting only misses would itself tell).
+    assert [look(p, "13912345678") is not None for p in ("13800000001", "12345678901", "15550000002")] == [True] * 3
+    assert look("01012345678", "13912345678") is None  # registered, but over the limit: nothing looked up
+    assert look("12345678905", "139-1234-5678") is None  # the same caller ID, written otherwise
+    assert look("13800000001", "13987654321") == "C001"  # another caller ID has its own budget
+    # A refused look-up is not recorded: the window frees up on time, however often the prober retries.
+    clock.advance(3601)
+    assert look("13800000001", "13912345678") == "C001"
+    # Withheld and invalid caller IDs share one budget.
+    assert [look("12345678901", caller) is not None for caller in ("", "anonymous", "", "", "")] == [True] * 5
+    assert look("13800000001", "") is None
+    # Persisted: a new store (another process, a restart) sees the same counts.
+    again = make_store(db_path, clock, phone_lookup_limit=3, phone_lookup_limit_withheld=5)
+    assert again.lookup_keyed_phone("13800000001", call_id="c", caller_id="") is None
+    again.close()
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute("SELECT * FROM phone_lookups").fetchall()
+    assert len(rows) == 3 + 1 + 1 + 5
+    text = repr(rows)
+    for number in ("13800000001", "12345678901", "13912345678", "5678"):  # neither the number keyed nor the caller ID
+        assert number not in text
+    s.close()
+
+
+def test_phone_lookup_settings_come_from_settings(db_path: Path) -> None:
+    settings = Settings(database_url=f"sqlite:///{db_path}", phone_lookup_limit=1, phone_lookup_limit_withheld=1,
+                        phone_lookup_window_s=60)
+    s = SqlAccountStore.from_settings(settings)
+    s.init_schema()
+    assert s.lookup_keyed_phone("12345678901", call_id="c", caller_id="13912345678") is not None
+    assert s.lookup_keyed_phone("12345678901", call_id="c", caller_id="13912345678") is None
+    s.close()
+    with pytest.raises(ValueError, match="phone_lookup_limit"):
+        SqlAccountStore(f"sqlite:///{db_path}", phone_lookup_limit=0)
+
+
+def test_enumeration_protections_on_a_real_postgresql(clock: Clock) -> None:
+    """The same store on PostgreSQL: the limit is counted in the database, concurrent look-ups by one
+    caller ID are serialised (never more than the limit), and stand-ins lock like customers."""
+    from tests.services import postgres_cluster
+
+    with postgres_cluster() as url:
+        s = SqlAccountStore(url, clock=clock, phone_lookup_limit=5)
+        try:
+            s.init_schema()
+            s.import_customers(load_file(DEMO), str(DEMO))
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                found = list(pool.map(lambda n: s.lookup_keyed_phone(f"1234567{n:04d}", call_id=f"c{n}",
+                                                                     caller_id="13912345678"), range(12)))
+            assert sum(f is not None for f in found) == 5
+            assert all(f is None or f.startswith("~") for f in found)
+            assert _probe_replies(s, "12345678999", "13900000001", 6) == _probe_replies(s, "15550000002", "13900000001", 6)
+            other = SqlAccountStore(url, clock=clock, phone_lookup_limit=5)
+            assert other.lookup_keyed_phone("13800000001", call_id="c", caller_id="13912345678") is None
+            other.close()
+        finally:
+            s.close()

@@ -139,8 +139,9 @@ def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def store(db_path: Path) -> Iterator[SwitchableStore]:
-    # Many calls share this database: keep the cross-call lockout out of the way (it has its own test).
-    real = make_store(db_path, lockout_failures=10_000)
+    # Many calls share this database: keep the cross-call lockout and the limit on keyed phone numbers
+    # out of the way (they have their own tests).
+    real = make_store(db_path, lockout_failures=10_000, phone_lookup_limit=10_000, phone_lookup_limit_withheld=10_000)
     yield SwitchableStore(real)
     real.close()
 
@@ -293,10 +294,14 @@ async def test_wrong_digits_never_disclose_and_three_failures_transfer(
     await engine.start(call)
     await say(engine, call, c.ask_balance)
     first = await say(engine, call, c.wrong_said)
-    assert first.texts == (prompt("utter_wrong_digits", locale), prompt("utter_ask_id_last4", locale))
-    assert_asks_digits(first, 4)
+    # Not "wrong ID digits": the caller may be calling from a number that is not theirs (see
+    # test_an_unregistered_number_is_answered_like_a_registered_one), so the registered number again.
+    assert first.texts == (prompt("utter_wrong_digits", locale), prompt("utter_ask_phone", locale))
+    assert_asks_digits(first, 15)
+    assert_asks_digits(await say(engine, call, c.phone, keypad=True), 4)
     second = await say(engine, call, "0000", keypad=True)
-    assert_asks_digits(second, 4)
+    assert_asks_digits(second, 15)
+    assert_asks_digits(await say(engine, call, c.phone, keypad=True), 4)
     third = await say(engine, call, "9999", keypad=True)
     assert third.outcome is Outcome.TRANSFER
     assert third.transfer_reason == "verification_failed"
@@ -325,14 +330,21 @@ async def test_a_person_at_any_point(engine: RasaEngine, locale: str) -> None:
 
 @pytest.mark.parametrize("locale", LOCALES)
 @pytest.mark.parametrize("caller_id", ["", "19999999999"], ids=["withheld", "unknown"])
-async def test_withheld_or_unknown_number_keys_the_registered_phone_first(
+async def test_withheld_or_unknown_number_keys_the_registered_phone(
     engine: RasaEngine, db_path: Path, locale: str, caller_id: str
 ) -> None:
     c = CALLERS[locale]
     call = new_call(locale, caller_id)
     await engine.start(call)
     ask = await say(engine, call, c.ask_transactions)
-    assert ask.texts == (prompt("utter_ask_phone", locale),)
+    if caller_id:
+        # An unregistered caller ID is asked exactly what a registered one is; the check then fails.
+        assert ask.texts == (prompt("utter_ask_id_last4", locale),)
+        assert_asks_digits(ask, 4)
+        ask = await say(engine, call, c.digits, keypad=True)
+        assert ask.texts == (prompt("utter_wrong_digits", locale), prompt("utter_ask_phone", locale))
+    else:
+        assert ask.texts == (prompt("utter_ask_phone", locale),)
     assert_asks_digits(ask, 15)
     id_prompt = await say(engine, call, c.phone, keypad=True)
     assert id_prompt.texts == (prompt("utter_ask_id_last4", locale),)
@@ -344,23 +356,98 @@ async def test_withheld_or_unknown_number_keys_the_registered_phone_first(
     await engine.close(call)
 
 
-async def test_spoken_phone_number_and_unknown_numbers_count_as_failures(engine: RasaEngine) -> None:
+async def test_spoken_phone_number_is_taken_like_a_keyed_one(engine: RasaEngine) -> None:
     c = CALLERS["zh-CN"]
     call = new_call("zh-CN", "")
     await engine.start(call)
     await say(engine, call, c.ask_balance)
     spoken = await say(engine, call, c.phone_said)  # said, not keyed
     assert spoken.texts == (prompt("utter_ask_id_last4", "zh-CN"),)
+    verified = await say(engine, call, c.digits, keypad=True)
+    assert verified.texts[:2] == (prompt("utter_verified", "zh-CN"), prompt("utter_balance", "zh-CN", balance=c.balance))
+    await engine.close(call)
 
-    call = new_call("zh-CN", "")
-    await engine.start(call)
-    await say(engine, call, c.ask_balance)
-    for _ in range(2):
-        miss = await say(engine, call, "12345678901", keypad=True)
-        assert miss.texts == (prompt("utter_phone_not_found", "zh-CN"), prompt("utter_ask_phone", "zh-CN"))
-        assert_asks_digits(miss, 15)
-    last = await say(engine, call, "12345678901", keypad=True)
-    assert last.outcome is Outcome.TRANSFER and last.transfer_reason == "verification_failed"
+
+def _seen(reply: Reply) -> tuple[Any, ...]:
+    """Everything a caller can observe of a reply."""
+    return (reply.texts, reply.expect, reply.secret, reply.max_digits, reply.outcome, reply.transfer_reason)
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+async def test_an_unregistered_number_is_answered_like_a_registered_one(
+    engine: RasaEngine, db_path: Path, locale: str
+) -> None:
+    """A stranger cannot tell which numbers are customers': keyed or as caller ID, a registered number
+    with wrong ID digits and a number nobody has get the same replies, turn by turn, up to the transfer."""
+    c = CALLERS[locale]
+    unregistered = "12345678901"
+
+    async def keyed(number: str, digits: str) -> list[tuple[Any, ...]]:
+        call = new_call(locale, "")
+        await engine.start(call)
+        seen = [_seen(await say(engine, call, c.ask_balance))]
+        for _ in range(3):
+            seen.append(_seen(await say(engine, call, number, keypad=True)))
+            seen.append(_seen(await say(engine, call, digits, keypad=True)))
+        assert disclosures(db_path, call.call_id) == []
+        assert attempts(db_path, call.call_id) == ["wrong", "wrong", "wrong"]  # the stand-in is checked too
+        await engine.close(call)
+        return seen
+
+    async def by_caller_id(number: str, digits: str) -> list[tuple[Any, ...]]:
+        call = new_call(locale, number)
+        await engine.start(call)
+        seen = [_seen(await say(engine, call, c.ask_balance)), _seen(await say(engine, call, digits, keypad=True))]
+        await engine.close(call)
+        return seen
+
+    registered = await keyed(c.phone, "0000")
+    assert registered == await keyed(unregistered, "0000") == await keyed(unregistered, c.digits)
+    assert registered[1][0] == (prompt("utter_ask_id_last4", locale),)  # the same request either way
+    assert registered[2][0] == (prompt("utter_wrong_digits", locale), prompt("utter_ask_phone", locale))
+    assert registered[-1][4:] == (Outcome.TRANSFER, "verification_failed")
+    assert await by_caller_id(c.phone, "0000") == await by_caller_id(unregistered, "0000")
+
+
+async def test_keyed_phone_numbers_are_limited_per_caller_id(trained_models: Path, tmp_path: Path) -> None:
+    """Past ``phone_lookup_limit`` keyed numbers per hour, a caller ID is put through to a person, in
+    this call and the next ones (the count is in the database), registered number or not."""
+    real = make_store(tmp_path / "limits.db", phone_lookup_limit=2)
+    c = CALLERS["en-US"]
+    eng = RasaEngine(base_settings(), real, locales=["en-US"])
+    prober = "13912345678"
+    try:
+        await eng.warm_up()
+        call = new_call("en-US", prober)
+        await eng.start(call)
+        await say(eng, call, c.ask_balance)
+        for number in ("12345678901", "12345678902"):  # two look-ups: each "wrong", the number never named
+            assert_asks_digits(await say(eng, call, "0000", keypad=True), 15)
+            assert_asks_digits(await say(eng, call, number, keypad=True), 4)
+        await eng.close(call)
+
+        for number in (c.phone, "12345678903"):  # the next call: a registered number or not, refused alike
+            call = new_call("en-US", prober)
+            await eng.start(call)
+            assert_asks_digits(await say(eng, call, c.ask_balance), 4)  # its own caller ID: not counted
+            assert_asks_digits(await say(eng, call, "0000", keypad=True), 15)
+            limited = await say(eng, call, number, keypad=True)
+            assert limited.outcome is Outcome.TRANSFER and limited.transfer_reason == "phone_lookup_limit"
+            assert limited.texts == (prompt("utter_transfer", "en-US"),)
+            await eng.close(call)
+
+        # Another caller ID has its own budget.
+        call = new_call("en-US", "13987654321")
+        await eng.start(call)
+        await say(eng, call, c.ask_balance)
+        await say(eng, call, "0000", keypad=True)
+        assert_asks_digits(await say(eng, call, c.phone, keypad=True), 4)
+        answer = await say(eng, call, c.digits, keypad=True)
+        assert prompt("utter_balance", "en-US", balance=c.balance) in answer.texts
+        await eng.close(call)
+    finally:
+        await eng.aclose()
+        real.close()
 
 
 @pytest.mark.parametrize("locale", LOCALES)

@@ -37,11 +37,12 @@ from tests.test_dialogue import (  # noqa: F401
     make_store,
     new_call,
     test_a_person_at_any_point,
+    test_an_unregistered_number_is_answered_like_a_registered_one,
     test_known_caller_verifies_and_hears_the_real_balance,
     test_noise_and_fillers_are_not_understood,
     test_repeat_go_back_and_out_of_scope,
     test_verified_caller_is_not_asked_again_in_the_same_call,
-    test_withheld_or_unknown_number_keys_the_registered_phone_first,
+    test_withheld_or_unknown_number_keys_the_registered_phone,
     test_wrong_digits_never_disclose_and_three_failures_transfer,
 )
 
@@ -65,7 +66,7 @@ def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def servers(models: Path, db_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RasaServers]:
     settings = replace(load_settings(environ={}), database_url=f"sqlite:///{db_path}", models_dir=models)
     # many calls share this database; the lockout has its own test
-    extra = {"IVR_LOCKOUT_FAILURES": "10000"}
+    extra = {"IVR_LOCKOUT_FAILURES": "10000", "IVR_PHONE_LOOKUP_LIMIT": "10000", "IVR_PHONE_LOOKUP_LIMIT_WITHHELD": "10000"}
     with rasa_servers(settings, LOCALES, tmp_path_factory.mktemp("rasa-servers"), extra_env=extra) as running:
         yield running
 

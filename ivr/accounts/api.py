@@ -50,6 +50,16 @@ class AccountStore(Protocol):
         """The customer id registered for this phone number, or None."""
         ...
 
+    def verification_subject(self, phone: str) -> str:
+        """Whom ID digits given for this number are checked against: its customer, or for a number no
+        customer has, a stand-in that never verifies (the answer never tells which)."""
+        ...
+
+    def lookup_keyed_phone(self, phone: str, *, call_id: str, caller_id: str) -> str | None:
+        """``verification_subject`` for a number the caller keyed, counted per caller ID and window;
+        None when the caller ID has used up its look-ups."""
+        ...
+
     def verify_id_last4(self, customer_id: str, digits: str, *, call_id: str, caller_id: str) -> VerifyStatus:
         """Check the last four ID digits (salted hash); record the attempt; apply the lockout."""
         ...

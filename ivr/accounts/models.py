@@ -171,6 +171,21 @@ class VerificationAttempt(Base):
     success = Column(Boolean, nullable=False)
 
 
+class PhoneLookup(Base):
+    """A phone number a caller keyed to be verified against, counted for the limit on look-ups per
+    caller ID (``SqlAccountStore.lookup_keyed_phone``). Neither the number nor whether it is registered
+    is kept: only who looked and when."""
+
+    __tablename__ = "phone_lookups"
+    __table_args__ = (Index("ix_phone_lookups_caller_at", "caller_hash", "looked_up_at"),)
+
+    id = Column(Integer, primary_key=True, autoincrement=True)
+    call_id = Column(String(128), nullable=False)
+    # HMAC-SHA256 of the caller ID's digits, as in verification_attempts; NULL: withheld/invalid (one budget).
+    caller_hash = Column(String(64), nullable=True)
+    looked_up_at = Column(DateTime, nullable=False)
+
+
 class Disclosure(Base):
     """Audit log: what was told to which call, about which customer."""
 

@@ -10,6 +10,10 @@
   lock and statement timeouts bound waits the same way; the customer row is locked while checking.
 - The ID digits are kept only as salted scrypt hashes and compared in constant time; caller IDs
   of attempts only as a keyed hash (for the per-caller limit) and their last four digits.
+- No answer tells whether a phone number is registered: ``verification_subject`` gives the customer
+  for a registered number and an opaque stand-in for any other (verification against it fails like
+  wrong digits, with the same scrypt work and the same lockout), and the phone numbers a caller keys
+  are limited per caller ID and window (``lookup_keyed_phone``), counted in the database.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from ivr.accounts.models import (
     Disclosure,
     Installment,
     Loan,
+    PhoneLookup,
     PhoneNumber,
     StoreMeta,
     Transaction,
@@ -68,6 +73,8 @@ log = logging.getLogger(__name__)
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P, _SCRYPT_LEN = 2**14, 8, 1, 32
 _CALLER_KEY_NAME = "caller_hash_key"
+# Stand-ins for unregistered numbers start with a character no customer id may start with.
+_STAND_IN_PREFIX = "~"
 _MAX_TRANSACTIONS = 100
 _CHUNK = 500  # ids per IN (...) list
 
@@ -158,11 +165,20 @@ class SqlAccountStore:
         clock: Callable[[], dt.datetime] = _utc_now,
         busy_timeout_s: float = 2.0,
         write_wait_s: float = 10.0,
+        phone_lookup_limit: int = 10,
+        phone_lookup_limit_withheld: int = 100,
+        phone_lookup_window_s: float = 3600,
     ) -> None:
         if lockout_failures < 1 or lockout_s <= 0 or busy_timeout_s <= 0:
             raise ValueError("lockout_failures, lockout_s and busy_timeout_s must be positive")
+        if phone_lookup_limit < 1 or phone_lookup_limit_withheld < 1 or phone_lookup_window_s <= 0:
+            raise ValueError("phone_lookup_limit, phone_lookup_limit_withheld and phone_lookup_window_s "
+                             "must be positive")
         self._lockout_failures = lockout_failures
         self._lockout = dt.timedelta(seconds=lockout_s)
+        self._phone_lookup_limit = phone_lookup_limit
+        self._phone_lookup_limit_withheld = phone_lookup_limit_withheld
+        self._phone_lookup_window = dt.timedelta(seconds=phone_lookup_window_s)
         self._clock = clock
         self._caller_key: bytes | None = None
         self._key_lock = threading.Lock()
@@ -228,6 +244,9 @@ class SqlAccountStore:
             clock=fixed_date_clock(settings.fixed_date) if settings.fixed_date else _utc_now,
             lockout_failures=settings.lockout_failures,
             lockout_s=settings.lockout_s,
+            phone_lookup_limit=settings.phone_lookup_limit,
+            phone_lookup_limit_withheld=settings.phone_lookup_limit_withheld,
+            phone_lookup_window_s=settings.phone_lookup_window_s,
             busy_timeout_s=max(0.1, min(2.0, settings.lookup_timeout_s / 2)),
             write_wait_s=settings.lookup_timeout_s,
         )
@@ -379,14 +398,63 @@ class SqlAccountStore:
             ).scalar_one_or_none()
         return owner
 
+    def verification_subject(self, phone: str) -> str:
+        """Whom ID digits given for ``phone`` are checked against: its customer when the number is
+        registered, else a stand-in no customer can be (``~`` and a keyed hash of the number, the same
+        for every call), against which ``verify_id_last4`` answers WRONG (and, after as many failures
+        as a customer, LOCKED), with the same work. Which of the two it is, is not for the caller."""
+        owner = self.customer_by_phone(phone)
+        if owner is not None:
+            return owner
+        number = normalize_phone(phone) or _cap(phone, 64)
+        digest = hmac.new(self._load_caller_key(), b"stand-in:" + number.encode(), hashlib.sha256).hexdigest()
+        return _STAND_IN_PREFIX + digest[:31]
+
+    def lookup_keyed_phone(self, phone: str, *, call_id: str, caller_id: str) -> str | None:
+        """``verification_subject`` for a number the caller keyed, counted against the caller ID's
+        budget: ``phone_lookup_limit`` look-ups per ``phone_lookup_window_s`` (withheld and invalid
+        caller IDs share one budget, ``phone_lookup_limit_withheld``). None once the budget is spent:
+        nothing is looked up and nothing recorded.
+
+        Every look-up counts, whether the number is registered or not: counting only the misses would
+        tell a caller who is not stopped after N numbers that one of them was a customer's."""
+        call = _cap(call_id, 128)
+        self._load_caller_key()  # its row is what concurrent look-ups queue on (below)
+        caller_hash, caller_masked = self._caller_identity(caller_id)
+        now = self._now()
+        limit = self._phone_lookup_limit if caller_hash is not None else self._phone_lookup_limit_withheld
+        with self._transaction("counting phone look-ups", write=True) as session:
+            # PostgreSQL: one look-up count at a time (SQLite: BEGIN IMMEDIATE already serialises).
+            session.execute(select(StoreMeta.name).where(StoreMeta.name == _CALLER_KEY_NAME).with_for_update()).all()
+            same_caller = (PhoneLookup.caller_hash == caller_hash if caller_hash is not None
+                           else PhoneLookup.caller_hash.is_(None))
+            count = session.execute(
+                select(func.count()).select_from(PhoneLookup).where(
+                    same_caller, PhoneLookup.looked_up_at > now - self._phone_lookup_window)
+            ).scalar_one()
+            allowed = count < limit
+            if allowed:
+                session.add(PhoneLookup(call_id=call, caller_hash=caller_hash, looked_up_at=now))
+        if not allowed:
+            log.warning("phone look-up limit reached for caller %s (%d in %.0f s)", caller_masked, count,
+                        self._phone_lookup_window.total_seconds(),
+                        extra={"part": "accounts", "event": "phone_lookup_limited", **({"call_id": call} if call else {})})
+            return None
+        return self.verification_subject(phone)
+
+    def _caller_identity(self, caller_id: str) -> tuple[str | None, str]:
+        """The caller ID as the store keeps it: its keyed hash (None: withheld or not a number) and its
+        masked form (last four digits)."""
+        caller_digits = normalize_phone(caller_id)
+        caller_masked = mask_phone(caller_digits or _cap(caller_id, 64))[-24:]
+        if not caller_digits:
+            return None, caller_masked
+        return hmac.new(self._load_caller_key(), caller_digits.encode(), hashlib.sha256).hexdigest(), caller_masked
+
     def verify_id_last4(self, customer_id: str, digits: str, *, call_id: str, caller_id: str) -> VerifyStatus:
         customer = _cap(customer_id, 32)
         call = _cap(call_id, 128)
-        caller_digits = normalize_phone(caller_id)
-        caller_masked = mask_phone(caller_digits or _cap(caller_id, 64))[-24:]
-        caller_key = self._load_caller_key() if caller_digits else None
-        caller_hash = (hmac.new(caller_key, caller_digits.encode(), hashlib.sha256).hexdigest()
-                       if caller_key and caller_digits else None)
+        caller_hash, caller_masked = self._caller_identity(caller_id)
 
         with self._transaction("reading the ID hash") as session:
             stored: str | None = session.execute(

@@ -5,8 +5,16 @@ state; the state itself lives in slots that only these actions set:
 
 - ``awaiting``: ``id_last4`` or ``phone`` while verifying (the engine then expects digits),
   ``anything_else`` after an answer; empty otherwise.
-- ``verified`` / ``customer_id``: set once the ID digits matched; a new call starts unverified.
-- ``verify_failures``: wrong phone numbers and wrong ID digits in this call.
+- ``customer_id``: whom the ID digits are checked against, from the caller ID or the keyed number: the
+  customer, or for a number no customer has, the store's stand-in (which never verifies).
+- ``verified``: set once the ID digits matched; a new call starts unverified.
+- ``verify_failures``: wrong ID digits in this call.
+
+Nothing tells a caller whether a phone number is registered (a stranger could otherwise test numbers):
+a caller ID, registered or not, is asked for the ID digits; a keyed number, registered or not, is
+followed by the same request; only the ID check then fails ("those details do not match"), and after
+a failure the caller keys the registered number again. Keyed numbers are limited per caller ID and
+hour by the store (``lookup_keyed_phone``); past the limit the caller is put through to a person.
 - ``call_outcome`` / ``transfer_reason``: how the call ends (the engine turns them into the Reply's outcome).
 
 Nothing is disclosed before verification: every answer checks ``verified`` itself, whatever the rules
@@ -33,7 +41,7 @@ from rasa_sdk.events import SlotSet
 from rasa_sdk.executor import ActionExecutor, CollectingDispatcher
 
 from ivr.accounts.api import AccountStore, VerifyStatus
-from ivr.accounts.importer import currency_exponent
+from ivr.accounts.importer import currency_exponent, normalize_phone
 from ivr.asr.digits import digits_from_words
 from ivr.config import LOCALES
 from ivr.parts import AccountStoreError
@@ -62,7 +70,7 @@ TRANSACTIONS_READ = 3  # the last few, read out briefly
 # Every domain response these actions utter (``ivr dialogs validate`` checks each locale has them).
 RESPONSES_USED: frozenset[str] = frozenset({
     "utter_apology", "utter_transfer", "utter_goodbye", "utter_anything_else", "utter_how_can_i_help",
-    "utter_go_back", "utter_ask_id_last4", "utter_ask_phone", "utter_phone_not_found", "utter_wrong_digits",
+    "utter_go_back", "utter_ask_id_last4", "utter_ask_phone", "utter_wrong_digits",
     "utter_verify_failed", "utter_verified", "utter_balance", "utter_balance_account", "utter_no_account",
     "utter_next_repayment", "utter_repayment_overdue", "utter_no_repayment", "utter_loan_active",
     "utter_loan_overdue", "utter_loan_closed", "utter_no_loan", "utter_transactions_intro",
@@ -246,13 +254,16 @@ class ActionVerifyDigits(IvrAction):
             _ask_again(turn)
             return
         if awaiting == AWAIT_PHONE:
-            customer = await turn.lookup(turn.store.customer_by_phone, digits)
-            if customer:
-                turn.set("customer_id", customer)
-                turn.set("awaiting", AWAIT_ID)
-                turn.say("utter_ask_id_last4")
-            else:
-                _failed(turn, "utter_phone_not_found")
+            # Registered or not, the same next step: the ID digits (checked against a stand-in if not).
+            subject = await turn.lookup(turn.store.lookup_keyed_phone, digits, call_id=turn.call_id,
+                                        caller_id=turn.caller_id)
+            if subject is None:  # too many numbers keyed from this caller ID: a person takes over
+                turn.say("utter_transfer")
+                _end(turn, "transfer", "phone_lookup_limit")
+                return
+            turn.set("customer_id", subject)
+            turn.set("awaiting", AWAIT_ID)
+            turn.say("utter_ask_id_last4")
             return
         customer = str(turn.slot("customer_id") or "")
         if not customer:  # cannot happen through the rules; start over rather than guess
@@ -275,7 +286,7 @@ class ActionVerifyDigits(IvrAction):
             turn.say("utter_transfer")
             _end(turn, "transfer", "locked")
         else:
-            _failed(turn, "utter_wrong_digits")
+            _failed(turn)
 
 
 class ActionYesNo(IvrAction):
@@ -365,11 +376,11 @@ def build_executor(store: AccountStore, settings: Settings) -> ActionExecutor:
 
 # ---------------------------------------------------------------- verification steps
 async def begin_verification(turn: Turn) -> None:
-    """Known caller ID → the last four ID digits; withheld or unknown → the registered phone number first."""
+    """A caller ID → the last four ID digits, whether the number is registered or not (checked against
+    its customer or the store's stand-in); withheld (or not a number) → the registered phone number first."""
     caller = turn.caller_id
-    customer = await turn.lookup(turn.store.customer_by_phone, caller) if caller else None
-    if customer:
-        turn.set("customer_id", customer)
+    if normalize_phone(caller):
+        turn.set("customer_id", await turn.lookup(turn.store.verification_subject, caller))
         turn.set("awaiting", AWAIT_ID)
         turn.say("utter_ask_id_last4")
     else:
@@ -382,8 +393,9 @@ def _ask_again(turn: Turn) -> None:
     turn.say("utter_ask_phone" if turn.slot("awaiting") == AWAIT_PHONE else "utter_ask_id_last4")
 
 
-def _failed(turn: Turn, why: str) -> None:
-    """A wrong phone number or wrong ID digits: try again, or after the limit, a person."""
+def _failed(turn: Turn) -> None:
+    """Wrong ID digits (or a number no customer has: the caller is not told which): the registered
+    phone number and the ID digits again, or after the limit, a person."""
     failures = int(turn.slot("verify_failures") or 0) + 1
     turn.set("verify_failures", float(failures))
     if failures >= turn.settings.verify_max_failures:
@@ -393,8 +405,10 @@ def _failed(turn: Turn, why: str) -> None:
         turn.say("utter_transfer")
         _end(turn, "transfer", "verification_failed")
         return
-    turn.say(why)
-    _ask_again(turn)
+    turn.say("utter_wrong_digits")
+    turn.set("customer_id", None)
+    turn.set("awaiting", AWAIT_PHONE)
+    turn.say("utter_ask_phone")
 
 
 def _end(turn: Turn, outcome: str, reason: str) -> None:
