@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
+import re
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -61,14 +63,63 @@ async def replay_calls(
             synth.close()
     async with running_robot(settings, text_input=text_mode) as (host, port, robot):
         render = robot.parts.synthesizer.render
-        return [await _one(call, settings, (host, port), text_mode, render) for call in calls]
+        # In audio mode, each caller event also says what the robot recognized (in text mode it gets
+        # the turn's own words).
+        heard_from = None if text_mode else settings.transcripts_dir
+        return [await _one(call, settings, (host, port), text_mode, render, heard_from) for call in calls]
 
 
 async def _one(
-    call: CallFile, settings: Settings, server: tuple[str, int], text_mode: bool, render: SpeechRenderer
+    call: CallFile,
+    settings: Settings,
+    server: tuple[str, int],
+    text_mode: bool,
+    render: SpeechRenderer,
+    transcripts_dir: Path | None = None,
 ) -> CallReport:
     peer = ScriptedAsterisk(call, locale=call.locale or settings.locale, text_mode=text_mode, speech=render)
-    return await peer.run(*server)
+    report = await peer.run(*server)
+    if transcripts_dir is not None:
+        add_heard(report, transcripts_dir)
+    return report
+
+
+def robot_transcript(transcripts_dir: Path, unique_id: str) -> list[dict[str, Any]] | None:
+    """The robot's own (masked) transcript of the call the harness placed with ``agi_uniqueid``
+    ``unique_id``; None when there is not exactly one. The robot names the file
+    ``<date>/<uniqueid, other characters than letters, digits, _ and - made _>-<random>.jsonl``."""
+    if not unique_id:
+        return None
+    stem = re.sub(r"[^0-9A-Za-z_-]", "_", unique_id)
+    found = sorted(transcripts_dir.glob(f"*/{stem}-*.jsonl"))
+    if len(found) != 1:
+        return None
+    lines = found[0].read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def add_heard(report: CallReport, transcripts_dir: Path) -> None:
+    """Put on each caller event what the robot made of it, from the robot's transcript: ``heard``
+    (the recognized words, masked as the transcript masks them: ``****`` for secrets and keys) and
+    ``intent`` (the dialogue's reading, when the turn went to the dialogue).
+
+    Only an in-process robot's transcript can be read; the call file's own words stay in ``text``.
+    Every caller event but a hang-up is one turn the robot listened to, so the two lists pair up in
+    order; if they do not, that is reported as an error of the replay.
+    """
+    entries = robot_transcript(transcripts_dir, report.unique_id)
+    if entries is None:
+        report.errors.append(f"no transcript of the robot for call {report.unique_id} in {transcripts_dir}")
+        return
+    heard = [e for e in entries if e.get("who") == "caller"]
+    turns = [e for e in report.events if e.get("who") == "caller" and e.get("kind") != "hangup"]
+    if len(heard) != len(turns):
+        report.errors.append(f"the robot logged {len(heard)} caller turns, the caller took {len(turns)}")
+        return
+    for event, entry in zip(turns, heard, strict=True):
+        event["heard"] = str(entry.get("text", ""))
+        if entry.get("intent"):
+            event["intent"] = str(entry["intent"])
 
 
 def parse_server(value: str) -> tuple[str, int]:
