@@ -45,6 +45,8 @@ class CallReport:
     # caller's last word → the reply starts: the silence wait plus the compute latency (seconds)
     perceived_latencies_s: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # agi_uniqueid the harness gave the call: the robot names the call (and its transcript) after it
+    unique_id: str = ""
 
     @property
     def robot_text(self) -> str:
@@ -210,6 +212,7 @@ class ScriptedAsterisk:
     def environment(self, host: str, port: int) -> bytes:
         caller = self.call.caller_id or "unknown"
         unique = f"{time.time():.0f}.{self._number}"
+        self.report.unique_id = unique
         variables = {
             "agi_network": "yes",
             "agi_network_script": f"ivr?lang={self.locale}",
@@ -303,6 +306,8 @@ class ScriptedAsterisk:
             return "200 result=1\n"
         if name == "GET VARIABLE":
             return "200 result=0\n"
+        if name == "CHANNEL STATUS":
+            return "200 result=6\n"  # 6: the line is up
         return "510 Invalid or unknown command\n"
 
     async def _stream_file(self, args: list[str]) -> str:
