@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from ivr.accounts.api import AccountStore
 from ivr.agi.connection import AgiChannel
@@ -23,8 +24,11 @@ from ivr.agi.server import FastAgiServer
 from ivr.config import LOCALES, Settings
 from ivr.dialogue.prompts import PromptBook
 from ivr.logs import quiet_third_party
+from ivr.masking import mask_text
 from ivr.metrics import HealthCheck, HealthServer, Metrics
 from ivr.parts import CallInfo, DialogueEngine, Expect, Recognizer, Synthesizer
+from ivr.pools import PartPool
+from ivr.retention import PURGE_EVERY_S, AuditStore, private_dir, purge_daily
 from ivr.session import CallSession, Parts, SessionResult
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,12 @@ class GrammarBook:
         self._built: dict[str, dict[Expect, list[str]]] = {}
         self._lock = threading.Lock()
 
+    def warm_up(self) -> None:
+        """Build every locale's grammars before the first call (blocking: ``Robot.warm_up`` runs it in a
+        thread), so no caller waits for a first build."""
+        for locale in LOCALES:
+            self(locale, Expect.SPEECH)
+
     def __call__(self, locale: str, expect: Expect) -> Sequence[str] | None:
         if not self._settings.asr_grammars:
             return None
@@ -84,6 +94,7 @@ class Robot:
     # Set by the benchmark to collect each call's per-turn timings; None in production.
     results: list[SessionResult] | None = None
     http_port: int = 0
+    purger: asyncio.Task[None] | None = None
 
     async def handle_call(self, environment: AgiEnvironment, channel: AgiChannel) -> None:
         locale = environment.params.get("lang") or self.settings.locale
@@ -91,6 +102,7 @@ class Robot:
             log.warning("unknown locale %r in the AGI request; using %s", locale[:20], self.settings.locale)
             locale = self.settings.locale
         call = CallInfo(new_call_id(environment), clean_caller_id(environment.caller_id), locale)
+        channel.call_id = mask_text(call.call_id)  # Asterisk logs it: only what the robot's own logs show
         result = await CallSession(self.parts, channel, call).run()
         if self.results is not None:
             self.results.append(result)
@@ -128,7 +140,7 @@ class Robot:
             quiet_third_party()
 
     async def _load_parts(self) -> None:
-        for part in (self.parts.dialogue, self.parts.recognizer, self.parts.synthesizer):
+        for part in (self.parts.dialogue, self.parts.recognizer, self.parts.synthesizer, self.parts.grammar):
             warm = getattr(part, "warm_up", None)
             if warm is None:
                 continue
@@ -152,10 +164,20 @@ class Robot:
             self.health = HealthServer(self.parts.metrics, checks)
             self.http_port = await self.health.start(self.settings.http_host, self.settings.http_port)
 
+    def start_purging(self, every_s: float = PURGE_EVERY_S) -> None:
+        """Retention (``ivr serve``): purge now and then daily, in a worker thread; stopped by ``stop``."""
+        if self.purger is None and self.settings.retention_days > 0:
+            audit = cast(AuditStore, self.store) if hasattr(self.store, "purge_audit") else None
+            self.purger = asyncio.create_task(purge_daily(self.settings, audit, every_s=every_s))
+
     def _database_ok(self) -> bool:
         return self.store.healthy()
 
     async def stop(self, grace_s: float | None = None) -> None:
+        if self.purger is not None:
+            self.purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.purger
         if self.server is not None:
             await self.server.stop(grace_s)
         if self.health is not None:
@@ -183,7 +205,10 @@ def build_robot(
     """The robot on real parts, unless a part is given (tests inject faults this way)."""
     for folder in (settings.spool_dir, settings.sounds_dir, settings.transcripts_dir):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            if folder == settings.sounds_dir:  # Asterisk's user reads the prompts
+                folder.mkdir(parents=True, exist_ok=True)
+            else:  # recordings and transcripts: owner-only (0700) when created here
+                private_dir(folder)
         except OSError as exc:
             # Still start and answer: calls that need the folder are apologised for and transferred.
             log.error("cannot create %s: %s", folder, exc)
@@ -218,7 +243,10 @@ def build_robot(
         prompts=PromptBook(settings.dialogs_dir),
         metrics=Metrics(),
         grammar=GrammarBook(settings),
+        asr_pool=PartPool("asr", settings.max_calls),
+        file_pool=PartPool("files", settings.max_calls),
     )
+    closers += [parts.asr_pool, parts.file_pool]
     return Robot(settings, parts, store, closers)
 
 

@@ -33,15 +33,20 @@ from ivr.parts import (
     Expect,
     Outcome,
     PartError,
+    Recognition,
     Recognizer,
     Reply,
     Synthesizer,
     UserInput,
 )
+from ivr.pools import PartPool
+from ivr.retention import write_private_text
 
 log = logging.getLogger(__name__)
 
 KEYS = "0123456789*#"
+REPEAT_KEY = "*"  # at any prompt: hear it again
+AGENT_KEY = "0"  # where no digits are asked for: a person
 NOT_UNDERSTOOD = frozenset({"nlu_fallback", "out_of_scope"})
 MAX_KEYPAD_DIGITS = 20  # a keypad flood is cut here
 
@@ -84,6 +89,9 @@ class Parts:
     prompts: PromptBook
     metrics: Metrics
     grammar: GrammarSource = lambda _locale, _expect: None
+    # Blocking work on threads of its own (see ivr.pools): decoding, and the transcript's file write.
+    asr_pool: PartPool = field(default_factory=lambda: PartPool("asr", 8))
+    file_pool: PartPool = field(default_factory=lambda: PartPool("files", 8))
 
 
 @dataclass
@@ -128,9 +136,8 @@ class Transcript:
         if self._path is None:
             return
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
             lines = (json.dumps(e, ensure_ascii=False) for e in self._entries)
-            self._path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            write_private_text(self._path, "\n".join(lines) + "\n")  # 0600 in 0700 folders
         except OSError:
             log.exception("could not write the transcript")
 
@@ -172,7 +179,10 @@ class CallSession:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.parts.dialogue.close(self.call), 2.0)
             self.transcript.add("system", "", outcome=self.result.outcome.value, reason=self.result.reason)
-            self.transcript.write()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.parts.file_pool.run(self.transcript.write), 10.0)
+            if (end_call := getattr(self.parts.synthesizer, "end_call", None)) is not None:
+                end_call(self.call.call_id)  # this call's dynamic renders (amounts, "did you say …") go
             log.info("call ended", extra={"outcome": self.result.outcome.value, "reason": self.result.reason})
             call_id_var.reset(token)
         return self.result
@@ -222,9 +232,11 @@ class CallSession:
                 await self._repeat_last()
                 continue
             self._no_input = 0
-            if user.text == "*" and user.keypad:  # star alone: hear the question again
+            if user.keypad and user.text == REPEAT_KEY:  # star alone: hear the question again
                 await self._repeat_last()
                 continue
+            if user.keypad and user.text == AGENT_KEY and not reply.max_digits:
+                return self._transfer_reply("caller_request")
             if not user.text:  # speech, but no word the recognizer knows
                 if self._not_understood_again():
                     return self._transfer_reply("not_understood")
@@ -278,7 +290,10 @@ class CallSession:
             recognition = await self._recognize(recording.path, reply.expect)
         finally:
             with contextlib.suppress(OSError):
-                path.unlink(missing_ok=True)
+                if self.settings.keep_recordings:  # IVR_KEEP_RECORDINGS: kept owner-only until `ivr purge`
+                    path.chmod(0o600)
+                else:
+                    path.unlink(missing_ok=True)
         text = recognition.text.strip()
         shown = mask_secret(text) if reply.secret else mask_text(text)
         self.transcript.add("caller", shown, confidence=round(recognition.confidence, 3))
@@ -288,18 +303,25 @@ class CallSession:
         return UserInput(text=text, keypad=False, confidence=recognition.confidence if text else 0.0)
 
     async def _recognize(self, wav: Path, expect: Expect) -> Any:
-        grammar = self.parts.grammar(self.call.locale, expect)
+        locale = self.call.locale
+
+        def decode() -> Recognition:  # the grammar too: its first build for a locale takes a while
+            return self.parts.recognizer.transcribe(wav, locale, self.parts.grammar(locale, expect))
+
         started = time.monotonic()
-        result = await self._part(
-            "asr",
-            asyncio.to_thread(self.parts.recognizer.transcribe, wav, self.call.locale, grammar),
-            self.settings.asr_timeout_s,
-        )
+        result = await self._part("asr", self.parts.asr_pool.run(decode), self.settings.asr_timeout_s)
         self._timing.asr_s += time.monotonic() - started
         return result
 
     async def _keypad(self, first: str, reply: Reply) -> UserInput | None:
-        """Collect keys after the first one until ``#``, the expected count, or a pause."""
+        """Collect keys after the first one until ``#``, the expected count, or a pause.
+
+        Instant keys act at once, without waiting for more: ``*`` (hear it again) always, and ``0``
+        (a person) wherever no digits are asked for."""
+        if first == REPEAT_KEY or (first == AGENT_KEY and not reply.max_digits):
+            self._handed_over_at = time.monotonic()
+            self.transcript.add("caller", first, keypad=True)
+            return UserInput(text=first, keypad=True)
         keys = first
         wanted = reply.max_digits or MAX_KEYPAD_DIGITS
         while keys[-1] != "#" and sum(k.isdigit() for k in keys) < wanted and len(keys) < MAX_KEYPAD_DIGITS:
@@ -313,8 +335,8 @@ class CallSession:
         self.transcript.add("caller", shown, keypad=True)
         if digits:
             return UserInput(text=digits, keypad=True)
-        if "*" in keys:
-            return UserInput(text="*", keypad=True)
+        if REPEAT_KEY in keys:
+            return UserInput(text=REPEAT_KEY, keypad=True)
         return None  # only '#': nothing entered
 
     async def _confirm_if_unsure(self, user: UserInput, reply: Reply) -> UserInput | None:

@@ -161,13 +161,16 @@ async def test_database_locked_during_the_lookup(demo_settings: Settings) -> Non
     assert "1,234.56" not in report.robot_text
 
 
+HUNG_CALLS = 8  # more than the default thread pool's 6 workers on this 2-core machine
+
+
 class HangingStore:
-    """The real store; lookups for one customer block until released (a hung database session)."""
+    """The real store; balance look-ups for one customer block until released (a hung database session)."""
 
     def __init__(self, real: SqlAccountStore, customer_id: str) -> None:
         self.real = real
         self.customer_id = customer_id
-        self.entered = threading.Event()
+        self.hung = threading.Semaphore(0)  # released once per look-up that hangs
         self.release = threading.Event()
 
     def __getattr__(self, name: str) -> Any:
@@ -175,38 +178,86 @@ class HangingStore:
 
     def accounts(self, customer_id: str) -> Any:
         if customer_id == self.customer_id:
-            self.entered.set()
-            self.release.wait(60)
+            self.hung.release()
+            self.release.wait(120)
         return self.real.accounts(customer_id)
 
 
-async def test_a_hung_lookup_does_not_stall_other_calls(demo_settings: Settings) -> None:
-    """C001's balance lookup hangs; C002 and C003 complete their calls while it is still hung."""
+def zh_balance_call(caller_id: str, digits: str, first: str = "我想查一下余额") -> CallFile:
+    """A zh-CN balance call: every call below is in the same locale, so on the same Rasa agent."""
+    turns = (Turn("say", first), Turn("dtmf", f"{digits}#"), Turn("say", "再见"))
+    return CallFile(Path("same-locale.yaml"), caller_id, "zh-CN", turns, Expect())
+
+
+async def wait_for_hung(semaphore: threading.Semaphore, count: int) -> None:
+    for _ in range(count):
+        assert await asyncio.to_thread(semaphore.acquire, True, 60), "a hung call never reached its hang"
+
+
+async def test_hung_lookups_do_not_stall_other_calls_in_the_same_locale(demo_settings: Settings) -> None:
+    """Eight calls of C001 hang in their balance look-up; C002 and C003, calling in the same locale
+    (the same agent, its loop and its look-up threads), complete while all eight are still hung."""
     from ivr.dialogue.engine import RasaEngine
 
-    settings = dataclasses.replace(demo_settings, lookup_timeout_s=30.0, dialogue_timeout_s=40.0)
+    settings = dataclasses.replace(demo_settings, lookup_timeout_s=90.0, dialogue_timeout_s=100.0)
     store = HangingStore(SqlAccountStore.from_settings(settings), "C001")
-    dialogue = RasaEngine(settings, store)  # type: ignore[arg-type]
-    hung = balance_call()
-    others = [
-        CallFile(Path("en.yaml"), "15550000002", "en-US",
-                 (Turn("say", "what is my balance"), Turn("dtmf", "7305#"), Turn("say", "goodbye")), Expect()),
-        CallFile(Path("ko.yaml"), "01012345678", "ko-KR",
-                 (Turn("say", "잔액 알려 주세요"), Turn("dtmf", "6193#"), Turn("say", "안녕히 계세요")), Expect()),
-    ]
+    dialogue = RasaEngine(settings, store, locales=["zh-CN"])  # type: ignore[arg-type]
     async with running_robot(settings, text_input=True, dialogue=dialogue, store=store) as (host, port, _):
-        first = asyncio.create_task(ScriptedAsterisk(hung, locale="zh-CN", text_mode=True).run(host, port))
-        await asyncio.to_thread(store.entered.wait, 60)
-        reports = await asyncio.gather(
-            *(ScriptedAsterisk(c, locale=c.locale or "", text_mode=True).run(host, port) for c in others)
-        )
-        assert not first.done()  # still hung while the others were served
+        hung = [
+            asyncio.create_task(ScriptedAsterisk(zh_balance_call("13800000001", "4821"), locale="zh-CN",
+                                                 text_mode=True).run(host, port))
+            for _ in range(HUNG_CALLS)
+        ]
+        await wait_for_hung(store.hung, HUNG_CALLS)
+        others = [zh_balance_call("15550000002", "7305"), zh_balance_call("01012345678", "6193")]
+        reports = await asyncio.wait_for(asyncio.gather(
+            *(ScriptedAsterisk(c, locale="zh-CN", text_mode=True).run(host, port) for c in others)), 60)
+        assert not any(t.done() for t in hung)  # still hung while the others were served
         store.release.set()
-        hung_report = await first
-    assert [r.outcome for r in reports] == ["completed", "completed"]
+        hung_reports = await asyncio.gather(*hung)
+    assert [r.outcome for r in reports] == ["completed", "completed"], [r.to_json() for r in reports]
     assert "2,500.75 USD" in reports[0].robot_text
     assert "1,234,000 KRW" in reports[1].robot_text
-    assert hung_report.answered
+    assert all(r.answered and "1,234.56 CNY" in r.robot_text for r in hung_reports)
+
+
+class HangingRecognizer(SidecarTextRecognizer):
+    """Text input; a caller who says HANG_WORD hangs the decoder (a stuck recognizer thread)."""
+
+    HANG_WORD = "卡住"
+
+    def __init__(self) -> None:
+        self.hung = threading.Semaphore(0)
+        self.release = threading.Event()
+
+    def transcribe(self, wav: Path, locale: str, grammar: Sequence[str] | None = None) -> Recognition:
+        result = super().transcribe(wav, locale, grammar)
+        if result.text == self.HANG_WORD:
+            self.hung.release()
+            self.release.wait(120)
+        return result
+
+
+async def test_hung_decodes_do_not_stall_other_calls(demo_settings: Settings) -> None:
+    """Eight calls hang in speech recognition (past their own timeout: the threads stay stuck); two more
+    calls in the same locale are recognized and served meanwhile."""
+    settings = dataclasses.replace(demo_settings, asr_timeout_s=1.0)
+    recognizer = HangingRecognizer()
+    async with running_robot(settings, text_input=True, recognizer=recognizer) as (host, port, _):
+        hung = [
+            asyncio.create_task(ScriptedAsterisk(zh_balance_call("13800000001", "4821", HangingRecognizer.HANG_WORD),
+                                                 locale="zh-CN", text_mode=True).run(host, port))
+            for _ in range(HUNG_CALLS)
+        ]
+        await wait_for_hung(recognizer.hung, HUNG_CALLS)
+        hung_reports = await asyncio.gather(*hung)  # each timed out: apology and a person
+        others = [zh_balance_call("15550000002", "7305"), zh_balance_call("01012345678", "6193")]
+        reports = await asyncio.wait_for(asyncio.gather(
+            *(ScriptedAsterisk(c, locale="zh-CN", text_mode=True).run(host, port) for c in others)), 60)
+        recognizer.release.set()
+    assert all(r.outcome == "transfer" and r.transfer_reason == "asr_failed" for r in hung_reports)
+    assert [r.outcome for r in reports] == ["completed", "completed"], [r.to_json() for r in reports]
+    assert "2,500.75 USD" in reports[0].robot_text
 
 
 # ---------------------------------------------------------------- speech

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import NoReturn
 
 from ivr.agi.protocol import (
     AgiDeadChannel,
@@ -140,16 +141,29 @@ class AgiChannel:
 
     def __init__(self, connection: AgiConnection) -> None:
         self._agi = connection
+        # The call's ID as the robot's logs show it (masked), set by the call handler: ANSWER hands it
+        # to Asterisk as IVR_CALL_ID, which the dialplan writes into Asterisk's log and the call's CDR.
+        self.call_id = ""
 
     async def answer(self) -> None:
         await self._agi.execute("ANSWER")
+        if self.call_id:
+            await self._agi.execute("SET VARIABLE", "IVR_CALL_ID", self.call_id)
 
     async def play(self, sound: Path, escape_digits: str = "") -> str:
         """Play a prompt (path without extension); return the key that interrupted it, if any."""
         response = await self._agi.execute("STREAM FILE", without_extension(sound), escape_digits)
         if response.result == "-1":
-            raise AgiError(f"Asterisk could not play {sound.name}")
+            await self._hung_up_or_failed(f"Asterisk could not play {sound.name}")
         return _digit(response)
+
+    async def _hung_up_or_failed(self, problem: str) -> NoReturn:
+        """``result=-1`` is both "the caller hung up" (Asterisk's ``HANGUP`` line may come only after the
+        reply) and "the command failed" (a missing sound file). A harmless command tells which: on a
+        hung-up channel Asterisk refuses it (511) or the HANGUP line arrives first, and ``execute``
+        raises ``AgiHangup``: normal flow, not a part failure."""
+        await self._agi.execute("CHANNEL STATUS")
+        raise AgiError(problem)
 
     async def record(self, path: Path, *, escape_digits: str, max_s: float, silence_s: int) -> Recording:
         """RECORD FILE with silence detection; the caller may instead press a key (escape digit)."""
@@ -164,7 +178,9 @@ class AgiChannel:
             timeout_s=max_s + self._agi.command_timeout_s,
         )
         if response.result == "-1":
-            raise RecordingError(f"Asterisk could not write the recording ({response.data or 'error'})")
+            if response.data == "writefile":
+                raise RecordingError("Asterisk could not write the recording (writefile)")
+            await self._hung_up_or_failed(f"RECORD FILE failed ({response.data or 'error'})")
         digit = _digit(response) if response.data == "dtmf" else ""
         return Recording(path=path.with_suffix(".wav"), digit=digit)
 
@@ -172,6 +188,8 @@ class AgiChannel:
         response = await self._agi.execute(
             "WAIT FOR DIGIT", int(timeout_s * 1000), timeout_s=timeout_s + self._agi.command_timeout_s
         )
+        if response.result == "-1":
+            await self._hung_up_or_failed("WAIT FOR DIGIT failed")
         return _digit(response)
 
     async def set_variable(self, name: str, value: str) -> None:

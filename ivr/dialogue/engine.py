@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ivr.config import LOCALES
 from ivr.dialogue.train import model_path
 from ivr.parts import CallInfo, DialogueError, Expect, Outcome, Reply, UserInput
+from ivr.pools import PartPool
 
 if TYPE_CHECKING:
     from rasa.core.agent import Agent
@@ -168,8 +169,11 @@ def in_process_endpoint(executor: ActionExecutor) -> Any:
 class _LocaleAgent:
     """One locale's agent on its own event loop thread. Everything touching the agent runs on that loop."""
 
-    def __init__(self, locale: str, model: Path, models_dir: Path, store: AccountStore, settings: Settings) -> None:
+    def __init__(
+        self, locale: str, model: Path, models_dir: Path, store: AccountStore, settings: Settings, lookups: PartPool
+    ) -> None:
         self.locale = locale
+        self._lookups = lookups
         self.model = model
         self._models_dir = models_dir
         self._store = store
@@ -197,7 +201,7 @@ class _LocaleAgent:
 
         from ivr.dialogue.actions import build_executor
 
-        self.endpoint = in_process_endpoint(build_executor(self._store, self._settings))
+        self.endpoint = in_process_endpoint(build_executor(self._store, self._settings, self._lookups))
         self.agent = Agent.load(str(self.model), action_endpoint=self.endpoint)
         await self.agent.parse_message("hello")
         log.info("dialogue model for %s loaded from %s", self.locale, self.model)
@@ -276,6 +280,7 @@ class RasaEngine(TurnEngine):
         self._models_dir = models_dir or settings.models_dir
         self._locales = tuple(locales or LOCALES)
         self._agents: dict[str, _LocaleAgent] = {}
+        self._lookups = PartPool("lookup", settings.max_calls)  # shared by the locales' agents
         self._loading: dict[str, concurrent.futures.Future[None]] = {}
         self._lock = threading.Lock()
         super().__init__()
@@ -324,7 +329,7 @@ class RasaEngine(TurnEngine):
             failed.set_exception(DialogueError(
                 f"{model}: no trained dialogue model for {locale} (run `ivr train --locale {locale}`)"))
             return failed
-        runner = _LocaleAgent(locale, model, self._models_dir, self._store, self._settings)
+        runner = _LocaleAgent(locale, model, self._models_dir, self._store, self._settings, self._lookups)
         self._agents[locale] = runner
         return runner.submit(runner.load())
 
@@ -378,6 +383,7 @@ class RasaEngine(TurnEngine):
             self._digits_awaited.clear()
         for runner in runners:
             await asyncio.to_thread(runner.stop)
+        self._lookups.close()
 
     def conversations(self, locale: str) -> int:
         """How many conversations the locale's agent holds (tests check that closed calls are forgotten)."""

@@ -306,6 +306,8 @@ class ScriptedAsterisk:
             return "200 result=1\n"
         if name == "GET VARIABLE":
             return "200 result=0\n"
+        if name == "CHANNEL STATUS":
+            return "200 result=6\n"  # 6: the line is up
         return "510 Invalid or unknown command\n"
 
     async def _stream_file(self, args: list[str]) -> str:

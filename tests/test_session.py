@@ -1,0 +1,286 @@
+"""``CallSession``'s turn-taking policy, branch by branch, on an in-memory call (ivr.testing.memory).
+
+The dialogue here is a scripted double (``ScriptedDialogue``) so that each branch can be reached
+exactly; the real Rasa dialogue behind the same session is covered by the replay and fault tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ivr.config import Settings
+from ivr.dialogue.prompts import PromptBook
+from ivr.metrics import Metrics
+from ivr.parts import CallInfo, DialogueError, Expect, Outcome, Reply, UserInput
+from ivr.session import CallSession, Parts
+from ivr.testing.memory import (
+    HANGUP,
+    MUMBLE,
+    SILENCE,
+    CallerAct,
+    MemoryChannel,
+    MemoryRecognizer,
+    MemorySynthesizer,
+)
+
+GREETING = Reply(texts=("Hello, how can I help?",))
+ASK_DIGITS = Reply(texts=("The last four digits of your ID?",), expect=Expect.DIGITS, secret=True, max_digits=4)
+BALANCE = Reply(texts=("Your balance is 1,234.56 CNY.", "Anything else?"), intent="ask_balance", confidence=0.9)
+GOODBYE = Reply(texts=("Goodbye.",), outcome=Outcome.COMPLETED, intent="goodbye")
+AGENT = Reply(texts=("Putting you through.",), outcome=Outcome.TRANSFER, transfer_reason="caller_request")
+FALLBACK = Reply(texts=("Sorry, say that again?",), intent="nlu_fallback", confidence=0.2)
+
+
+class ScriptedDialogue:
+    """A dialogue double: the reply for each input is looked up by its text; ``fail`` raises, ``hang``
+    never answers. It records what it was given."""
+
+    def __init__(self, replies: dict[str, Reply], *, fail: bool = False, hang: bool = False) -> None:
+        self.replies = replies
+        self.fail = fail
+        self.hang = hang
+        self.inputs: list[UserInput] = []
+        self.closed = False
+
+    async def start(self, call: CallInfo) -> Reply:
+        return GREETING
+
+    async def handle(self, call: CallInfo, user: UserInput) -> Reply:
+        self.inputs.append(user)
+        if self.hang:
+            await asyncio.Event().wait()
+        if self.fail:
+            raise DialogueError("injected: the dialogue raised")
+        return self.replies.get(user.text, FALLBACK)
+
+    async def classify(self, text: str, locale: str) -> tuple[str, float]:
+        return {"yes": ("affirm", 0.95), "no": ("deny", 0.95)}.get(text, ("ask_balance", 0.8))
+
+    async def close(self, call: CallInfo) -> None:
+        self.closed = True
+
+
+REPLIES = {
+    "balance": ASK_DIGITS,
+    "4821": BALANCE,
+    "bye": GOODBYE,
+    "agent": AGENT,
+}
+
+
+@dataclasses.dataclass
+class Call:
+    result: Any
+    channel: MemoryChannel
+    dialogue: ScriptedDialogue
+    metrics: Metrics
+    transcript: list[dict[str, Any]]
+    prompts: PromptBook
+
+    def said(self, name: str, **values: str) -> str:
+        return self.prompts.text(name, "en-US", **values)
+
+
+async def call(
+    settings: Settings,
+    acts: list[CallerAct],
+    *,
+    dialogue: ScriptedDialogue | None = None,
+    synthesizer: MemorySynthesizer | None = None,
+    recognizer_fails: bool = False,
+    fail_recording: bool = False,
+) -> Call:
+    channel = MemoryChannel(list(acts), fail_recording=fail_recording)
+    dialogue = dialogue or ScriptedDialogue(REPLIES)
+    parts = Parts(
+        settings=settings,
+        dialogue=dialogue,
+        recognizer=MemoryRecognizer(channel, fail=recognizer_fails),
+        synthesizer=synthesizer or MemorySynthesizer(),
+        prompts=PromptBook(settings.dialogs_dir),
+        metrics=Metrics(),
+    )
+    info = CallInfo("1764000000.1-0a1b2c3d", "15550000002", "en-US")
+    session = CallSession(parts, channel, info)
+    result = await asyncio.wait_for(session.run(), 30)
+    path = session.transcript._path
+    assert path is not None
+    transcript = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return Call(result, channel, dialogue, parts.metrics, transcript, parts.prompts)
+
+
+@pytest.fixture
+def settings(base_settings: Settings, tmp_path: Path) -> Settings:
+    return dataclasses.replace(
+        base_settings, transcripts_dir=tmp_path / "transcripts", spool_dir=tmp_path / "spool",
+        dialogue_timeout_s=0.5, tts_timeout_s=0.5,
+    )
+
+
+def say(text: str, confidence: float = 1.0) -> CallerAct:
+    return CallerAct.say(text, confidence)
+
+
+# ---------------------------------------------------------------- the intended path
+async def test_a_call_served_to_the_end(settings: Settings) -> None:
+    c = await call(settings, [say("balance"), CallerAct.keys("4821"), say("bye")])
+    assert c.result.outcome is Outcome.COMPLETED
+    assert c.channel.played == [*GREETING.texts, *ASK_DIGITS.texts, *BALANCE.texts, *GOODBYE.texts]
+    assert c.channel.variables == {"IVR_RESULT": "completed"} and c.channel.hung_up_by_robot
+    assert [u.text for u in c.dialogue.inputs] == ["balance", "4821", "bye"]
+    assert c.dialogue.inputs[1].keypad and c.dialogue.closed
+    assert "4821" not in json.dumps(c.transcript)  # the keyed secret is masked
+    assert c.metrics.calls_completed._value.get() == 1
+
+
+# ---------------------------------------------------------------- silence and words not understood
+async def test_silence_reprompts_then_a_person_takes_over(settings: Settings) -> None:
+    c = await call(settings, [SILENCE, SILENCE, say("balance"), SILENCE, SILENCE, SILENCE])
+    assert c.result.outcome is Outcome.TRANSFER and c.result.reason == "no_input"
+    no_input = c.said("utter_no_input")
+    # After each silence: "I did not hear you" and the question again; the count restarts once heard.
+    assert c.channel.played[:5] == [*GREETING.texts, no_input, *GREETING.texts, no_input, *GREETING.texts]
+    assert c.channel.played.count(no_input) == 4
+    assert c.channel.played[-1] == c.said("utter_transfer")
+    assert c.channel.variables == {"IVR_TRANSFER_REASON": "no_input", "IVR_RESULT": "transfer"}
+
+
+async def test_unknown_words_three_times_go_to_a_person(settings: Settings) -> None:
+    c = await call(settings, [MUMBLE, MUMBLE, MUMBLE])
+    assert c.result.outcome is Outcome.TRANSFER and c.result.reason == "not_understood"
+    assert c.channel.played.count(c.said("utter_not_understood")) == 2
+    assert not c.dialogue.inputs  # nothing the recognizer could not place reaches the dialogue
+
+
+async def test_turns_the_dialogue_does_not_understand_count_across_turns(settings: Settings) -> None:
+    c = await call(settings, [say("what"), MUMBLE, say("huh")])
+    assert c.result.outcome is Outcome.TRANSFER and c.result.reason == "not_understood"
+    assert [u.text for u in c.dialogue.inputs] == ["what", "huh"]
+
+
+# ---------------------------------------------------------------- confidence
+async def test_low_confidence_speech_is_confirmed_before_acting(settings: Settings) -> None:
+    c = await call(settings, [say("agent", 0.3), say("yes"), ])
+    assert c.channel.played[1] == c.said("utter_did_you_say", heard="agent")
+    assert c.result.outcome is Outcome.TRANSFER and c.result.reason == "caller_request"
+    assert [(u.text, u.confidence) for u in c.dialogue.inputs] == [("agent", 1.0)]
+
+
+async def test_a_denied_guess_is_not_acted_on(settings: Settings) -> None:
+    c = await call(settings, [say("agent", 0.3), say("no"), say("bye")])
+    assert c.result.outcome is Outcome.COMPLETED
+    assert c.said("utter_not_understood") in c.channel.played
+    assert [u.text for u in c.dialogue.inputs] == ["bye"]
+
+
+async def test_neither_yes_nor_no_is_taken_as_the_new_request(settings: Settings) -> None:
+    c = await call(settings, [say("agent", 0.3), say("bye")])
+    assert c.result.outcome is Outcome.COMPLETED
+    assert [u.text for u in c.dialogue.inputs] == ["bye"]
+
+
+async def test_low_confidence_digits_are_asked_for_by_keypad(settings: Settings) -> None:
+    c = await call(settings, [say("balance"), say("4821", 0.3), CallerAct.keys("4821"), say("bye")])
+    assert c.said("utter_ask_keypad") in c.channel.played
+    assert [(u.text, u.keypad) for u in c.dialogue.inputs] == [("balance", False), ("4821", True), ("bye", False)]
+    assert c.result.outcome is Outcome.COMPLETED
+
+
+async def test_digits_spoken_again_instead_of_keyed_are_not_taken(settings: Settings) -> None:
+    c = await call(settings, [say("balance"), say("4821", 0.3), say("4821", 0.9), HANGUP])
+    assert [u.text for u in c.dialogue.inputs] == ["balance"]
+    assert c.result.outcome is Outcome.CALLER_HANGUP
+
+
+# ---------------------------------------------------------------- keys
+async def test_star_repeats_the_question_at_once(settings: Settings) -> None:
+    c = await call(settings, [CallerAct.keys("*"), say("bye")])
+    assert c.channel.played[:2] == [*GREETING.texts, *GREETING.texts]
+    assert c.channel.digit_waits == 0  # no pause waiting for more keys
+    assert c.result.outcome is Outcome.COMPLETED
+
+
+async def test_zero_puts_the_caller_through_at_once_where_no_digits_are_asked(settings: Settings) -> None:
+    c = await call(settings, [CallerAct.keys("0")])
+    assert c.result.outcome is Outcome.TRANSFER and c.result.reason == "caller_request"
+    assert c.channel.digit_waits == 0 and not c.dialogue.inputs
+
+
+async def test_zero_is_a_digit_where_digits_are_asked(settings: Settings) -> None:
+    replies = {**REPLIES, "0821": BALANCE}
+    c = await call(settings, [say("balance"), CallerAct.keys("0821"), say("bye")],
+                   dialogue=ScriptedDialogue(replies))
+    assert [u.text for u in c.dialogue.inputs] == ["balance", "0821", "bye"]
+    assert c.result.outcome is Outcome.COMPLETED
+
+
+async def test_keys_stop_at_the_expected_count_or_hash(settings: Settings) -> None:
+    c = await call(settings, [say("balance"), CallerAct.keys("48219"), say("bye")])
+    assert c.dialogue.inputs[1].text == "4821"  # four digits asked: the fifth key is not read
+    c = await call(settings, [say("balance"), CallerAct.keys("48#"), HANGUP])
+    assert c.dialogue.inputs[1].text == "48"
+
+
+# ---------------------------------------------------------------- asking for a person, hanging up
+async def test_asking_for_a_person(settings: Settings) -> None:
+    c = await call(settings, [say("agent")])
+    assert c.channel.played[-1] == AGENT.texts[0]
+    assert c.channel.variables == {"IVR_TRANSFER_REASON": "caller_request", "IVR_RESULT": "transfer"}
+    assert not c.channel.hung_up_by_robot  # back to the dialplan, which queues the caller
+
+
+async def test_a_hang_up_is_not_a_failure(settings: Settings) -> None:
+    c = await call(settings, [say("balance"), HANGUP])
+    assert c.result.outcome is Outcome.CALLER_HANGUP
+    assert c.said("utter_apology") not in c.channel.played and not c.channel.variables
+    assert c.transcript[-1]["outcome"] == "caller_hangup"
+
+
+# ---------------------------------------------------------------- each part failing
+async def apologised(c: Call, reason: str) -> None:
+    assert c.result.outcome is Outcome.TRANSFER and c.result.reason == reason
+    assert c.channel.played[-1] == c.said("utter_apology")
+    assert c.channel.variables == {"IVR_TRANSFER_REASON": reason, "IVR_RESULT": "transfer"}
+    assert "1,234.56" not in " ".join(c.channel.played)
+
+
+async def test_the_dialogue_raises(settings: Settings) -> None:
+    await apologised(await call(settings, [say("balance")], dialogue=ScriptedDialogue(REPLIES, fail=True)),
+                     "dialogue_failed")
+
+
+async def test_the_dialogue_hangs(settings: Settings) -> None:
+    await apologised(await call(settings, [say("balance")], dialogue=ScriptedDialogue(REPLIES, hang=True)),
+                     "dialogue_failed")
+
+
+async def test_the_recognizer_raises(settings: Settings) -> None:
+    await apologised(await call(settings, [say("balance")], recognizer_fails=True), "asr_failed")
+
+
+async def test_the_recording_cannot_be_written(settings: Settings) -> None:
+    await apologised(await call(settings, [say("balance")], fail_recording=True), "recording_failed")
+
+
+async def test_synthesis_fails_for_one_answer(settings: Settings) -> None:
+    c = await call(settings, [say("balance"), CallerAct.keys("4821")], synthesizer=MemorySynthesizer(fail_when="1,234.56"))
+    await apologised(c, "tts_failed")
+
+
+async def test_synthesis_hangs_the_pre_rendered_apology_is_played(settings: Settings) -> None:
+    c = await call(settings, [say("balance")], synthesizer=MemorySynthesizer(hang=True))
+    assert c.result.outcome is Outcome.TRANSFER and c.result.reason == "tts_failed"
+    assert c.channel.played == ["(pre-rendered apology)"]
+
+
+async def test_nothing_can_be_said_the_dialplan_apologises(settings: Settings) -> None:
+    c = await call(settings, [say("balance")], synthesizer=MemorySynthesizer(hang=True, fallbacks=False))
+    assert c.result.outcome is Outcome.ERROR
+    assert c.channel.played == []
+    assert c.channel.variables == {"IVR_TRANSFER_REASON": "tts_failed", "IVR_RESULT": "error"}
