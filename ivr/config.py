@@ -34,6 +34,11 @@ class Settings:
     sounds_dir: Path = PROJECT_ROOT / "var" / "sounds"
     spool_dir: Path = PROJECT_ROOT / "var" / "spool"
     transcripts_dir: Path = PROJECT_ROOT / "var" / "transcripts"
+    log_dir: Path = PROJECT_ROOT / "var" / "log"  # log files of helper processes (Rasa servers, action server)
+    # privacy: how long transcripts, kept recordings, helper logs and audit rows are kept (`ivr purge`,
+    # daily in `ivr serve`); 0 keeps them forever. Recordings are deleted once decoded unless kept.
+    retention_days: int = 30
+    keep_recordings: bool = False
     # the call server
     locale: str = "zh-CN"
     agi_host: str = "127.0.0.1"
@@ -65,6 +70,8 @@ class Settings:
     tts_rate_wpm: int = 160
     tts_voice: str = ""  # empty: the locale's default espeak-ng voice
     tts_dynamic_cache_mb: int = 200
+    # a .txt beside each dynamic render (amounts, "did you say …") with its text: replays and tests only
+    tts_dynamic_sidecars: bool = False
     # caller verification
     verify_max_failures: int = 3
     lockout_failures: int = 5

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ class SuiteDirs:
     spool: Path
     transcripts: Path
     log_file: Path
+    started: float = dataclasses.field(default_factory=time.time)  # files changed since are the session's
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +81,8 @@ def base_settings(suite_dirs: SuiteDirs) -> Settings:
         sounds_dir=suite_dirs.sounds,
         spool_dir=suite_dirs.spool,
         transcripts_dir=suite_dirs.transcripts,
+        log_dir=suite_dirs.log_file.parent,  # helper processes' logs: scanned by test_zz_privacy.py
+        tts_dynamic_sidecars=True,  # the replay peers read what the robot said from the sidecars
         asr_dither=False,
         fixed_date=FIXED_DATE,
         http_port=0,

@@ -547,6 +547,8 @@ def robot_environment(s: Settings) -> dict[str, str]:
         IVR_SOUNDS_DIR=str(s.sounds_dir),
         IVR_SPOOL_DIR=str(s.spool_dir),
         IVR_TRANSCRIPTS_DIR=str(s.transcripts_dir),
+        IVR_LOG_DIR=str(s.log_dir),  # helper processes' logs, where test_zz_privacy.py scans
+        IVR_TTS_DYNAMIC_SIDECARS=str(s.tts_dynamic_sidecars).lower(),
         IVR_LOCALE=s.locale,
         IVR_FIXED_DATE=s.fixed_date,
         IVR_ASR_DITHER="false",
@@ -566,6 +568,7 @@ def test_bench_through_asterisk_writes_valid_json(robot_settings: Settings, tmp_
         [sys.executable, "-m", "ivr", "bench", "--asterisk", "--calls", "2", "--duration", "10", "--json", str(out)],
         env=robot_environment(robot_settings), capture_output=True, text=True, timeout=600, check=False,
     )
+    (robot_settings.log_dir / f"bench-asterisk-{tmp_path.name}.log").write_text(done.stderr)  # privacy scan
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = json.loads(out.read_text(encoding="utf-8"))["runs"]
     assert run["transport"] == "asterisk" and run["calls_placed"] >= 2 and run["calls_unanswered"] == 0

@@ -29,12 +29,14 @@ def bench(tmp_path: Path, suite_dirs: SuiteDirs, *args: str) -> dict[str, Any]:
         "IVR_SOUNDS_DIR": str(suite_dirs.sounds),
         "IVR_SPOOL_DIR": str(tmp_path / "spool"),
         "IVR_TRANSCRIPTS_DIR": str(suite_dirs.transcripts),
+        "IVR_LOG_DIR": str(suite_dirs.log_file.parent),  # the Rasa servers' logs (--compare)
         "IVR_FIXED_DATE": "2026-11-28",
     }
     done = subprocess.run(
         [sys.executable, "-m", "ivr", "bench", *args, "--locale", "ko-KR", "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=1200, check=False,
     )
+    (suite_dirs.log_file.parent / f"bench-{tmp_path.name}.log").write_text(done.stderr)  # test_zz_privacy.py scans it
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout == ""  # the report went to the file
     result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))

@@ -106,7 +106,7 @@ async def test_render_writes_an_asterisk_wav_and_a_sidecar(
     path = await synth.render(SAMPLE[locale], locale)
     assert_asterisk_wav(path, min_seconds=1.5)
     assert path.parent == settings.sounds_dir / locale / "dynamic"
-    assert path.with_suffix(".txt").read_text(encoding="utf-8") == SAMPLE[locale]
+    assert not path.with_suffix(".txt").exists()  # no text in clear beside a dynamic render (tests/test_tts_privacy.py)
     assert asterisk_name(path) == str(path)[: -len(".wav")]
     assert synth.stats.syntheses == 1 and synth.stats.misses == 1 and synth.stats.hits == 0
     assert not list(path.parent.glob(".*")), "temporary files left behind"
@@ -192,9 +192,10 @@ async def test_a_cancelled_render_does_not_cancel_the_others(synth: PromptSynthe
     assert synth.stats.syntheses == 1
 
 
-async def test_different_locales_are_rendered_concurrently_without_mixing(synth: PromptSynthesizer) -> None:
+async def test_different_locales_are_rendered_concurrently_without_mixing(settings: Settings) -> None:
     texts = [(f"{SAMPLE[locale]} {i}", locale) for i in range(3) for locale in LOCALES]
-    paths = await asyncio.gather(*(synth.render(text, locale) for text, locale in texts))
+    with PromptSynthesizer(dataclasses.replace(settings, tts_dynamic_sidecars=True)) as synth:  # to read the texts
+        paths = await asyncio.gather(*(synth.render(text, locale) for text, locale in texts))
     assert len(set(paths)) == len(texts)
     for (text, locale), path in zip(texts, paths, strict=True):
         assert path.parent.parent.name == locale
@@ -465,7 +466,7 @@ def fill(template: str, locale: str) -> str:
 
 async def test_every_response_in_dialogs_renders(tmp_path: Path) -> None:
     assert {p.parent.name for p in REAL_DOMAINS} >= set(LOCALES)
-    settings = Settings(sounds_dir=tmp_path / "sounds")
+    settings = Settings(sounds_dir=tmp_path / "sounds", tts_dynamic_sidecars=True)
     book = PromptBook(settings.dialogs_dir)
     with PromptSynthesizer(settings, book) as synth:
         locales = [p.parent.name for p in REAL_DOMAINS if p.parent.name in LOCALES]

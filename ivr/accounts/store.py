@@ -571,6 +571,19 @@ class SqlAccountStore:
                 what=mask_text(_cap(what, 400))[:200], disclosed_at=self._now(),
             ))
 
+    def purge_audit(self, before: dt.datetime) -> dict[str, int]:
+        """Delete verification attempts and disclosures older than ``before`` (retention, ``ivr purge``).
+
+        Never cuts into the lockout window: attempts younger than ``lockout_s`` are kept whatever
+        ``before`` says. Returns the rows deleted per table."""
+        cutoff = min(utc_naive(before), self._now() - self._lockout)
+        with self._transaction("purging old audit rows", write=True) as session:
+            attempts = session.execute(
+                delete(VerificationAttempt).where(VerificationAttempt.attempted_at < cutoff)
+            ).rowcount
+            disclosures = session.execute(delete(Disclosure).where(Disclosure.disclosed_at < cutoff)).rowcount
+        return {"verification_attempts": int(attempts or 0), "disclosures": int(disclosures or 0)}
+
     def healthy(self) -> bool:
         try:
             with self._serial, self._engine.connect() as conn:

@@ -38,6 +38,7 @@ async def _serve(settings: Settings, host: str | None, port: int | None, text_in
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await robot.start(host, port)
+    robot.start_purging()  # retention: transcripts, recordings, audit rows past retention_days, daily
     log.info("the robot answers calls; /metrics and /health on %s:%d", settings.http_host, settings.http_port)
     await stop.wait()
     log.info("stopping: no new calls, live calls get up to %.0f s", settings.stop_grace_s)

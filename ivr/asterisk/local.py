@@ -392,9 +392,10 @@ class LocalAsterisk:
         mounted = {str(p) for p in mounts_under(self.root)}
         for host_dir in self.shared_dirs():
             host_dir.mkdir(parents=True, exist_ok=True)
-            # Asterisk's user reads the prompts and writes the recordings (its uid is the chroot's).
+            # Asterisk's user reads the prompts and writes the recordings (its uid is the chroot's); the
+            # recordings' folder is owner-only (the robot, root here, reads and deletes them).
             os.chown(host_dir, uid, gid)
-            os.chmod(host_dir, 0o775)
+            os.chmod(host_dir, 0o700 if host_dir == self.settings.spool_dir.resolve() else 0o775)
             inside = self.root / str(host_dir).lstrip("/")
             if str(inside) in mounted:
                 continue

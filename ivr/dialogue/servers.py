@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from pathlib import Path
 from ivr.config import PROJECT_ROOT, Settings
 from ivr.dialogue import rasa_environment
 from ivr.dialogue.train import model_path
+from ivr.retention import private_dir
 
 SERVER_DIR = PROJECT_ROOT / "dialogs" / "server"
 READY_WITHIN_S = 300.0  # several processes importing TensorFlow on a shared 2-core machine
@@ -49,7 +51,7 @@ class _Process:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.name = name
         self.log = log
-        self._out = log.open("wb")
+        self._out = open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")  # owner-only
         self.popen = subprocess.Popen(argv, env=env, cwd=PROJECT_ROOT, stdout=self._out, stderr=subprocess.STDOUT)
 
     def failed(self) -> str | None:
@@ -123,13 +125,15 @@ def rasa_servers(
     server, or the ``${...}`` values an endpoints file reads). ``endpoints``: the Rasa servers' endpoints
     file, by default ``dialogs/server/endpoints.yml`` (in-memory tracker store); the shipped
     ``endpoints-sql.yml`` and ``endpoints-redis.yml`` select a shared tracker store. The logs are
-    ``work/actions.log`` and ``work/rasa-<locale>.log``. Blocks while the servers start (up to a few
+    ``actions-<port>.log`` and ``rasa-<locale>-<port>.log`` in ``settings.log_dir`` (owner-only; purged
+    with the transcripts past ``retention_days``). Blocks while the servers start (up to a few
     minutes): call it off the event loop.
     """
     rasa = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "rasa"
     if not rasa.exists():
         rasa = Path("rasa")
     work.mkdir(parents=True, exist_ok=True)
+    logs = private_dir(settings.log_dir)
     token = secrets.token_hex(16)
     locales = list(locales)
     actions_port, *locale_ports = free_ports(1 + len(locales))
@@ -147,7 +151,7 @@ def rasa_servers(
     env.pop("IVR_DIALOGUE_URL", None)
     Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
     processes = [_Process("rasa run actions", [str(rasa), "run", "actions", "--actions", "ivr.dialogue.action_server",
-                                               "--port", str(actions_port)], env, work / "actions.log")]
+                                               "--port", str(actions_port)], env, logs / f"actions-{actions_port}.log")]
     try:
         for locale, port in ports.items():
             processes.append(_Process(f"rasa run ({locale})", [
@@ -155,7 +159,7 @@ def rasa_servers(
                 "-m", str(model_path(settings.models_dir, locale)),
                 "--endpoints", str(endpoints or SERVER_DIR / "endpoints.yml"),
                 "--credentials", str(SERVER_DIR / "credentials.yml"),
-            ], env, work / f"rasa-{locale}.log"))
+            ], env, logs / f"rasa-{locale}-{port}.log"))
         urls = [f"http://127.0.0.1:{actions_port}/health"]
         urls += [f"http://127.0.0.1:{port}/status?token={token}" for port in ports.values()]
         asyncio.run(_wait_ready(processes, urls, ready_within_s))

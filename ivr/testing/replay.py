@@ -41,8 +41,9 @@ async def running_robot(
 
 
 def replay_settings(settings: Settings) -> Settings:
-    """Replays are reproducible: no dither in the recognizer's features."""
-    return dataclasses.replace(settings, asr_dither=False)
+    """Replays are reproducible: no dither in the recognizer's features. Their peers read what the robot
+    said from the prompts' sidecars, so dynamic renders get one too (off in production)."""
+    return dataclasses.replace(settings, asr_dither=False, tts_dynamic_sidecars=True)
 
 
 async def replay_calls(

@@ -5,8 +5,12 @@ Layout under ``settings.sounds_dir`` (Asterisk plays each file by its path witho
     <locale>/prompts/<name>.wav   fixed prompts (the domain's responses without placeholders), kept
     <locale>/prompts/<name>.txt   the display text, so a test peer can tell what was said
     <locale>/prompts/manifest.json  response name -> file names, written by ``ivr prompts build``
-    <locale>/dynamic/<name>.wav   everything else (amounts, dates), least recently used evicted
-                                  beyond ``tts_dynamic_cache_mb``
+    <locale>/dynamic/<name>.wav   everything else (amounts, dates, "did you say …"): deleted when the
+                                  last call that played it ends (``end_call``), least recently used
+                                  evicted beyond ``tts_dynamic_cache_mb`` otherwise
+    <locale>/dynamic/<name>.txt   its text, only with ``tts_dynamic_sidecars`` (tests and replays, whose
+                                  peers read what the robot said from it): a caller's balance or words
+                                  are not kept on disk in clear beyond the call
 
 ``<name>`` is a hash of (locale, voice, rate, output format, display text, spoken text), so a change of
 any of them is a new file and a cached file is never stale.
@@ -41,6 +45,7 @@ from typing import Any
 
 from ivr.config import LOCALES, Settings
 from ivr.dialogue.prompts import PromptBook, PromptError
+from ivr.logs import call_id_var
 from ivr.parts import SynthesisError
 from ivr.tts.numbers import speakable
 
@@ -87,7 +92,7 @@ class SynthStats:
 
     FIELDS = (
         "renders", "hits", "misses", "joined", "syntheses", "synthesis_s", "conversion_s", "errors",
-        "worker_starts", "evictions",
+        "worker_starts", "evictions", "forgotten",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -102,6 +107,7 @@ class SynthStats:
         self.errors = 0
         self.worker_starts = 0
         self.evictions = 0  # dynamic files removed to stay within tts_dynamic_cache_mb
+        self.forgotten = 0  # dynamic files removed when the last call that played them ended
 
     def add(self, **deltas: float) -> None:
         with self._lock:
@@ -250,6 +256,10 @@ class PromptSynthesizer:
         self._dynamic_bytes: int | None = None
         self._closed = False
         self._cache = cache
+        self._dynamic_sidecars = settings.tts_dynamic_sidecars
+        # the dynamic files each live call has rendered, and the live calls using each file
+        self._call_files: dict[str, set[Path]] = {}
+        self._users: dict[Path, set[str]] = {}
         self.stats = SynthStats()
 
     # ------------------------------------------------------------ public API
@@ -274,6 +284,7 @@ class PromptSynthesizer:
         """The 8 kHz mono 16-bit WAV for ``text``: a cached file, or synthesized now. Raises SynthesisError."""
         job = self._job(text, locale)
         self.stats.add(renders=1)
+        self._hold(job)
         hit = self._lookup(job) if self._cache else None  # two stat() calls: cheaper than a hop to the thread
         if hit is not None:
             self.stats.add(hits=1)
@@ -292,6 +303,53 @@ class PromptSynthesizer:
             self.stats.add(hits=1)
             return hit
         return self._submit(job, fixed=None).result()
+
+    def end_call(self, call_id: str) -> None:
+        """The call is over: delete the dynamic renders it played (WAV and sidecar) that no other live
+        call uses; a render still in progress goes when it is done. Fixed prompts stay. Never raises."""
+        with self._lock:
+            for wav in self._call_files.pop(call_id, set()):
+                users = self._users.get(wav)
+                if users is not None:
+                    users.discard(call_id)
+                    if users:
+                        continue
+                    del self._users[wav]
+                inflight = self._inflight.get(wav.stem)
+                if inflight is not None and not inflight.done():
+                    inflight.add_done_callback(functools.partial(self._drop_unused, wav))
+                else:
+                    self._drop_unused(wav)
+
+    def _hold(self, job: _Job) -> None:
+        """Within a call (the session sets ``call_id_var``), note that the call uses ``job``'s dynamic file."""
+        call_id = call_id_var.get()
+        if call_id == "-":  # no call: the CLI, the prompts build, a test caller's speech
+            return
+        wav = self._target(job, False)
+        with self._lock:
+            self._call_files.setdefault(call_id, set()).add(wav)
+            self._users.setdefault(wav, set()).add(call_id)
+
+    def _drop_unused(self, wav: Path, _done: object = None) -> None:
+        with self._lock:
+            if wav in self._users:  # a new call took it meanwhile
+                return
+            removed = 0
+            for path in (wav, wav.with_suffix(".txt")):
+                try:
+                    size = path.stat().st_size
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    logger.warning("could not delete %s: %s", path.name, exc.strerror or type(exc).__name__)
+                    continue
+                removed += size
+            if removed:
+                self.stats.add(forgotten=1)
+                if self._dynamic_bytes is not None:
+                    self._dynamic_bytes = max(0, self._dynamic_bytes - removed)
 
     def fallback(self, key: str, locale: str) -> Path | None:
         """The pre-rendered domain response ``utter_<key>`` (``apology``, ``hold``), or None if never built."""
@@ -472,7 +530,10 @@ class PromptSynthesizer:
                 {"text": job.spoken, "voice": job.voice, "rate_wpm": self._rate_wpm, "out": str(tmp)}, job
             )
             size = self._check_wav(tmp, job)
-            self._write_sidecar(target, job.text)
+            if fixed or self._dynamic_sidecars:
+                self._write_sidecar(target, job.text)
+            else:  # never a caller's balance or words in clear beside a dynamic render
+                target.with_suffix(".txt").unlink(missing_ok=True)
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
@@ -487,7 +548,8 @@ class PromptSynthesizer:
             reply.get("frames", 0),
         )  # fmt: skip
         if not fixed:
-            self._account_dynamic(size + len(job.text.encode("utf-8")), keep=target)
+            sidecar = len(job.text.encode("utf-8")) if self._dynamic_sidecars else 0
+            self._account_dynamic(size + sidecar, keep=target)
         return target
 
     def _ensure_worker(self) -> None:
@@ -595,6 +657,10 @@ class PromptSynthesizer:
             if total <= target_bytes:
                 break
             if wav == keep:
+                continue
+            with self._lock:
+                in_use = wav in self._users
+            if in_use:  # a live call is about to play it; end_call removes it
                 continue
             wav.unlink(missing_ok=True)
             wav.with_suffix(".txt").unlink(missing_ok=True)
