@@ -45,13 +45,19 @@ PRODUCTION_FILES = (
     "queues.conf",
     "voicemail.conf",
     "rtp.conf",
+    "cdr.conf",
+    "cdr_custom.conf",
 )
-# The local instance adds its own asterisk.conf (directories) and the test caller/agent contexts.
-LOCAL_FILES = (*PRODUCTION_FILES, "asterisk.conf", "extensions_local.conf")
+# The local instance adds its own asterisk.conf (directories), the test caller/agent contexts and the
+# SIPp account.
+LOCAL_FILES = (*PRODUCTION_FILES, "asterisk.conf", "extensions_local.conf", "pjsip_local.conf")
+# Inside the chroot: Asterisk's log (logger.conf) and the call records (cdr_custom.conf).
+MESSAGES_LOG = "/var/log/asterisk/messages.log"
+CDR_CSV = "/var/log/asterisk/cdr-custom/ivr-calls.csv"
 # Settings the local instance takes from the package's own /etc/asterisk (defaults; quiets start-up).
 FROM_PACKAGE = (
     "indications.conf", "features.conf", "ccss.conf", "acl.conf", "udptl.conf", "pjproject.conf",
-    "stasis.conf", "cdr.conf", "cel.conf",
+    "stasis.conf", "cel.conf", "pjsip_notify.conf",
 )
 DEBOOTSTRAP_TIMEOUT_S = 1200.0
 _PLACEHOLDER = re.compile(r"@@([A-Z_]+)@@")
@@ -103,6 +109,7 @@ def config_values(
     local: bool,
     ami_secret: str,
     sip_secret: str,
+    sipp_secret: str = "",
     mod_dir: str = "/usr/lib/x86_64-linux-gnu/asterisk/modules",
 ) -> dict[str, str]:
     """The ``@@NAME@@`` values for asterisk_conf/, from the settings and ``IVR_*`` variables."""
@@ -128,8 +135,10 @@ def config_values(
         "AMI_PORT": str(settings.ami_port),
         "AMI_USER": settings.ami_user,
         "AMI_SECRET": ami_secret,
+        "AMI_WRITE_LOCAL": ",system" if local else "",  # PJSIPNotify, for the SIPp tests' callers
         "SIP_PORT": environ.get("IVR_SIP_PORT", "5060"),
         "SIP_SECRET": sip_secret,
+        "SIPP_SECRET": sipp_secret or new_secret(),  # the local SIPp account (pjsip_local.conf)
         "SOFTPHONE_CALLERID": environ.get("IVR_SOFTPHONE_CALLERID", "13800000001"),
     }
     for name, value in values.items():
@@ -228,6 +237,9 @@ class AsteriskStatus:
             f"AMI:       {self.ami[0]}:{self.ami[1]} (secret: {self.etc_dir / 'ami_secret'} unless IVR_AMI_SECRET)",
             f"SIP:       softphone user 'softphone' at 127.0.0.1:{self.sip_port} UDP"
             f" (password: {self.etc_dir / 'sip_secret'} unless IVR_SIP_SECRET)",
+            f"SIPp:      user 'sipp' (password: {self.etc_dir / 'sipp_secret'} unless IVR_SIPP_SECRET)",
+            f"logs:      {self.root / MESSAGES_LOG.lstrip('/')}",
+            f"CDR:       {self.root / CDR_CSV.lstrip('/')}",
             f"FastAGI:   {self.agi_url}",
         ]
         return out
@@ -347,8 +359,10 @@ class LocalAsterisk:
         """Render asterisk_conf/ into the chroot's /etc/ivr-asterisk; returns that folder."""
         ami_secret = self._secret("ami", "IVR_AMI_SECRET", self.settings.ami_secret)
         sip_secret = self._secret("sip", "IVR_SIP_SECRET", "")
+        sipp_secret = self._secret("sipp", "IVR_SIPP_SECRET", "")
         values = config_values(
             self.settings, self.environ, local=True, ami_secret=ami_secret, sip_secret=sip_secret,
+            sipp_secret=sipp_secret,
             mod_dir=self._mod_dir(),
         )
         _uid, gid = self.chroot_ids()
@@ -363,7 +377,7 @@ class LocalAsterisk:
                 shutil.copyfile(packaged, self.etc_dir / name)
                 os.chown(self.etc_dir / name, 0, gid)
                 os.chmod(self.etc_dir / name, 0o640)
-        for name, value in (("ami_secret", ami_secret), ("sip_secret", sip_secret)):
+        for name, value in (("ami_secret", ami_secret), ("sip_secret", sip_secret), ("sipp_secret", sipp_secret)):
             target = self.etc_dir / name
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="ascii") as handle:
