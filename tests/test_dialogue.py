@@ -610,8 +610,9 @@ def action_call(action: str, slots: dict[str, Any], intent: str, text: str, call
 ])
 async def test_answering_actions_check_verification_themselves(store: SwitchableStore, slots: dict[str, Any]) -> None:
     from ivr.dialogue.actions import build_executor
+    from ivr.pools import PartPool
 
-    executor = build_executor(store, base_settings())
+    executor = build_executor(store, base_settings(), PartPool("lookup", 4))
     for action, intent in (("action_answer_or_verify", "ask_balance"), ("action_verify_digits", "inform_digits")):
         result = await executor.run(action_call(action, {**slots, "requested_info": "balance"}, intent, "7305"))
         assert result is not None

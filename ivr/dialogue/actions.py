@@ -18,13 +18,13 @@ hour by the store (``lookup_keyed_phone``); past the limit the caller is put thr
 - ``call_outcome`` / ``transfer_reason``: how the call ends (the engine turns them into the Reply's outcome).
 
 Nothing is disclosed before verification: every answer checks ``verified`` itself, whatever the rules
-say. Account values come from the store at the moment of the call, in worker threads with
-``settings.lookup_timeout_s``; a store failure or timeout apologises and transfers ("lookup_failed").
+say. Account values come from the store at the moment of the call, on the store's own bounded worker
+threads (``ivr.pools``) with ``settings.lookup_timeout_s``; a store failure or timeout apologises and transfers ("lookup_failed").
 Wording is never here: actions name domain responses and fill their ``{placeholders}``.
 
 rasa_sdk's action server (``rasa run actions``) instantiates every concrete Action subclass it can
 see with no arguments; then the classes take their store and settings from
-``ivr.dialogue.action_server``. In-process, ``build_executor(store, settings)`` passes them in.
+``ivr.dialogue.action_server``. In-process, ``build_executor(store, settings, lookups)`` passes them in.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from ivr.accounts.importer import currency_exponent, normalize_phone
 from ivr.asr.digits import digits_from_words
 from ivr.config import LOCALES
 from ivr.parts import AccountStoreError
+from ivr.pools import PartPool
 
 if TYPE_CHECKING:
     from ivr.config import Settings
@@ -119,12 +120,18 @@ class Turn:
     """What one action run sees and does: slots (with its own changes), caller metadata, output."""
 
     def __init__(
-        self, dispatcher: CollectingDispatcher, tracker: Tracker, store: AccountStore, settings: Settings
+        self,
+        dispatcher: CollectingDispatcher,
+        tracker: Tracker,
+        store: AccountStore,
+        settings: Settings,
+        lookups: PartPool,
     ) -> None:
         self.dispatcher = dispatcher
         self.tracker = tracker
         self.store = store
         self.settings = settings
+        self.lookups = lookups
         self.events: list[dict[str, Any]] = []
         self._changed: dict[str, Any] = {}
         self.metadata = _latest_metadata(tracker)
@@ -165,7 +172,7 @@ class Turn:
     # -- the account store, off the event loop and bounded in time
     async def lookup(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
-            return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs), self.settings.lookup_timeout_s)
+            return await asyncio.wait_for(self.lookups.run(fn, *args, **kwargs), self.settings.lookup_timeout_s)
         except asyncio.TimeoutError:
             log.warning("account lookup timed out after %s s", self.settings.lookup_timeout_s,
                         extra={"part": "accounts", "call_id": self.call_id})
@@ -191,7 +198,9 @@ def _latest_metadata(tracker: Tracker) -> dict[str, Any]:
 class IvrAction(Action, abc.ABC):
     """Base of the custom actions (abstract: rasa_sdk's package scan skips it)."""
 
-    def __init__(self, store: AccountStore | None = None, settings: Settings | None = None) -> None:
+    def __init__(
+        self, store: AccountStore | None = None, settings: Settings | None = None, lookups: PartPool | None = None
+    ) -> None:
         if store is None or settings is None:
             # rasa_sdk's action server builds actions without arguments: use its process context.
             from ivr.dialogue.action_server import server_context
@@ -201,6 +210,8 @@ class IvrAction(Action, abc.ABC):
             settings = settings if settings is not None else context_settings
         self.store = store
         self.settings = settings
+        # The action server builds each action alone: each then has its own pool (threads start lazily).
+        self.lookups = lookups or PartPool("lookup", settings.max_calls)
 
     action_name: ClassVar[str]
 
@@ -213,7 +224,7 @@ class IvrAction(Action, abc.ABC):
     async def run(
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: dict[str, Any]
     ) -> list[dict[str, Any]]:
-        turn = Turn(dispatcher, tracker, self.store, self.settings)
+        turn = Turn(dispatcher, tracker, self.store, self.settings, self.lookups)
         try:
             await self.act(turn)
         except LookupFailed:
@@ -362,14 +373,15 @@ ACTION_CLASSES: tuple[type[IvrAction], ...] = (
 )
 
 
-def build_actions(store: AccountStore, settings: Settings) -> list[IvrAction]:
-    return [cls(store, settings) for cls in ACTION_CLASSES]
+def build_actions(store: AccountStore, settings: Settings, lookups: PartPool) -> list[IvrAction]:
+    return [cls(store, settings, lookups) for cls in ACTION_CLASSES]
 
 
-def build_executor(store: AccountStore, settings: Settings) -> ActionExecutor:
-    """rasa_sdk's executor with our action instances (no package scan, so no accidental registrations)."""
+def build_executor(store: AccountStore, settings: Settings, lookups: PartPool) -> ActionExecutor:
+    """rasa_sdk's executor with our action instances (no package scan, so no accidental registrations).
+    Their account look-ups run on ``lookups``, the account store's own bounded threads."""
     executor = ActionExecutor()
-    for action in build_actions(store, settings):
+    for action in build_actions(store, settings, lookups):
         executor.register_action(action)
     return executor
 
