@@ -8,18 +8,38 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 IVR := $(VENV)/bin/ivr
-DEBIAN_PACKAGES := espeak-ng libespeak-ng1 ffmpeg sox debootstrap postgresql redis-server
+DEBIAN_PACKAGES := espeak-ng libespeak-ng1 ffmpeg sox debootstrap postgresql redis-server sip-tester
 STAMP := $(VENV)/.installed
 export RASA_TELEMETRY_ENABLED := false
 export TF_CPP_MIN_LOG_LEVEL := 3
 
 .PHONY: run test setup system-packages models lint clean
 
+# Ctrl-C or SIGTERM (to make or to this shell) stops what `run` started: the robot first (it finishes
+# its calls' clean-up), then the local Asterisk, unless that was already running before `run`.
 run: setup models
-	@echo "== bringing up the local Asterisk (optional: the robot also runs without it)"
-	$(IVR) asterisk up || echo "!! local Asterisk not started (see above); FastAGI still listens for yours"
-	@echo "== the robot answers on FastAGI $${IVR_AGI_HOST:-127.0.0.1}:$${IVR_AGI_PORT:-4573} (Ctrl-C stops it)"
-	$(IVR) serve
+	@asterisk_started=""; robot=""
+	stop() {
+	  trap - EXIT INT TERM
+	  if [ -n "$$robot" ]; then
+	    echo "== stopping the robot (PID $$robot)"; kill -TERM "$$robot" 2>/dev/null || true; wait "$$robot" || true
+	  fi
+	  if [ -n "$$asterisk_started" ]; then echo "== stopping the local Asterisk"; $(IVR) asterisk down || true; fi
+	}
+	trap stop EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+	if $(IVR) asterisk status >/dev/null 2>&1; then
+	  echo "== the local Asterisk was already running: it stays up when the robot stops"
+	else
+	  echo "== bringing up the local Asterisk (optional: the robot also runs without it)"
+	  if $(IVR) asterisk up; then asterisk_started=1
+	  else echo "!! local Asterisk not started (see above); FastAGI still listens for yours"; fi
+	fi
+	echo "== the robot answers on FastAGI $${IVR_AGI_HOST:-127.0.0.1}:$${IVR_AGI_PORT:-4573} (Ctrl-C stops it)"
+	$(IVR) serve &
+	robot=$$!
+	wait "$$robot"
 
 test: setup models
 	@echo "== lint and types"
