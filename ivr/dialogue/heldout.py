@@ -3,11 +3,18 @@
 The file has Rasa's NLU format (``nlu: - intent: ... examples: |``) but lives outside ``data/``.
 A prediction of ``nlu_fallback`` for an ``out_of_scope`` phrasing counts as right: the call session
 treats both as "not understood".
+
+A held-out phrasing must be new: ``training_twin`` finds the training example it merely repeats, once
+case, punctuation and spacing are set aside (``我 要 人工`` is ``我要人工``), or that it only extends or
+shortens by one word at one place (``okay goodbye`` / ``okay``, ``早上好啊`` / ``早上好``: Chinese by
+up to two characters, its word spacing being arbitrary).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import re
+import unicodedata
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +71,40 @@ def load_heldout(dialogs_dir: Path, locale: str) -> list[tuple[str, str]]:
     if not pairs:
         raise HeldoutError(f"{path}: no examples")
     return pairs
+
+
+_PUNCTUATION = re.compile(r"[^\w\s]|_")
+
+
+def words(text: str, locale: str) -> tuple[str, ...]:
+    """The phrasing as comparable units: case folded, width unified (NFKC), punctuation dropped; words
+    for space-separated languages, characters for Chinese (whose word spacing in our data is arbitrary)."""
+    folded = _PUNCTUATION.sub(" ", unicodedata.normalize("NFKC", text).casefold())
+    if locale.startswith("zh"):
+        return tuple("".join(folded.split()))
+    return tuple(folded.split())
+
+
+def _one_chunk_apart(longer: tuple[str, ...], shorter: tuple[str, ...], most: int) -> bool:
+    """True when ``longer`` is ``shorter`` with at most ``most`` units inserted at one place."""
+    extra = len(longer) - len(shorter)
+    if not 0 <= extra <= most:
+        return False
+    return any(longer[:i] + longer[i + extra :] == shorter for i in range(len(shorter) + 1))
+
+
+def training_twin(text: str, training: Iterable[str], locale: str) -> str | None:
+    """The training example that ``text`` repeats (the same once case, punctuation and spacing are set
+    aside) or only extends or shortens by one word at one place (Chinese: up to two characters); None
+    when ``text`` is a new phrasing."""
+    most = 2 if locale.startswith("zh") else 1
+    mine = words(text, locale)
+    flat = "".join(mine)
+    for example in training:
+        theirs = words(example, locale)
+        if "".join(theirs) == flat or _one_chunk_apart(mine, theirs, most) or _one_chunk_apart(theirs, mine, most):
+            return example
+    return None
 
 
 def is_right(expected: str, predicted: str) -> bool:
