@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 import re
+import secrets
 import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from ivr.accounts.api import AccountStore
 from ivr.agi.connection import AgiChannel
 from ivr.agi.protocol import AgiEnvironment
 from ivr.agi.server import FastAgiServer
 from ivr.config import LOCALES, Settings
+from ivr.dialogue.keypad import KeypadBook
 from ivr.dialogue.prompts import PromptBook
 from ivr.logs import quiet_third_party
 from ivr.masking import mask_text
@@ -30,6 +34,9 @@ from ivr.parts import CallInfo, DialogueEngine, Expect, Recognizer, Synthesizer
 from ivr.pools import PartPool
 from ivr.retention import PURGE_EVERY_S, AuditStore, private_dir, purge_daily
 from ivr.session import CallSession, Parts, SessionResult
+
+if TYPE_CHECKING:
+    from ivr.live import LiveReleases
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +102,11 @@ class Robot:
     results: list[SessionResult] | None = None
     http_port: int = 0
     purger: asyncio.Task[None] | None = None
+    # Published releases (``ivr serve``): each call keeps the release current when it started; None:
+    # the working copy, loaded once (replays, the benchmark, most tests).
+    releases: LiveReleases | None = None
+    reload_token: str = ""
+    registration: Path | None = None
 
     async def handle_call(self, environment: AgiEnvironment, channel: AgiChannel) -> None:
         locale = environment.params.get("lang") or self.settings.locale
@@ -102,8 +114,21 @@ class Robot:
             log.warning("unknown locale %r in the AGI request; using %s", locale[:20], self.settings.locale)
             locale = self.settings.locale
         call = CallInfo(new_call_id(environment), clean_caller_id(environment.caller_id), locale)
+        # ?input=keypad: a number that serves by keypad only; no ?lang=: the caller may pick the language
+        keypad_only = environment.params.get("input") == "keypad"
+        language_menu = self.settings.language_menu and not environment.params.get("lang")
         channel.call_id = mask_text(call.call_id)  # Asterisk logs it: only what the robot's own logs show
-        result = await CallSession(self.parts, channel, call).run()
+        parts, pin = self.parts, None
+        if self.releases is not None:  # the call's dialogue, prompts, grammars, keypad: one release, to its end
+            pin = self.releases.pin()
+            pin.get(locale)
+            parts = dataclasses.replace(self.parts, **pin.parts_changes(self.parts))
+        try:
+            session = CallSession(parts, channel, call, keypad_only=keypad_only, language_menu=language_menu)
+            result = await session.run()
+        finally:
+            if pin is not None:
+                pin.done()
         if self.results is not None:
             self.results.append(result)
 
@@ -161,8 +186,42 @@ class Robot:
             dialogue_ok = getattr(self.parts.dialogue, "healthy", None)
             if dialogue_ok is not None:  # engines wrapped by fault tests may not have one
                 checks["dialogue"] = dialogue_ok
-            self.health = HealthServer(self.parts.metrics, checks)
+            if self.releases is None:
+                self.health = HealthServer(self.parts.metrics, checks)
+            else:
+                from ivr.releases import register_server
+
+                self.reload_token = self.settings.reload_token or secrets.token_urlsafe(24)
+                self.health = HealthServer(self.parts.metrics, checks, reload=self._reload_http,
+                                           reload_token=self.reload_token, info=self._release_info)
             self.http_port = await self.health.start(self.settings.http_host, self.settings.http_port)
+            if self.releases is not None:  # so that `ivr publish` / `ivr rollback` here can notify it
+                try:
+                    self.registration = await asyncio.to_thread(
+                        register_server, self.settings.models_dir, self.settings.http_host, self.http_port,
+                        self.reload_token)
+                except OSError as exc:
+                    log.warning("cannot register for publish notifications (SIGHUP and /reload still work): %s", exc)
+
+    def request_reload(self) -> None:
+        """Load the current releases in the background (``SIGHUP``); calls in progress keep theirs."""
+        if self.releases is not None:
+            log.info("reload requested")
+            self.releases.request_reload()
+
+    async def _reload_http(self) -> tuple[int, dict[str, Any]]:
+        from ivr.live import RELOAD_WAIT_S
+
+        assert self.releases is not None
+        task = self.releases.request_reload()
+        try:
+            result = await asyncio.wait_for(asyncio.shield(task), RELOAD_WAIT_S)
+        except asyncio.TimeoutError:
+            return 202, {"reload": "in progress", "releases": self.releases.status()}
+        return 200, {"reload": result, "releases": self.releases.status()}
+
+    def _release_info(self) -> dict[str, Any]:
+        return {} if self.releases is None else {"releases": self.releases.status()}
 
     def start_purging(self, every_s: float = PURGE_EVERY_S) -> None:
         """Retention (``ivr serve``): purge now and then daily, in a worker thread; stopped by ``stop``."""
@@ -174,6 +233,8 @@ class Robot:
         return self.store.healthy()
 
     async def stop(self, grace_s: float | None = None) -> None:
+        if self.registration is not None:
+            self.registration.unlink(missing_ok=True)
         if self.purger is not None:
             self.purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -201,8 +262,12 @@ def build_robot(
     recognizer: Recognizer | None = None,
     synthesizer: Synthesizer | None = None,
     store: AccountStore | None = None,
+    releases: bool = False,
 ) -> Robot:
-    """The robot on real parts, unless a part is given (tests inject faults this way)."""
+    """The robot on real parts, unless a part is given (tests inject faults this way).
+
+    ``releases``: serve the published releases and reload them live (``ivr serve``); else the working
+    copy (``dialogs_dir``, ``models_dir/rasa``) as loaded at start. Not with a remote Rasa server."""
     for folder in (settings.spool_dir, settings.sounds_dir, settings.transcripts_dir):
         try:
             if folder == settings.sounds_dir:  # Asterisk's user reads the prompts
@@ -232,6 +297,16 @@ def build_robot(
             from ivr.asr.recognizer import VoskRecognizer
 
             recognizer = VoskRecognizer(settings)
+    metrics = Metrics()
+    live: LiveReleases | None = None
+    prompts = PromptBook(settings.dialogs_dir)
+    grammar: Any = GrammarBook(settings)
+    if dialogue is None and releases and not settings.dialogue_url:
+        from ivr.live import LiveReleases
+
+        live = LiveReleases(settings, store, metrics, synthesizer)
+        dialogue, prompts, grammar = live, live.current_prompts(), live.current_grammar
+        closers.append(live)
     if dialogue is None:
         dialogue = build_dialogue(settings, store)
         closers.append(dialogue)
@@ -240,14 +315,15 @@ def build_robot(
         dialogue=dialogue,
         recognizer=recognizer,
         synthesizer=synthesizer,
-        prompts=PromptBook(settings.dialogs_dir),
-        metrics=Metrics(),
-        grammar=GrammarBook(settings),
+        prompts=prompts,
+        metrics=metrics,
+        keypads=KeypadBook(settings.dialogs_dir),
+        grammar=grammar,
         asr_pool=PartPool("asr", settings.max_calls),
         file_pool=PartPool("files", settings.max_calls),
     )
     closers += [parts.asr_pool, parts.file_pool]
-    return Robot(settings, parts, store, closers)
+    return Robot(settings, parts, store, closers, releases=live)
 
 
 def build_dialogue(settings: Settings, store: AccountStore) -> DialogueEngine:

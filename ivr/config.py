@@ -46,6 +46,11 @@ class Settings:
     agi_allowed_peers: tuple[str, ...] = ("127.0.0.1", "::1")
     http_host: str = "127.0.0.1"
     http_port: int = 8089
+    # releases (`ivr publish`): how many of a locale's releases to keep (never the current or the
+    # previous one), and the token `POST /reload` needs (empty: a random one per server, written to
+    # models/releases/.servers/ for `ivr publish` and `ivr rollback`)
+    releases_keep: int = 10
+    reload_token: str = ""
     max_calls: int = 200
     stop_grace_s: float = 30.0
     header_timeout_s: float = 5.0
@@ -56,6 +61,10 @@ class Settings:
     no_input_limit: int = 3
     not_understood_limit: int = 3
     digit_timeout_s: float = 4.0
+    # the keypad: a language menu before the greeting (calls whose AGI URL names no language), and the
+    # keypad menu offered when speech fails (dialogs/<locale>/keypad.yml); how long a keypad listen waits
+    language_menu: bool = False
+    keypad_wait_s: int = 5
     # parts
     dialogue_url: str = ""  # empty: in-process Rasa agent; else a Rasa HTTP server
     dialogue_token: str = ""

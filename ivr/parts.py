@@ -110,6 +110,7 @@ class UserInput:
     text: str  # recognized speech, or the keys pressed
     keypad: bool = False
     confidence: float = 1.0
+    intent: str = ""  # a keypad menu choice: the intent its key stands for (dialogs/<locale>/keypad.yml)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -21,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from ivr.config import Settings
+from ivr.config import LOCALES, Settings
+from ivr.dialogue.keypad import KeypadBook
 from ivr.dialogue.prompts import PromptBook
 from ivr.logs import call_id_var
 from ivr.masking import mask_secret, mask_text
@@ -45,6 +47,8 @@ from ivr.retention import write_private_text
 log = logging.getLogger(__name__)
 
 KEYS = "0123456789*#"
+MISSES_BEFORE_MENU = 2  # silences or turns not understood in a row before the keypad menu is offered
+SPEECH_FAILED = UserInput(text="", keypad=False, confidence=0.0)  # _listen's answer when speech broke
 REPEAT_KEY = "*"  # at any prompt: hear it again
 AGENT_KEY = "0"  # where no digits are asked for: a person
 NOT_UNDERSTOOD = frozenset({"nlu_fallback", "out_of_scope"})
@@ -88,6 +92,7 @@ class Parts:
     synthesizer: Synthesizer
     prompts: PromptBook
     metrics: Metrics
+    keypads: KeypadBook
     grammar: GrammarSource = lambda _locale, _expect: None
     # Blocking work on threads of its own (see ivr.pools): decoding, and the transcript's file write.
     asr_pool: PartPool = field(default_factory=lambda: PartPool("asr", 8))
@@ -109,6 +114,8 @@ class SessionResult:
     outcome: Outcome
     reason: str = ""
     turns: list[TurnTiming] = field(default_factory=list)
+    served_by: str = "none"  # how the caller's requests reached the dialogue: voice | keypad | mixed | none
+    menu_reason: str = ""  # why the keypad menu was offered ("" when it was not)
 
 
 class Transcript:
@@ -143,7 +150,12 @@ class Transcript:
 
 
 class CallSession:
-    def __init__(self, parts: Parts, channel: Channel, call: CallInfo) -> None:
+    def __init__(
+        self, parts: Parts, channel: Channel, call: CallInfo, *, keypad_only: bool = False,
+        language_menu: bool = False,
+    ) -> None:
+        """``keypad_only``: the call asked for the keypad (``?input=keypad``); ``language_menu``: the
+        caller chooses the language by key before the greeting."""
         self.parts = parts
         self.settings = parts.settings
         self.channel = channel
@@ -157,6 +169,13 @@ class CallSession:
         self._timing = TurnTiming()
         self._no_input = 0  # silences in a row
         self._not_understood = 0  # turns not understood in a row
+        self._misses = 0  # silences or turns not understood in a row, of either kind
+        self._language_menu = language_menu
+        self._speech = not keypad_only  # False: the caller is listened to by keypad only
+        self._menu_on = False  # the keypad menu has been offered: read at every open question
+        self._inputs: set[str] = set()  # "voice", "keypad": how requests reached the dialogue
+        if keypad_only:
+            self._offer_menu("input_keypad")
 
     # ------------------------------------------------------------ the loop
     async def run(self) -> SessionResult:
@@ -178,7 +197,12 @@ class CallSession:
             self._count(self.result)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.parts.dialogue.close(self.call), 2.0)
-            self.transcript.add("system", "", outcome=self.result.outcome.value, reason=self.result.reason)
+            self.result.served_by = (
+                "mixed" if len(self._inputs) == 2 else next(iter(self._inputs)) if self._inputs else "none"
+            )
+            metrics.calls_served_by.labels(input=self.result.served_by).inc()
+            self.transcript.add("system", "", outcome=self.result.outcome.value, reason=self.result.reason,
+                                served_by=self.result.served_by, menu_reason=self.result.menu_reason)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.parts.file_pool.run(self.transcript.write), 10.0)
             if (end_call := getattr(self.parts.synthesizer, "end_call", None)) is not None:
@@ -201,9 +225,15 @@ class CallSession:
     async def _run(self) -> None:
         await self.channel.answer()
         try:
+            if self._language_menu:
+                await self._choose_language()
+            if self._speech and not await self._can_recognize():
+                self._speech_failed("no_speech_model")
             reply = await self._part("dialogue", self.parts.dialogue.start(self.call))
             while True:
                 await self._speak(reply)
+                if self._menu_on and reply.outcome is None and not reply.max_digits:
+                    await self._say_menu()
                 if reply.outcome is not None:
                     await self._finish(reply.outcome, reply.transfer_reason)
                     return
@@ -224,10 +254,15 @@ class CallSession:
         """
         while True:
             user = await self._listen(reply)
+            if user is SPEECH_FAILED:  # the recognizer or the recording failed: the keypad serves
+                await self._say_prompt("utter_ask_keypad") if reply.max_digits else await self._say_menu()
+                continue
             if user is None:
                 self._no_input += 1
                 if self._no_input >= self.settings.no_input_limit:
                     return self._transfer_reply("no_input")
+                if await self._missed_again(reply, "no_input"):
+                    continue
                 await self._say_prompt("utter_no_input")
                 await self._repeat_last()
                 continue
@@ -237,9 +272,15 @@ class CallSession:
                 continue
             if user.keypad and user.text == AGENT_KEY and not reply.max_digits:
                 return self._transfer_reply("caller_request")
+            if user.keypad and not reply.max_digits and not user.intent:  # a key that is no menu choice
+                self._offer_menu("key_pressed")
+                await self._say_menu()
+                continue
             if not user.text:  # speech, but no word the recognizer knows
                 if self._not_understood_again():
                     return self._transfer_reply("not_understood")
+                if await self._missed_again(reply, "not_understood"):
+                    continue
                 await self._say_prompt("utter_not_understood")
                 continue
             confirmed = await self._confirm_if_unsure(user, reply)
@@ -247,19 +288,87 @@ class CallSession:
                 if self._not_understood_again():
                     return self._transfer_reply("not_understood")
                 continue
+            self._inputs.add("keypad" if confirmed.keypad else "voice")
             started = time.monotonic()
             nxt = await self._part("dialogue", self.parts.dialogue.handle(self.call, confirmed))
             self._timing.dialogue_s += time.monotonic() - started
             self.transcript.note_intent(nxt.intent, nxt.confidence)
-            if nxt.transfer_reason == "verification_failed" or nxt.intent == "verification_failed":
+            if nxt.transfer_reason == "verification_failed":
                 self.parts.metrics.verification_failures.inc()
             if nxt.intent in NOT_UNDERSTOOD and nxt.outcome is None:
                 if self._not_understood_again():
                     await self._speak(nxt)
                     return self._transfer_reply("not_understood")
+                self._misses += 1
+                if self._misses >= MISSES_BEFORE_MENU and not self._menu_on and not reply.max_digits:
+                    self._offer_menu("not_understood")
             else:
                 self._not_understood = 0
+                self._misses = 0
             return nxt
+
+    async def _missed_again(self, reply: Reply, why: str) -> bool:
+        """One more silence or turn not understood; at the second in a row (at an open question, speech
+        on) the keypad menu is offered instead of the usual reprompt. True when it was."""
+        self._misses += 1
+        if self._misses < MISSES_BEFORE_MENU or self._menu_on or reply.max_digits or not self._speech:
+            return False
+        self._offer_menu(why)
+        await self._speak(Reply(texts=self._last_texts))
+        await self._say_menu()
+        return True
+
+    # ------------------------------------------------------------ the keypad menu and the language menu
+    def _offer_menu(self, reason: str) -> None:
+        """From now on the keypad menu is read at every open question (its keys work at any time)."""
+        if self._menu_on:
+            return
+        self._menu_on = True
+        self.result.menu_reason = reason
+        self.parts.metrics.keypad_menu_offered.labels(reason=reason).inc()
+        self.transcript.add("system", "", event="keypad_menu", reason=reason)
+        log.info("keypad menu offered", extra={"reason": reason})
+
+    def _speech_failed(self, reason: str) -> None:
+        """Speech cannot be used in this call any more: listen by keypad, with the menu."""
+        self._speech = False
+        self._offer_menu(reason)
+
+    async def _say_menu(self) -> None:
+        await self._say_prompt("utter_keypad_menu")
+        text = self.parts.prompts.text("utter_keypad_menu", self.call.locale)
+        if self._last_texts[-1:] != (text,):  # "*" repeats the question and the menu
+            self._last_texts = (*self._last_texts, text)
+
+    async def _can_recognize(self) -> bool:
+        available = getattr(self.parts.recognizer, "available", None)
+        if available is None:
+            return True
+        try:
+            return bool(await asyncio.wait_for(self.parts.asr_pool.run(available, self.call.locale),
+                                               self.settings.asr_timeout_s))
+        except Exception:
+            log.warning("the recognizer could not say whether it serves %s", self.call.locale, exc_info=True)
+            return False
+
+    async def _choose_language(self) -> None:
+        """Before the greeting: each language's choice in its own voice; a key interrupts and chooses.
+        No key, or a key that chooses nothing: the default language."""
+        choices = {self.parts.keypads.keypad(loc).language_key: loc for loc in LOCALES}
+        keys = "".join(sorted(choices))
+        key = ""
+        for loc in sorted(LOCALES, key=lambda loc: self.parts.keypads.keypad(loc).language_key):
+            text = self.parts.prompts.text("utter_language_choice", loc)
+            sound = await self._part("tts", self.parts.synthesizer.render(text, loc), self.settings.tts_timeout_s)
+            self.transcript.add("robot", text)
+            key = await self.channel.play(sound, escape_digits=keys)
+            if key:
+                break
+        if not key:
+            key = await self.channel.wait_digit(self.settings.keypad_wait_s)
+        chosen = choices.get(key, self.settings.locale)
+        self.transcript.add("caller", key, keypad=True, language=chosen)
+        self.call = dataclasses.replace(self.call, locale=chosen)
 
     def _not_understood_again(self) -> bool:
         """Count one more turn not understood; True when that reaches the limit."""
@@ -272,7 +381,28 @@ class CallSession:
 
     # ------------------------------------------------------------ listening
     async def _listen(self, reply: Reply) -> UserInput | None:
-        """One caller turn: speech (recognized) or keys. None when nothing usable came."""
+        """One caller turn: speech (recognized) or keys. None when nothing usable came; ``SPEECH_FAILED``
+        when the recognizer or the recording failed (the call goes on by keypad)."""
+        if not self._speech:
+            return await self._listen_keypad(reply)
+        try:
+            return await self._listen_speech(reply)
+        except PartError as exc:
+            if exc.part not in ("asr", "recording"):
+                raise
+            log.warning("speech failed; the keypad serves the call", extra={"part": exc.part}, exc_info=True)
+            self.parts.metrics.part_errors.labels(part=exc.part).inc()
+            self._speech_failed(f"{exc.part}_failed")
+            return SPEECH_FAILED
+
+    async def _listen_keypad(self, reply: Reply) -> UserInput | None:
+        """No speech: wait for a key (no recording is made), then read the keys as usual."""
+        key = await self.channel.wait_digit(self.settings.keypad_wait_s)
+        self._handed_over_at = time.monotonic()
+        self._timing = TurnTiming()
+        return await self._keypad(key, reply) if key else None
+
+    async def _listen_speech(self, reply: Reply) -> UserInput | None:
         self._turn += 1
         spool = self.settings.spool_dir
         path = spool / f"{self.call.call_id}-{self._turn}.wav"
@@ -322,6 +452,11 @@ class CallSession:
             self._handed_over_at = time.monotonic()
             self.transcript.add("caller", first, keypad=True)
             return UserInput(text=first, keypad=True)
+        if not reply.max_digits:  # an open question: one key is a menu choice (or asks for the menu)
+            self._handed_over_at = time.monotonic()
+            intent = self.parts.keypads.keypad(self.call.locale).menu.get(first, "")
+            self.transcript.add("caller", first, keypad=True, intent=intent)
+            return UserInput(text=first, keypad=True, intent=intent)
         keys = first
         wanted = reply.max_digits or MAX_KEYPAD_DIGITS
         while keys[-1] != "#" and sum(k.isdigit() for k in keys) < wanted and len(keys) < MAX_KEYPAD_DIGITS:

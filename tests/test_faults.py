@@ -244,36 +244,56 @@ async def test_hung_decodes_do_not_stall_other_calls(demo_settings: Settings) ->
     settings = dataclasses.replace(demo_settings, asr_timeout_s=1.0)
     recognizer = HangingRecognizer()
     async with running_robot(settings, text_input=True, recognizer=recognizer) as (host, port, _):
+        hung_call = CallFile(Path("hung.yaml"), "13800000001", "zh-CN",
+                             (Turn("say", HangingRecognizer.HANG_WORD), Turn("dtmf", "1"), Turn("dtmf", "4821#")),
+                             Expect())
         hung = [
-            asyncio.create_task(ScriptedAsterisk(zh_balance_call("13800000001", "4821", HangingRecognizer.HANG_WORD),
-                                                 locale="zh-CN", text_mode=True).run(host, port))
+            asyncio.create_task(ScriptedAsterisk(hung_call, locale="zh-CN", text_mode=True).run(host, port))
             for _ in range(HUNG_CALLS)
         ]
         await wait_for_hung(recognizer.hung, HUNG_CALLS)
-        hung_reports = await asyncio.gather(*hung)  # each timed out: apology and a person
+        hung_reports = await asyncio.gather(*hung)  # each timed out: the keypad menu served them
         others = [zh_balance_call("15550000002", "7305"), zh_balance_call("01012345678", "6193")]
         reports = await asyncio.wait_for(asyncio.gather(
             *(ScriptedAsterisk(c, locale="zh-CN", text_mode=True).run(host, port) for c in others)), 60)
         recognizer.release.set()
-    assert all(r.outcome == "transfer" and r.transfer_reason == "asr_failed" for r in hung_reports)
+    assert all("1,234.56 CNY" in r.robot_text for r in hung_reports), hung_reports[0].to_json()
     assert [r.outcome for r in reports] == ["completed", "completed"], [r.to_json() for r in reports]
     assert "2,500.75 USD" in reports[0].robot_text
 
 
 # ---------------------------------------------------------------- speech
+def keypad_call() -> CallFile:
+    """The caller asks by voice; when speech fails, the menu is read and they go on by keys."""
+    turns = (Turn("say", "我想查一下余额"), Turn("dtmf", "1"), Turn("dtmf", "4821#"), Turn("dtmf", "0"))
+    return CallFile(Path("keypad.yaml"), "13800000001", "zh-CN", turns, Expect())
+
+
+def assert_served_by_keypad(report: CallReport, settings: Settings) -> None:
+    """Speech failed, yet the caller was served: the menu, verification by keys, the balance; then "0"
+    for a person, which is the caller's request, not a failure."""
+    from ivr.dialogue.prompts import PromptBook
+
+    assert report.answered
+    assert PromptBook(settings.dialogs_dir).text("utter_keypad_menu", "zh-CN") in report.robot_text
+    assert "1,234.56 CNY" in report.robot_text, report.to_json()
+    assert apology(settings) not in report.robot_text
+    assert (report.outcome, report.transfer_reason) == ("transfer", "caller_request")
+
+
 async def test_recognizer_raises(demo_settings: Settings) -> None:
-    report, _ = await place(demo_settings, balance_call(), recognizer=FailingRecognizer())
-    assert_apologised_and_transferred(report, demo_settings, "asr_failed")
+    report, _ = await place(demo_settings, keypad_call(), recognizer=FailingRecognizer())
+    assert_served_by_keypad(report, demo_settings)
 
 
 async def test_recognizer_model_failed_to_load(demo_settings: Settings, tmp_path: Path) -> None:
-    """zh-CN has no Vosk model on this machine: audio calls in zh-CN are apologised for and transferred."""
+    """zh-CN has no Vosk model on this machine: zh-CN calls are served by the keypad menu."""
     from ivr.asr.recognizer import VoskRecognizer
 
     settings = dataclasses.replace(demo_settings, models_dir=tmp_path / "no-models")
     recognizer = VoskRecognizer(settings)
-    report, _ = await place(demo_settings, balance_call(), recognizer=recognizer)
-    assert_apologised_and_transferred(report, demo_settings, "asr_failed")
+    report, _ = await place(demo_settings, keypad_call(), recognizer=recognizer)
+    assert_served_by_keypad(report, demo_settings)
 
 
 async def test_synthesis_fails_for_a_dynamic_prompt(demo_settings: Settings) -> None:
@@ -312,5 +332,5 @@ async def test_unwritable_spool(demo_settings: Settings, tmp_path: Path) -> None
     spool = tmp_path / "spool-is-a-file"
     spool.write_text("the disk is full, or the spool folder is gone")
     settings = dataclasses.replace(demo_settings, spool_dir=spool)
-    report, _ = await place(settings, balance_call(), recognizer=SidecarTextRecognizer())
-    assert_apologised_and_transferred(report, settings, "recording_failed")
+    report, _ = await place(settings, keypad_call(), recognizer=SidecarTextRecognizer())
+    assert_served_by_keypad(report, settings)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from ivr.config import Settings
+from ivr.dialogue.keypad import KeypadBook
 from ivr.dialogue.prompts import PromptBook
 from ivr.metrics import Metrics
 from ivr.parts import CallInfo, DialogueError, Expect, Outcome, Reply, UserInput
@@ -33,6 +34,8 @@ GREETING = Reply(texts=("Hello, how can I help?",))
 ASK_DIGITS = Reply(texts=("The last four digits of your ID?",), expect=Expect.DIGITS, secret=True, max_digits=4)
 BALANCE = Reply(texts=("Your balance is 1,234.56 CNY.", "Anything else?"), intent="ask_balance", confidence=0.9)
 GOODBYE = Reply(texts=("Goodbye.",), outcome=Outcome.COMPLETED, intent="goodbye")
+BALANCE_THEN_GOODBYE = Reply(texts=("Your balance is 1,234.56 CNY.", "Goodbye."), outcome=Outcome.COMPLETED,
+                             intent="ask_balance")
 AGENT = Reply(texts=("Putting you through.",), outcome=Outcome.TRANSFER, transfer_reason="caller_request")
 FALLBACK = Reply(texts=("Sorry, say that again?",), intent="nlu_fallback", confidence=0.2)
 
@@ -46,9 +49,11 @@ class ScriptedDialogue:
         self.fail = fail
         self.hang = hang
         self.inputs: list[UserInput] = []
+        self.started_in: list[str] = []
         self.closed = False
 
     async def start(self, call: CallInfo) -> Reply:
+        self.started_in.append(call.locale)
         return GREETING
 
     async def handle(self, call: CallInfo, user: UserInput) -> Reply:
@@ -57,7 +62,7 @@ class ScriptedDialogue:
             await asyncio.Event().wait()
         if self.fail:
             raise DialogueError("injected: the dialogue raised")
-        return self.replies.get(user.text, FALLBACK)
+        return self.replies.get(user.intent or user.text, FALLBACK)
 
     async def classify(self, text: str, locale: str) -> tuple[str, float]:
         return {"yes": ("affirm", 0.95), "no": ("deny", 0.95)}.get(text, ("ask_balance", 0.8))
@@ -68,6 +73,7 @@ class ScriptedDialogue:
 
 REPLIES = {
     "balance": ASK_DIGITS,
+    "ask_balance": ASK_DIGITS,  # the keypad menu's "1" (dialogs/en-US/keypad.yml)
     "4821": BALANCE,
     "bye": GOODBYE,
     "agent": AGENT,
@@ -95,19 +101,22 @@ async def call(
     synthesizer: MemorySynthesizer | None = None,
     recognizer_fails: bool = False,
     fail_recording: bool = False,
+    no_speech_model: bool = False,
+    **session_options: bool,
 ) -> Call:
     channel = MemoryChannel(list(acts), fail_recording=fail_recording)
     dialogue = dialogue or ScriptedDialogue(REPLIES)
     parts = Parts(
         settings=settings,
         dialogue=dialogue,
-        recognizer=MemoryRecognizer(channel, fail=recognizer_fails),
+        recognizer=MemoryRecognizer(channel, fail=recognizer_fails, available=not no_speech_model),
         synthesizer=synthesizer or MemorySynthesizer(),
         prompts=PromptBook(settings.dialogs_dir),
         metrics=Metrics(),
+        keypads=KeypadBook(settings.dialogs_dir),
     )
     info = CallInfo("1764000000.1-0a1b2c3d", "15550000002", "en-US")
-    session = CallSession(parts, channel, info)
+    session = CallSession(parts, channel, info, **session_options)
     result = await asyncio.wait_for(session.run(), 30)
     path = session.transcript._path
     assert path is not None
@@ -140,22 +149,26 @@ async def test_a_call_served_to_the_end(settings: Settings) -> None:
 
 
 # ---------------------------------------------------------------- silence and words not understood
-async def test_silence_reprompts_then_a_person_takes_over(settings: Settings) -> None:
+async def test_silence_reprompts_then_offers_the_keypad_then_a_person_takes_over(settings: Settings) -> None:
     c = await call(settings, [SILENCE, SILENCE, say("balance"), SILENCE, SILENCE, SILENCE])
     assert c.result.outcome is Outcome.TRANSFER and c.result.reason == "no_input"
-    no_input = c.said("utter_no_input")
-    # After each silence: "I did not hear you" and the question again; the count restarts once heard.
-    assert c.channel.played[:5] == [*GREETING.texts, no_input, *GREETING.texts, no_input, *GREETING.texts]
-    assert c.channel.played.count(no_input) == 4
+    no_input, menu = c.said("utter_no_input"), c.said("utter_keypad_menu")
+    # The first silence: "I did not hear you" and the question again; the second: the question and the
+    # keypad menu. Where digits are asked, silences get the reprompt (the menu is for open questions).
+    assert c.channel.played[:5] == [*GREETING.texts, no_input, *GREETING.texts, *GREETING.texts, menu]
+    assert c.channel.played.count(no_input) == 3
     assert c.channel.played[-1] == c.said("utter_transfer")
     assert c.channel.variables == {"IVR_TRANSFER_REASON": "no_input", "IVR_RESULT": "transfer"}
+    assert c.result.menu_reason == "no_input" and c.result.served_by == "voice"
 
 
-async def test_unknown_words_three_times_go_to_a_person(settings: Settings) -> None:
+async def test_unknown_words_offer_the_keypad_then_go_to_a_person(settings: Settings) -> None:
     c = await call(settings, [MUMBLE, MUMBLE, MUMBLE])
     assert c.result.outcome is Outcome.TRANSFER and c.result.reason == "not_understood"
-    assert c.channel.played.count(c.said("utter_not_understood")) == 2
+    assert c.channel.played == [*GREETING.texts, c.said("utter_not_understood"), *GREETING.texts,
+                                c.said("utter_keypad_menu"), c.said("utter_transfer")]
     assert not c.dialogue.inputs  # nothing the recognizer could not place reaches the dialogue
+    assert c.result.menu_reason == "not_understood"
 
 
 async def test_turns_the_dialogue_does_not_understand_count_across_turns(settings: Settings) -> None:
@@ -260,12 +273,86 @@ async def test_the_dialogue_hangs(settings: Settings) -> None:
                      "dialogue_failed")
 
 
-async def test_the_recognizer_raises(settings: Settings) -> None:
-    await apologised(await call(settings, [say("balance")], recognizer_fails=True), "asr_failed")
+def served_by_keypad(c: Call, reason: str) -> None:
+    """Speech failed, yet the call was served: the menu, a key, verification by keys, the answer."""
+    assert c.result.outcome is Outcome.COMPLETED, c.channel.played
+    assert c.result.served_by == "keypad" and c.result.menu_reason == reason
+    assert c.said("utter_keypad_menu") in c.channel.played and BALANCE.texts[0] in c.channel.played
+    assert c.said("utter_apology") not in c.channel.played
+    assert [(u.text, u.intent) for u in c.dialogue.inputs] == [("1", "ask_balance"), ("4821", ""), ("9", "")] \
+        or [(u.text, u.intent) for u in c.dialogue.inputs][:2] == [("1", "ask_balance"), ("4821", "")]
+    assert c.metrics.keypad_menu_offered.labels(reason=reason)._value.get() == 1
 
 
-async def test_the_recording_cannot_be_written(settings: Settings) -> None:
-    await apologised(await call(settings, [say("balance")], fail_recording=True), "recording_failed")
+KEYPAD_CALL = [CallerAct.keys("1"), CallerAct.keys("4821")]
+
+
+async def test_the_recognizer_raises_the_keypad_serves(settings: Settings) -> None:
+    c = await call(settings, [say("balance"), *KEYPAD_CALL, CallerAct.keys("0")], recognizer_fails=True,
+                   dialogue=ScriptedDialogue({**REPLIES, "4821": BALANCE_THEN_GOODBYE}))
+    served_by_keypad(c, "asr_failed")
+    assert c.metrics.part_errors.labels(part="asr")._value.get() == 1  # still counted: it did fail
+
+
+async def test_the_recording_cannot_be_written_the_keypad_serves(settings: Settings) -> None:
+    c = await call(settings, KEYPAD_CALL, fail_recording=True,
+                   dialogue=ScriptedDialogue({**REPLIES, "4821": BALANCE_THEN_GOODBYE}))
+    served_by_keypad(c, "recording_failed")
+
+
+async def test_no_speech_model_the_menu_is_read_after_the_greeting(settings: Settings) -> None:
+    c = await call(settings, KEYPAD_CALL, no_speech_model=True,
+                   dialogue=ScriptedDialogue({**REPLIES, "4821": BALANCE_THEN_GOODBYE}))
+    served_by_keypad(c, "no_speech_model")
+    assert c.channel.played[:2] == [*GREETING.texts, c.said("utter_keypad_menu")]
+
+
+async def test_a_keypad_only_number(settings: Settings) -> None:
+    c = await call(settings, [*KEYPAD_CALL], keypad_only=True,
+                   dialogue=ScriptedDialogue({**REPLIES, "4821": BALANCE_THEN_GOODBYE}))
+    served_by_keypad(c, "input_keypad")
+    assert c.channel.heard == {}  # nothing was recorded: no RECORD FILE in keypad-only calls
+
+
+async def test_in_keypad_mode_silence_and_limits_still_go_to_a_person(settings: Settings) -> None:
+    c = await call(settings, [SILENCE, SILENCE, SILENCE], keypad_only=True)
+    assert c.result.outcome is Outcome.TRANSFER and c.result.reason == "no_input"
+    c = await call(settings, [CallerAct.keys("0")], keypad_only=True)
+    assert c.result.outcome is Outcome.TRANSFER and c.result.reason == "caller_request"
+
+
+async def test_a_menu_key_at_an_open_question_is_that_request(settings: Settings) -> None:
+    c = await call(settings, [CallerAct.keys("1"), CallerAct.keys("4821"), say("bye")])
+    assert [(u.text, u.intent) for u in c.dialogue.inputs][:2] == [("1", "ask_balance"), ("4821", "")]
+    assert c.result.outcome is Outcome.COMPLETED and c.result.served_by == "mixed"
+
+
+async def test_a_key_that_is_no_choice_reads_the_menu_and_speech_still_works(settings: Settings) -> None:
+    c = await call(settings, [CallerAct.keys("7"), say("bye")])
+    assert c.channel.played[1] == c.said("utter_keypad_menu")
+    assert c.result.menu_reason == "key_pressed"
+    assert c.result.outcome is Outcome.COMPLETED and c.result.served_by == "voice"
+
+
+async def test_star_after_the_menu_repeats_the_question_and_the_menu(settings: Settings) -> None:
+    c = await call(settings, [CallerAct.keys("*"), HANGUP], keypad_only=True)
+    menu = c.said("utter_keypad_menu")
+    assert c.channel.played == [*GREETING.texts, menu, *GREETING.texts, menu]
+
+
+# ---------------------------------------------------------------- the language menu
+async def test_the_language_menu_switches_the_call_before_the_greeting(settings: Settings) -> None:
+    c = await call(settings, [CallerAct.keys("3"), HANGUP], language_menu=True)
+    prompts = c.prompts
+    choices = [prompts.text("utter_language_choice", loc) for loc in ("zh-CN", "en-US", "ko-KR")]
+    assert c.channel.played[:3] == choices  # each in its own language, by key order
+    assert c.transcript[3]["language"] == "ko-KR"
+    assert c.dialogue.started_in == ["ko-KR"]
+
+
+async def test_no_key_at_the_language_menu_keeps_the_default(settings: Settings) -> None:
+    c = await call(settings, [SILENCE, HANGUP], language_menu=True)
+    assert c.dialogue.started_in == [settings.locale]
 
 
 async def test_synthesis_fails_for_one_answer(settings: Settings) -> None:

@@ -102,6 +102,15 @@ class VoskRecognizer:
         with self._lock:
             return tuple(k for k, v in self._loaded.items() if v.model is not None)
 
+    def available(self, locale: str) -> bool:
+        """Whether calls in ``locale`` can be recognized (loads the model; blocking). False: the call
+        is served by keypad."""
+        try:
+            self._model(locale)
+        except RecognizerError:
+            return False
+        return True
+
     def has_word(self, locale: str, word: str) -> bool:
         """Whether the locale's model knows ``word`` (loads the model)."""
         return int(self._model(locale).vosk_model_find_word(word)) >= 0

@@ -55,10 +55,13 @@ HEALTH_PARSE_S = 1.0  # a parse slower than this means the dialogue cannot serve
 def message_text(user: UserInput, *, digits_expected: bool = False, locale: str = "") -> str:
     """What Rasa gets for one caller turn.
 
-    Keypad digits, and speech made only of digit words while digits are awaited (what the recognizer's
-    digits grammar produces), go as ``/inform_digits{"digits": "..."}``: they cannot be misclassified.
+    A keypad menu choice goes as its intent (``/ask_balance``). Keypad digits, and speech made only of
+    digit words while digits are awaited (what the recognizer's digits grammar produces), go as
+    ``/inform_digits{"digits": "..."}``: they cannot be misclassified.
     Other speech goes as text, for the NLU.
     """
+    if user.intent:  # a keypad menu choice: the intent itself, as if the caller had asked for it
+        return f"/{user.intent}"
     if user.keypad:
         return _digits_message("".join(c for c in user.text if c.isascii() and c.isdigit()))
     # Rasa reads "/intent{...}" as a pre-parsed intent: speech must never be able to do that.

@@ -22,6 +22,11 @@ class PromptBook:
         self._cache: dict[str, dict[str, list[str]]] = {}
         self._lock = threading.Lock()
 
+    def locale_dir(self, locale: str) -> Path:
+        """The folder of the locale's dialog files this book reads (the working copy, or a release's
+        snapshot when the call is pinned to a release): read other per-locale files (keypad.yml) here."""
+        return self._dir / locale
+
     def responses(self, locale: str) -> dict[str, list[str]]:
         """All text variations of every response in the locale's domain, by response name."""
         with self._lock:

@@ -47,7 +47,12 @@ SESSION_RESPONSES: dict[str, frozenset[str]] = {
     "utter_anything_else": frozenset(),
     "utter_did_you_say": frozenset({"heard"}),
     "utter_ask_keypad": frozenset(),
+    "utter_language_choice": frozenset(),
+    "utter_keypad_menu": frozenset(),
 }
+
+# Responses that name keys to press: their digits are keys, not values from the store.
+KEY_RESPONSES = frozenset({"utter_language_choice", "utter_keypad_menu"})
 
 REQUIRED_FILES = ("domain.yml", "config.yml", "data/nlu.yml", "data/rules.yml", "data/stories.yml",
                   "tests/test_stories.yml", HELDOUT_FILE)
@@ -329,7 +334,7 @@ def check_locale(dialogs_dir: Path, locale: str) -> list[Problem]:
             for value in sorted(RESPONSE_VALUES.get(name, frozenset()) - set(_PLACEHOLDER.findall(text))):
                 problems.append(Problem("warning", domain.path, line,
                                         f"response {name!r} does not say {{{value}}}"))
-            if _DIGIT.search(_PLACEHOLDER.sub("", text)):
+            if name not in KEY_RESPONSES and _DIGIT.search(_PLACEHOLDER.sub("", text)):
                 problems.append(Problem("warning", domain.path, line,
                                         f"response {name!r} has a number in its text; amounts, dates and "
                                         "counts must come from the store through placeholders"))
@@ -503,6 +508,39 @@ def vocabulary_problems(dialogs_dir: Path, locale: str, settings: Settings) -> l
     return [Problem("warning", nlu, None, "recognizer: " + p.removeprefix(prefix)) for p in found]
 
 
+def keypad_problems(dialogs_dir: Path, locale: str) -> list[Problem]:
+    """keypad.yml: its keys, and that each menu key names an intent of the domain."""
+    from ivr.dialogue.keypad import KEYPAD_FILE, KeypadError, load_keypad
+
+    try:
+        domain = yaml.safe_load((dialogs_dir / locale / "domain.yml").read_text(encoding="utf-8")) or {}
+        intents = frozenset(i if isinstance(i, str) else next(iter(i)) for i in domain.get("intents") or [])
+        load_keypad(dialogs_dir, locale, intents)
+    except KeypadError as exc:
+        return [Problem("error", dialogs_dir / locale / KEYPAD_FILE, None, str(exc).split(": ", 1)[-1])]
+    except (OSError, yaml.YAMLError):
+        return []  # the domain's own problems are reported by check_locale
+    return []
+
+
+def language_key_problems(dialogs_dir: Path) -> list[Problem]:
+    """The language menu needs one key per locale."""
+    from ivr.dialogue.keypad import KEYPAD_FILE, KeypadError, load_keypad
+
+    owners: dict[str, str] = {}
+    problems: list[Problem] = []
+    for locale in LOCALES:
+        try:
+            key = load_keypad(dialogs_dir, locale).language_key
+        except KeypadError:
+            continue
+        if key in owners:
+            problems.append(Problem("error", dialogs_dir / locale / KEYPAD_FILE, None,
+                                    f"language_key {key!r} already chooses {owners[key]}"))
+        owners[key] = locale
+    return problems
+
+
 # ---------------------------------------------------------------- all of it
 def validate(
     dialogs_dir: Path,
@@ -519,13 +557,13 @@ def validate(
             problems.append(Problem("error", dialogs_dir / locale, None,
                                     f"unknown locale {locale!r} (known: {', '.join(LOCALES)})"))
             continue
-        own = check_locale(dialogs_dir, locale)
+        own = check_locale(dialogs_dir, locale) + keypad_problems(dialogs_dir, locale)
         problems += own
         if with_rasa and not any(p.is_error for p in own):
             problems += rasa_problems(dialogs_dir, locale, models_dir or dialogs_dir.parent / "models")
         if settings is not None:
             problems += vocabulary_problems(dialogs_dir, locale, settings)
-    return problems
+    return problems + language_key_problems(dialogs_dir)
 
 
 def errors(problems: Iterable[Problem]) -> list[Problem]:

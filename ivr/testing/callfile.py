@@ -3,6 +3,8 @@
 ```yaml
 caller_id: "13800000001"      # agi_callerid; "" for withheld
 locale: zh-CN                 # optional; default from config
+agi_params: {input: keypad}   # optional: AGI URL parameters the dialplan passes, over ?lang=<locale>;
+                              # null drops one (lang: null = the number with the language menu)
 turns:                        # consumed in order, one each time the robot listens
   - say: "我想查一下余额"
   - audio: audio/balance.wav  # 8 kHz mono 16-bit WAV, relative to this file
@@ -56,6 +58,7 @@ class CallFile:
     locale: str | None
     turns: tuple[Turn, ...]
     expect: Expect = field(default_factory=Expect)
+    agi_params: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -77,7 +80,7 @@ def load_call_file(path: Path) -> CallFile:
         raise CallFileError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise _fail(path, "top level", "must be a mapping with caller_id, turns and optional locale, expect")
-    unknown = set(data) - {"caller_id", "locale", "turns", "expect", "description"}
+    unknown = set(data) - {"caller_id", "locale", "turns", "expect", "description", "agi_params"}
     if unknown:
         raise _fail(path, "top level", f"unknown keys {sorted(unknown)}")
     caller_id = data.get("caller_id", "")
@@ -95,7 +98,13 @@ def load_call_file(path: Path) -> CallFile:
     if not isinstance(raw_turns, list):
         raise _fail(path, "turns", "must be a list")
     turns = tuple(_turn(path, i, t) for i, t in enumerate(raw_turns, 1))
-    return CallFile(path, caller_id, locale, turns, _expect(path, data.get("expect") or {}))
+    params = data.get("agi_params") or {}
+    if not isinstance(params, dict) or not all(
+        isinstance(k, str) and k.isidentifier() and (v is None or isinstance(v, str | int)) for k, v in params.items()
+    ):
+        raise _fail(path, "agi_params", "must map parameter names to strings or null, e.g. {input: keypad}")
+    agi_params = {k: None if v is None else str(v) for k, v in params.items()}
+    return CallFile(path, caller_id, locale, turns, _expect(path, data.get("expect") or {}), agi_params)
 
 
 def _turn(path: Path, index: int, raw: Any) -> Turn:

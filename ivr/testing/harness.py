@@ -203,6 +203,7 @@ class ScriptedAsterisk:
         self.report = CallReport(call.name)
         self._turns = list(call.turns)
         self._keys = ""  # keys the caller pressed that WAIT FOR DIGIT has not read yet
+        self._collecting = False  # WAIT FOR DIGIT reads the keys being typed, not a new turn
         self._hung_up = False
         self._recorded_at: float | None = None
         self._silence_waited = 0.0  # the recorder's silence wait before the last recording was handed over
@@ -212,11 +213,13 @@ class ScriptedAsterisk:
     def environment(self, host: str, port: int) -> bytes:
         caller = self.call.caller_id or "unknown"
         unique = f"{time.time():.0f}.{self._number}"
+        params = {k: v for k, v in {"lang": self.locale, **self.call.agi_params}.items() if v}
+        query = "&".join(f"{k}={v}" for k, v in params.items())
         self.report.unique_id = unique
         variables = {
             "agi_network": "yes",
-            "agi_network_script": f"ivr?lang={self.locale}",
-            "agi_request": f"agi://{host}:{port}/ivr?lang={self.locale}",
+            "agi_network_script": f"ivr?{query}",
+            "agi_request": f"agi://{host}:{port}/ivr?{query}",
             "agi_channel": f"Local/replay-{self._number}@hotline-0000;2",
             "agi_language": "en",
             "agi_type": "Local",
@@ -282,6 +285,10 @@ class ScriptedAsterisk:
             return "511 Command Not Permitted on a dead channel or intercepted\n"
         args = parse_arguments(line)
         name = " ".join(args[:2]).upper() if len(args) >= 2 else (args[0].upper() if args else "")
+        if name != "WAIT FOR":
+            # The robot does something else: keys typed on are lost (Asterisk keeps no type-ahead buffer
+            # for a command without escape digits), and the next keys are a new turn.
+            self._keys, self._collecting = "", False
         if name.startswith("ANSWER"):
             if not self.report.answered:
                 self.report.answered = True
@@ -346,7 +353,7 @@ class ScriptedAsterisk:
             keys: str = turn.value
             self.report.events.append({"who": "caller", "text": mask_secret(keys), "kind": "dtmf"})
             await asyncio.to_thread(write_silence, target, 0.2)
-            self._keys = keys[1:]
+            self._keys, self._collecting = keys[1:], True
             self._silence_waited = 0.0
             self._recorded_at = time.monotonic()
             return f"200 result={ord(keys[0])} (dtmf) endpos=1600\n"
@@ -393,9 +400,23 @@ class ScriptedAsterisk:
         return f"200 result=0 (timeout) endpos={int(wav_duration_s(target) * 8000)}\n"
 
     def _wait_digit(self) -> str:
+        """The next key being typed; or, when the robot waits for a new input by keypad (no recording:
+        a keypad-only call, the language menu), the caller's next turn: keys, else no key."""
+        if not self._keys and not self._collecting and self._turns:
+            turn = self._turns.pop(0)
+            if turn.kind == "hangup":
+                self.report.events.append({"who": "caller", "text": "", "kind": "hangup"})
+                return self._hangup()
+            if turn.kind != "dtmf":  # silence, or words nobody records
+                self.report.events.append({"who": "caller", "text": "", "kind": turn.kind})
+                return "200 result=0\n"
+            self.report.events.append({"who": "caller", "text": mask_secret(turn.value), "kind": "dtmf"})
+            self._keys = turn.value
         if not self._keys:
+            self._collecting = False
             return "200 result=0\n"
         key, self._keys = self._keys[0], self._keys[1:]
+        self._collecting = True
         self._recorded_at = time.monotonic()  # the caller's input is complete with the last key read
         return f"200 result={ord(key)}\n"
 

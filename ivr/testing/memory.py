@@ -54,12 +54,14 @@ class MemoryChannel:
     answered: bool = False
     heard: dict[Path, CallerAct] = field(default_factory=dict)  # recording path → what was said into it
     _keys: str = ""
+    _collecting: bool = False  # a key was handed out: further waits read the same act's keys
 
     async def answer(self) -> None:
         self.answered = True
 
     async def play(self, sound: Path, escape_digits: str = "") -> str:
         self.played.append(sound.name)
+        self._collecting = False  # the robot speaks: whatever keys come next are a new input
         return ""
 
     async def record(self, path: Path, *, escape_digits: str, max_s: float, silence_s: int) -> Recording:
@@ -67,19 +69,33 @@ class MemoryChannel:
             raise RecordingError("injected: the spool is not writable")
         if not self.acts:
             raise CallerHangup("the caller's script is over")
+        self._collecting = False
         act = self.acts.pop(0)
         if act.kind == "hangup":
             raise CallerHangup("the caller hung up")
         if act.kind == "keys":
-            self._keys = act.text[1:]
+            self._keys, self._collecting = act.text[1:], True
             return Recording(path, digit=act.text[0])
         self.heard[path] = act
         return Recording(path)
 
     async def wait_digit(self, timeout_s: float) -> str:
+        """The next key of the keys being typed; else, when the robot waits for a new input by keypad,
+        the caller's next act (keys; anything else is no key)."""
         self.digit_waits += 1
-        key, self._keys = self._keys[:1], self._keys[1:]
-        return key
+        if self._keys or self._collecting:
+            key, self._keys = self._keys[:1], self._keys[1:]
+            self._collecting = bool(key)
+            return key
+        if not self.acts:
+            raise CallerHangup("the caller's script is over")
+        act = self.acts.pop(0)
+        if act.kind == "hangup":
+            raise CallerHangup("the caller hung up")
+        if act.kind != "keys":
+            return ""  # silence, or words nobody records
+        self._keys, self._collecting = act.text[1:], True
+        return act.text[0]
 
     async def set_variable(self, name: str, value: str) -> None:
         self.variables[name] = value
@@ -91,10 +107,14 @@ class MemoryChannel:
 class MemoryRecognizer:
     """Recognizes exactly what the caller's act says, with its confidence; ``fail`` raises instead."""
 
-    def __init__(self, channel: MemoryChannel, *, fail: bool = False) -> None:
+    def __init__(self, channel: MemoryChannel, *, fail: bool = False, available: bool = True) -> None:
         self._channel = channel
         self.fail = fail
+        self._available = available
         self.grammars: list[Sequence[str] | None] = []
+
+    def available(self, locale: str) -> bool:
+        return self._available
 
     def transcribe(self, wav: Path, locale: str, grammar: Sequence[str] | None = None) -> Recognition:
         self.grammars.append(grammar)
