@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "ivr.asr.commands",  # models list|pull|verify, asr transcribe|eval
     "ivr.asterisk.commands",  # asterisk up|down|status
     "ivr.retention",  # purge
+    "ivr.releases_commands",  # publish, releases, rollback
 )
 
 

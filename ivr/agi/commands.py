@@ -31,12 +31,13 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 async def _serve(settings: Settings, host: str | None, port: int | None, text_input: bool) -> int:
     from ivr.app import build_robot
 
-    robot = build_robot(settings, text_input=text_input)
+    robot = build_robot(settings, text_input=text_input, releases=True)
     await robot.warm_up()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, robot.request_reload)  # load the current releases, calls go on
     await robot.start(host, port)
     robot.start_purging()  # retention: transcripts, recordings, audit rows past retention_days, daily
     log.info("the robot answers calls; /metrics and /health on %s:%d", settings.http_host, settings.http_port)
