@@ -60,6 +60,10 @@ def test_short_bench_writes_valid_json(tmp_path: Path, suite_dirs: SuiteDirs) ->
     assert (run["grammars"], run["dialogue"], run["prompts"]) == (True, "in-process", "cached")
     assert "tts_worker" in run["helpers"]
     assert "comparisons" not in result
+    # The bench call asks by voice and keys its ID digits: every call is "mixed", none by keypad alone.
+    assert sum(run["served_by"].values()) == run["calls_placed"]
+    assert run["keypad_share"] == round(
+        (run["served_by"].get("keypad", 0) + run["served_by"].get("mixed", 0)) / run["calls_placed"], 3)
 
 
 def test_compare_runs_every_variant_on_the_real_parts(tmp_path: Path, suite_dirs: SuiteDirs) -> None:

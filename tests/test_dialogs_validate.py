@@ -124,7 +124,28 @@ def test_heldout_must_not_repeat_training_examples(project: Path) -> None:
     line = edit(heldout, "    - hiya\n", "    - hello there\n")
     [problem] = only_errors(project)
     assert problem.file == heldout and problem.line == line
-    assert "also a training example" in problem.message
+    assert "is (nearly) the training example" in problem.message
+    # A near-duplicate (case, punctuation, one word more) is no new phrasing either.
+    edit(heldout, "    - hello there\n", "    - Hello there, robot!\n")
+    [problem] = only_errors(project)
+    assert problem.line == line and "nearly" in problem.message
+
+
+def test_keypad_menu_keys_name_known_intents(project: Path) -> None:
+    keypad = project / "en-US" / "keypad.yml"
+    edit(keypad, '  "1": ask_balance\n', '  "1": ask_ballance\n')
+    [problem] = only_errors(project)
+    assert problem.file == keypad and "'ask_ballance', which is not an intent" in problem.message
+    edit(keypad, '  "1": ask_ballance\n', '  "0": ask_balance\n')
+    [problem] = only_errors(project)
+    assert "0, * and # are taken" in problem.message
+
+
+def test_each_locale_has_its_own_language_key(project: Path) -> None:
+    shutil.copytree(DIALOGS / "ko-KR", project / "ko-KR")
+    edit(project / "ko-KR" / "keypad.yml", 'language_key: "3"', 'language_key: "2"')
+    [problem] = errors(validate(project, ["en-US", "ko-KR"], with_rasa=False))
+    assert problem.file == project / "ko-KR" / "keypad.yml" and "already chooses en-US" in problem.message
 
 
 def run_cli(argv: list[str], settings: Settings) -> int:

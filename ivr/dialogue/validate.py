@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ivr.config import LOCALES
-from ivr.dialogue.heldout import HELDOUT_FILE
+from ivr.dialogue.heldout import HELDOUT_FILE, training_twin
 
 if TYPE_CHECKING:
     from ivr.config import Settings
@@ -49,10 +49,11 @@ SESSION_RESPONSES: dict[str, frozenset[str]] = {
     "utter_ask_keypad": frozenset(),
     "utter_language_choice": frozenset(),
     "utter_keypad_menu": frozenset(),
+    "utter_no_agent": frozenset(),  # not the session: the dialplan plays it (fallback/<locale>/no_agent.wav)
 }
 
 # Responses that name keys to press: their digits are keys, not values from the store.
-KEY_RESPONSES = frozenset({"utter_language_choice", "utter_keypad_menu"})
+KEY_RESPONSES = frozenset({"utter_language_choice", "utter_keypad_menu", "utter_no_agent"})
 
 REQUIRED_FILES = ("domain.yml", "config.yml", "data/nlu.yml", "data/rules.yml", "data/stories.yml",
                   "tests/test_stories.yml", HELDOUT_FILE)
@@ -391,23 +392,23 @@ def check_locale(dialogs_dir: Path, locale: str) -> list[Problem]:
     heldout = docs[HELDOUT_FILE]
     if heldout is not None:
         held = _nlu_examples(heldout, problems)
-        training = {ex.text.lower(): ex for ex in examples}
+        training = {ex.text: ex for ex in examples}
         counts: dict[str, int] = {}
         for ex in held:
             counts[ex.intent] = counts.get(ex.intent, 0) + 1
             if ex.intent not in intents:
                 problems.append(Problem("error", heldout.path, ex.line, f"intent {ex.intent!r} is not in the domain"))
-            twin = training.get(ex.text.lower())
+            twin = training_twin(ex.text, training, locale)
             if twin is not None:
                 problems.append(Problem("error", heldout.path, ex.line,
-                                        f"{ex.text!r} is also a training example (data/nlu.yml line {twin.line}); "
-                                        "held-out phrasings must be new"))
+                                        f"{ex.text!r} is (nearly) the training example {twin!r} (data/nlu.yml line "
+                                        f"{training[twin].line}); held-out phrasings must be new"))
         for intent in intents:
             if intent not in DEFAULT_INTENTS and counts.get(intent, 0) < MIN_HELDOUT:
                 problems.append(Problem("warning", heldout.path, None,
                                         f"intent {intent!r} has {counts.get(intent, 0)} held-out phrasings "
                                         f"(want {MIN_HELDOUT}+)"))
-    return problems
+    return problems + keypad_problems(dialogs_dir, locale)
 
 
 def _as_list(value: Any) -> list[str]:
@@ -557,7 +558,7 @@ def validate(
             problems.append(Problem("error", dialogs_dir / locale, None,
                                     f"unknown locale {locale!r} (known: {', '.join(LOCALES)})"))
             continue
-        own = check_locale(dialogs_dir, locale) + keypad_problems(dialogs_dir, locale)
+        own = check_locale(dialogs_dir, locale)
         problems += own
         if with_rasa and not any(p.is_error for p in own):
             problems += rasa_problems(dialogs_dir, locale, models_dir or dialogs_dir.parent / "models")

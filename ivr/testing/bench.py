@@ -264,6 +264,9 @@ async def bench_once(
             reason: sum(r.transfer_reason == reason for r in reports)
             for reason in {r.transfer_reason for r in reports if r.transfer_reason}
         },
+        # how the robot's calls were served (voice, keypad, mixed): the keypad menu's share
+        "served_by": {by: sum(r.served_by == by for r in robot.results) for by in sorted({r.served_by for r in robot.results})},
+        "keypad_share": round(sum(r.served_by in ("keypad", "mixed") for r in robot.results) / max(1, len(robot.results)), 3),
         "compute_latency_ms": percentiles(compute),
         "perceived_latency_ms": percentiles(perceived),
         "silence_wait_ms": percentiles(silence),
