@@ -26,7 +26,7 @@ from ivr.config import LOCALES, Settings
 from ivr.dialogue.keypad import KeypadBook
 from ivr.dialogue.prompts import PromptBook
 from ivr.logs import call_id_var
-from ivr.masking import mask_secret, mask_text
+from ivr.masking import mask_phone, mask_secret, mask_text
 from ivr.metrics import Metrics
 from ivr.parts import (
     CallerHangup,
@@ -202,7 +202,8 @@ class CallSession:
             )
             metrics.calls_served_by.labels(input=self.result.served_by).inc()
             self.transcript.add("system", "", outcome=self.result.outcome.value, reason=self.result.reason,
-                                served_by=self.result.served_by, menu_reason=self.result.menu_reason)
+                                served_by=self.result.served_by, menu_reason=self.result.menu_reason,
+                                locale=self.call.locale, caller=mask_phone(self.call.caller_id))
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.parts.file_pool.run(self.transcript.write), 10.0)
             if (end_call := getattr(self.parts.synthesizer, "end_call", None)) is not None:
@@ -426,7 +427,11 @@ class CallSession:
                     path.unlink(missing_ok=True)
         text = recognition.text.strip()
         shown = mask_secret(text) if reply.secret else mask_text(text)
-        self.transcript.add("caller", shown, confidence=round(recognition.confidence, 3))
+        silent = not text and not recognition.words
+        # recording: the kept recording's number (<call_id>-<n>.wav); secret: the answer to a secret
+        # question (never exported as audio or text); silence: nothing was said (`ivr calls export`)
+        self.transcript.add("caller", shown, confidence=round(recognition.confidence, 3), recording=self._turn,
+                            secret=reply.secret or None, silence=silent or None)
         if not text and not recognition.words:
             return None  # silence: the no-input case
         # Only unknown words: speech the model could not place, the not-understood case (text "").
@@ -467,7 +472,7 @@ class CallSession:
         self._handed_over_at = time.monotonic()  # the input is complete with the last key, not the first
         digits = "".join(k for k in keys if k.isdigit())
         shown = mask_secret(digits) if (reply.secret or digits) else keys
-        self.transcript.add("caller", shown, keypad=True)
+        self.transcript.add("caller", shown, keypad=True, masked=shown != keys or None, secret=reply.secret or None)
         if digits:
             return UserInput(text=digits, keypad=True)
         if REPEAT_KEY in keys:
