@@ -537,3 +537,22 @@ def test_enumeration_protections_on_a_real_postgresql(clock: Clock) -> None:
             other.close()
         finally:
             s.close()
+
+
+def test_postgresql_statements_are_bounded_by_the_lookup_wait() -> None:
+    """The store's PostgreSQL connections carry lock and statement timeouts: a statement that outruns
+    the caller's wait is cancelled by the server, not left running."""
+    from sqlalchemy import text
+
+    from tests.services import postgres_cluster
+
+    with postgres_cluster() as url:
+        s = SqlAccountStore(url, busy_timeout_s=0.5, write_wait_s=1.0)
+        try:
+            with s._engine.connect() as conn:
+                assert conn.execute(text("SHOW statement_timeout")).scalar() == "1s"
+                assert conn.execute(text("SHOW lock_timeout")).scalar() == "500ms"
+                with pytest.raises(Exception, match="statement timeout"):
+                    conn.execute(text("SELECT pg_sleep(3)"))
+        finally:
+            s.close()

@@ -186,7 +186,7 @@ def test_digit_strings(locale: str, digits: str, spoken: str) -> None:
     assert read_digits(digits, locale) == spoken
 
 
-# Whole robot texts, as the actions write them (notes/TEAM.md number conventions).
+# Whole robot texts, as the actions write them (the README's number conventions).
 TEXTS = [
     ("zh-CN", "您的余额是1,234.56 CNY。", "您的余额是一千二百三十四元五角六分。"),
     ("zh-CN", "尾号5678的账户余额为1,234.56 CNY", "尾号五六七八的账户余额为一千二百三十四元五角六分"),

@@ -217,9 +217,11 @@ class SqlAccountStore:
             kwargs["pool_timeout"] = busy_timeout_s
             if parsed.get_driver_name() == "psycopg2":
                 wait_ms = max(1, int(busy_timeout_s * 1000))
+                # A statement still running when the caller has stopped waiting is cancelled by the server.
+                statement_ms = max(wait_ms, int(write_wait_s * 1000))
                 kwargs["connect_args"] = {
                     "connect_timeout": max(2, math.ceil(busy_timeout_s)),
-                    "options": f"-c lock_timeout={wait_ms}",
+                    "options": f"-c lock_timeout={wait_ms} -c statement_timeout={statement_ms}",
                 }
         else:
             kwargs["pool_pre_ping"] = True

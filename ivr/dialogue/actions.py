@@ -107,7 +107,7 @@ class LookupFailed(Exception):
     """The account store failed or did not answer in time."""
 
 
-# ---------------------------------------------------------------- formatting (notes/TEAM.md)
+# ---------------------------------------------------------------- formatting (README: numbers in prompts)
 def format_money(amount: Decimal, currency: str) -> str:
     """``1,234.56 CNY``, ``-300.00 CNY``, ``1,234,000 KRW``: separators, the currency's decimals, ISO code."""
     places = currency_exponent(currency)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The responses the call session speaks by name (notes/TEAM.md); the TTS pre-renders them.
+# The responses the call session speaks by name (README: for developers); the TTS pre-renders them.
 SESSION_RESPONSES: dict[str, frozenset[str]] = {
     "utter_greet": frozenset(),
     "utter_apology": frozenset(),

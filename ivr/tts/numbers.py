@@ -1,6 +1,6 @@
 """Numbers read the way a person says them, per locale: the one place that turns robot text into words.
 
-The robot's texts follow the team's number conventions (notes/TEAM.md):
+The robot's texts follow the project's number conventions (README, "Editing a dialog"):
 
 - money: thousands separators, a space and the ISO code: ``1,234.56 CNY``, ``-300.00 CNY``, ``1,234,000 KRW``
   (also accepted: no separators ``1234.56 CNY``, no space ``1234.56CNY``, a leading symbol ``$12.50``);
