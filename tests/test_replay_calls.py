@@ -139,3 +139,16 @@ def test_add_heard_pairs_each_caller_turn_with_the_robots_transcript(tmp_path: P
     missing = CallReport("other", events=[dict(e) for e in events], unique_id="1764300000.8")
     add_heard(missing, tmp_path)
     assert missing.errors and "no transcript" in missing.errors[0]
+
+
+SPEECH_FAILURES = ("asr_failed", "recording_failed", "no_speech_model")
+
+
+def test_no_recorded_call_is_transferred_because_speech_failed() -> None:
+    """The keypad serves when speech fails: across every recorded call's intended behaviour, no call
+    ends with a person for a speech failure alone."""
+    goldens = sorted(CALLS.rglob("*.golden.json"))
+    assert len(goldens) >= 20
+    for golden in goldens:
+        data = json.loads(golden.read_text(encoding="utf-8"))
+        assert not (data["outcome"] == "transfer" and data["transfer_reason"] in SPEECH_FAILURES), golden
