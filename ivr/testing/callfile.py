@@ -30,6 +30,10 @@ import yaml
 from ivr.config import LOCALES
 
 OUTCOMES = ("completed", "transfer", "caller_hangup", "error")
+# `ivr calls export` writes this where it must leave a value out (secret keys or spoken ID digits, the
+# caller's number, unrecognized words); a call file holding one is refused until it is filled in.
+PLACEHOLDER = "<fill in"
+
 TURN_KINDS = ("say", "audio", "dtmf", "silence", "hangup")
 MAX_CALLER_ID = 64
 
@@ -89,6 +93,9 @@ def load_call_file(path: Path) -> CallFile:
     if not isinstance(caller_id, str | int):
         raise _fail(path, "caller_id", "must be a string (quote it: \"13800000001\")")
     caller_id = str(caller_id)
+    if caller_id.startswith(PLACEHOLDER):
+        raise _fail(path, "caller_id", f"a placeholder left by `ivr calls export`: {caller_id} "
+                    "(put in a test customer's number, or \"\" for withheld)")
     if len(caller_id) > MAX_CALLER_ID or "\n" in caller_id:
         raise _fail(path, "caller_id", f"longer than {MAX_CALLER_ID} characters or multi-line")
     locale = data.get("locale")
@@ -112,6 +119,9 @@ def _turn(path: Path, index: int, raw: Any) -> Turn:
     if not isinstance(raw, dict) or len(raw) != 1:
         raise _fail(path, where, f"must be exactly one of {', '.join(TURN_KINDS)}")
     ((kind, value),) = raw.items()
+    if isinstance(value, str) and value.startswith(PLACEHOLDER):
+        raise _fail(path, where, f"a placeholder left by `ivr calls export`: {value} "
+                    "(fill it in with test data, never the caller's)")
     if kind == "say":
         if not isinstance(value, str) or not value.strip():
             raise _fail(path, where, "say needs non-empty text")
