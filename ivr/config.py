@@ -18,6 +18,7 @@ import tomli
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCALES = ("zh-CN", "en-US", "ko-KR")
+SECTIONS = ("system_of_record",)  # settings that are TOML sections (tables), not single values
 
 
 class ConfigError(ValueError):
@@ -90,6 +91,13 @@ class Settings:
     phone_lookup_limit: int = 10
     phone_lookup_limit_withheld: int = 100
     phone_lookup_window_s: int = 3600
+    # the key of the stored ID digits and caller IDs (ivr.accounts.keys): outside the database, owner-only,
+    # created on first need, never committed; `ivr db rotate-key` adds a new one
+    secret_key_file: Path = PROJECT_ROOT / "var" / "secret.key"
+    # where the robot reads customers: "own" (its tables) or "sql": the firm's system of record through the
+    # read-only queries of ivr.toml's [system_of_record] section (ivr.accounts.source; `ivr db check-source`)
+    account_source: str = "own"
+    system_of_record: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
     # AMI (credentials never committed: from the environment or a local ivr.toml)
     ami_host: str = "127.0.0.1"
     ami_port: int = 5038
@@ -151,10 +159,17 @@ def load_settings(
         for key, raw in data.items():
             if key not in fields:
                 raise ConfigError(f"{file}: unknown setting {key!r}")
+            if key in SECTIONS:  # a [table] of its own, checked by the part that reads it
+                if not isinstance(raw, dict):
+                    raise ConfigError(f"{file}: {key} must be a [{key}] section")
+                values[key] = raw
+                continue
             values[key] = _convert(key, raw)
     elif path is not None:
         raise ConfigError(f"{file}: no such configuration file")
     for name in fields:
+        if name in SECTIONS:
+            continue
         var = f"IVR_{name.upper()}"
         if var in env:
             values[name] = _convert(name, env[var])
@@ -164,5 +179,7 @@ def load_settings(
     settings = Settings(**values)
     if settings.locale not in LOCALES:
         raise ConfigError(f"setting locale: {settings.locale!r} is not one of {', '.join(LOCALES)}")
+    if settings.account_source not in ("own", "sql"):
+        raise ConfigError(f"setting account_source: {settings.account_source!r} is not 'own' or 'sql'")
     return settings
 

@@ -17,7 +17,7 @@ import pytest
 from ivr.accounts import commands
 from ivr.accounts.api import AccountView, LoanView, TransactionView, VerifyStatus
 from ivr.accounts.importer import load_file
-from ivr.accounts.store import SqlAccountStore, check_secret, hash_secret
+from ivr.accounts.store import SqlAccountStore
 from ivr.config import Settings
 from ivr.parts import AccountStoreError
 
@@ -311,11 +311,12 @@ def test_concurrent_attempts_are_counted_exactly(store: SqlAccountStore) -> None
 
 
 # ---------------------------------------------------------------- secrets
-def test_secrets_are_salted_hashes_never_clear(store: SqlAccountStore, db_path: Path,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_secrets_are_keyed_hashes_never_clear(store: SqlAccountStore, db_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     verify(store, "C001", "4821")
     verify(store, "C001", "7777")
+    keys = store.keys()
     store.close()
     with sqlite3.connect(db_path) as conn:
         hashes = dict(conn.execute("SELECT id, id_last4_hash FROM customers").fetchall())
@@ -324,10 +325,10 @@ def test_secrets_are_salted_hashes_never_clear(store: SqlAccountStore, db_path: 
     assert "id_last4" not in columns  # only the hash column exists
     for customer, digits in SECRETS.items():
         stored = hashes[customer]
-        assert stored.startswith("scrypt$") and digits not in stored
-        assert check_secret(digits, stored) and not check_secret("0000", stored)
-    # the same digits hash differently (per-customer salt)
-    assert hash_secret("4821") != hash_secret("4821")
+        assert stored.startswith(f"hmac${keys.current_id}$") and digits not in stored
+        assert keys.check(customer, digits, stored).ok and not keys.check(customer, "0000", stored).ok
+    # the same digits hash differently for two customers (the customer id is in the message)
+    assert keys.hash_id_digits("C001", "4821") != keys.hash_id_digits("C002", "4821")
     # nowhere in the file: neither the customers' secrets nor an answer given on a call
     raw = db_path.read_bytes()
     for digits in (*SECRETS.values(), "7777"):

@@ -1,8 +1,9 @@
 """The account store's tables (SQLAlchemy 1.4 declarative; portable SQL for SQLite and PostgreSQL).
 
 Money is stored exactly, as a 64-bit count of hundredths (``Money``), and read back as ``Decimal``
-with two places. Times are naive UTC. The ID secret is only ever a salted scrypt hash
-(``customers.id_last4_hash``). Verification attempts and disclosures are history: they name the
+with two places. Times are naive UTC. The ID secret is only ever a keyed hash under the key file's
+key (``customers.id_last4_hash``, ``ivr.accounts.keys``; older databases: salted scrypt until the next
+success). The schema changes only through migrations (``ivr.accounts.schema``, ``ivr db upgrade``). Verification attempts and disclosures are history: they name the
 customer by id without a foreign key, so they outlive a re-import of the customer.
 """
 
@@ -75,9 +76,13 @@ class Customer(Base):
 
     id = Column(String(32), primary_key=True)
     name = Column(String(100), nullable=False)
-    # "scrypt$n$r$p$salt$hash" (urlsafe base64, per-customer random salt); never the digits.
+    # "hmac$<key id>$<base64>" (ivr.accounts.keys; legacy "scrypt$n$r$p$salt$hash"); never the digits.
     id_last4_hash = Column(String(200), nullable=False)
     imported_at = Column(DateTime, nullable=False)
+    # keyed digest of the imported content (unchanged re-imports are skipped); the import that last
+    # wrote or confirmed the row (duplicates within one file are found here, not in memory)
+    content_hash = Column(String(64), nullable=True)
+    import_run = Column(String(32), nullable=True)
 
     phones = relationship("PhoneNumber", cascade="all, delete-orphan", passive_deletes=True)
     accounts = relationship("Account", cascade="all, delete-orphan", passive_deletes=True,
@@ -163,7 +168,7 @@ class VerificationAttempt(Base):
     id = Column(Integer, primary_key=True, autoincrement=True)
     customer_id = Column(String(32), nullable=False)
     call_id = Column(String(128), nullable=False)
-    # HMAC-SHA256 of the caller ID's digits under the store's own key (store_meta); NULL: withheld/invalid.
+    # HMAC-SHA256 of the caller ID's digits under the key file's key; NULL: withheld/invalid.
     caller_hash = Column(String(64), nullable=True)
     caller_masked = Column(String(24), nullable=False)  # masking.mask_phone: last 4 digits only
     attempted_at = Column(DateTime, nullable=False)
@@ -200,7 +205,8 @@ class Disclosure(Base):
 
 
 class StoreMeta(Base):
-    """Small named values of the store itself (e.g. the caller-ID hashing key)."""
+    """Small named values of the store itself (``phone_lookup_lock``: the row phone look-ups queue on).
+    No key is ever kept here."""
 
     __tablename__ = "store_meta"
 

@@ -8,23 +8,23 @@
 - SQLite: a busy timeout bounds waits on a locked file; writes start with ``BEGIN IMMEDIATE`` so
   the lockout check and the recording of an attempt are one serialised step. PostgreSQL: connect,
   lock and statement timeouts bound waits the same way; the customer row is locked while checking.
-- The ID digits are kept only as salted scrypt hashes and compared in constant time; caller IDs
-  of attempts only as a keyed hash (for the per-caller limit) and their last four digits.
+- The ID digits are kept only as keyed hashes (HMAC-SHA256 under the key file's key, outside the
+  database: ``ivr.accounts.keys``) and compared in constant time; legacy scrypt hashes still verify
+  and are re-keyed on success, as are hashes under an older key. Caller IDs of attempts are kept
+  only as a keyed hash (for the per-caller limit) and their last four digits.
 - No answer tells whether a phone number is registered: ``verification_subject`` gives the customer
   for a registered number and an opaque stand-in for any other (verification against it fails like
-  wrong digits, with the same scrypt work and the same lockout), and the phone numbers a caller keys
+  wrong digits, with the same work and the same lockout), and the phone numbers a caller keys
   are limited per caller ID and window (``lookup_keyed_phone``), counted in the database.
+- The schema comes from the migrations (``init_schema`` runs them; ``ivr.accounts.schema``); imports
+  stream in batches (``import_path``; ``ivr.accounts.bulk``).
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
-import hmac
 import logging
 import math
-import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -33,22 +33,22 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import create_engine, delete, event, func, select, text
+from sqlalchemy import create_engine, delete, event, func, or_, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from ivr.accounts import bulk, schema
 from ivr.accounts.api import AccountView, LoanView, TransactionView, VerifyStatus
 from ivr.accounts.importer import (
-    AccountImportError,
     CustomerData,
     currency_exponent,
-    load_file,
     normalize_id_digits,
     normalize_phone,
     parse_data,
 )
+from ivr.accounts.keys import KeyRing, SecretKeyError
 from ivr.accounts.models import (
     Account,
     Customer,
@@ -60,7 +60,6 @@ from ivr.accounts.models import (
     StoreMeta,
     Transaction,
     VerificationAttempt,
-    metadata,
     utc_naive,
 )
 from ivr.masking import mask_phone, mask_text
@@ -71,46 +70,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_SCRYPT_N, _SCRYPT_R, _SCRYPT_P, _SCRYPT_LEN = 2**14, 8, 1, 32
-_CALLER_KEY_NAME = "caller_hash_key"
+_LOOKUP_LOCK = "phone_lookup_lock"  # the store_meta row phone look-ups queue on (migration 0002)
 # Stand-ins for unregistered numbers start with a character no customer id may start with.
 _STAND_IN_PREFIX = "~"
 _MAX_TRANSACTIONS = 100
 _CHUNK = 500  # ids per IN (...) list
+# A well-formed hash no digits match: verification against a customer without one does the same work.
+_DUMMY_HASH = "hmac$k1$" + "A" * 43
+_REKEY_BATCH = 2000
 
 
-# ---------------------------------------------------------------- secrets
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+def default_key_file() -> Path:
+    from ivr.config import Settings
 
-
-def _unb64(text_: str) -> bytes:
-    return base64.urlsafe_b64decode(text_ + "=" * (-len(text_) % 4))
-
-
-def hash_secret(digits: str) -> str:
-    """A salted scrypt hash of the ID digits, self-describing: ``scrypt$n$r$p$salt$hash``."""
-    salt = secrets.token_bytes(16)
-    derived = hashlib.scrypt(digits.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P,
-                             dklen=_SCRYPT_LEN)
-    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${_b64(salt)}${_b64(derived)}"
-
-
-def check_secret(digits: str, stored: str) -> bool:
-    """Whether ``digits`` match the stored hash; constant-time comparison."""
-    try:
-        scheme, n, r, p, salt, expected = stored.split("$")
-        if scheme != "scrypt":
-            return False
-        derived = hashlib.scrypt(digits.encode(), salt=_unb64(salt), n=int(n), r=int(r), p=int(p),
-                                 dklen=len(_unb64(expected)))
-        return hmac.compare_digest(derived, _unb64(expected))
-    except (ValueError, TypeError):
-        log.warning("a stored ID hash is malformed", extra={"event": "verify_hash_malformed"})
-        return False
-
-
-_DUMMY_HASH = f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${_b64(bytes(16))}${_b64(bytes(_SCRYPT_LEN))}"
+    return Settings().secret_key_file
 
 
 @dataclass(frozen=True)
@@ -168,6 +141,7 @@ class SqlAccountStore:
         phone_lookup_limit: int = 10,
         phone_lookup_limit_withheld: int = 100,
         phone_lookup_window_s: float = 3600,
+        secret_key_file: Path | str | None = None,
     ) -> None:
         if lockout_failures < 1 or lockout_s <= 0 or busy_timeout_s <= 0:
             raise ValueError("lockout_failures, lockout_s and busy_timeout_s must be positive")
@@ -180,7 +154,8 @@ class SqlAccountStore:
         self._phone_lookup_limit_withheld = phone_lookup_limit_withheld
         self._phone_lookup_window = dt.timedelta(seconds=phone_lookup_window_s)
         self._clock = clock
-        self._caller_key: bytes | None = None
+        self._key_file = Path(secret_key_file) if secret_key_file is not None else default_key_file()
+        self._keyring: KeyRing | None = None
         self._key_lock = threading.Lock()
         # An in-memory SQLite database is one shared connection: take turns on it.
         self._serial: AbstractContextManager[Any] = nullcontext()
@@ -249,6 +224,7 @@ class SqlAccountStore:
             phone_lookup_limit=settings.phone_lookup_limit,
             phone_lookup_limit_withheld=settings.phone_lookup_limit_withheld,
             phone_lookup_window_s=settings.phone_lookup_window_s,
+            secret_key_file=settings.secret_key_file,
             busy_timeout_s=max(0.1, min(2.0, settings.lookup_timeout_s / 2)),
             write_wait_s=settings.lookup_timeout_s,
         )
@@ -298,15 +274,37 @@ class SqlAccountStore:
 
     # ------------------------------------------------------------ schema and data
     def init_schema(self) -> None:
-        """Create the tables that are missing (existing data is kept) and the store's hashing key."""
+        """Bring the schema to the newest revision (``ivr db upgrade``; existing data is kept; a database
+        made before migrations is adopted) and make sure the secret key is there."""
         try:
             with self._serial, self._engine.begin() as conn:
-                metadata.create_all(conn)
+                schema.upgrade(conn)
         except SQLAlchemyError as exc:
-            message = self._describe("creating the schema", exc)
+            message = self._describe("upgrading the schema", exc)
             log.warning(message, extra={"part": "accounts", "event": "db_error"})
             raise AccountStoreError(message) from exc
-        self._load_caller_key()
+        self.keys()
+
+    def schema_revision(self) -> str | None:
+        with self._serial, self._engine.connect() as conn:
+            return schema.current_revision(conn)
+
+    def start_check(self) -> None:
+        """Before serving: the schema must be the one this code knows, and every stored hash's key
+        must be in the key file. ``SchemaError``/``SecretKeyError`` when not; a database that does not
+        answer is left to the calls (they apologise and transfer; ``/health`` says so)."""
+        try:
+            with self._serial, self._engine.connect() as conn:
+                schema.check(conn)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("start check: the account database does not answer (%s); serving anyway",
+                        type(exc).__name__, extra={"part": "accounts", "event": "db_error"})
+            return
+        unknown = self.key_usage(unknown_only=True)
+        if unknown:
+            raise SecretKeyError(f"{sum(unknown.values())} stored ID hash(es) name key(s) "
+                                 f"{', '.join(sorted(unknown))} that {self._key_file} does not hold: restore the "
+                                 "key file (a new key cannot verify them)")
 
     def import_customers(self, data: Sequence[CustomerData] | Mapping[str, Any], source_name: str) -> int:
         """Insert the customers, replacing those with the same id, in one transaction.
@@ -317,59 +315,44 @@ class SqlAccountStore:
         attempts and disclosures of replaced customers are kept. Returns the number of customers.
         """
         customers = parse_data(data, source_name) if isinstance(data, Mapping) else list(data)
-        hashes = [hash_secret(c.id_last4) for c in customers]  # slow: before the write lock
-        ids = [c.customer_id for c in customers]
-        now = self._now()
-        with self._transaction(f"import from {source_name}", write=True) as session:
-            self._check_conflicts(session, customers, source_name)
-            for chunk in _chunks(ids):
-                loans_of = select(Loan.loan_id).where(Loan.customer_id.in_(chunk))
-                for statement in (
-                    delete(Transaction).where(Transaction.customer_id.in_(chunk)),
-                    delete(Installment).where(Installment.loan_id.in_(loans_of)),
-                    delete(Loan).where(Loan.customer_id.in_(chunk)),
-                    delete(Account).where(Account.customer_id.in_(chunk)),
-                    delete(PhoneNumber).where(PhoneNumber.customer_id.in_(chunk)),
-                    delete(Customer).where(Customer.id.in_(chunk)),
-                ):
-                    session.execute(statement.execution_options(synchronize_session=False))
-            for customer, secret_hash in zip(customers, hashes, strict=True):
-                session.add(_customer_row(customer, secret_hash, now))
-            session.flush()
-        log.info("imported %d customers from %s", len(customers), source_name,
-                 extra={"part": "accounts", "event": "import"})
-        return len(customers)
+        reader = bulk.Reader(Path(source_name), 0, iter([bulk.Record(c.index, c.line, c) for c in customers]),
+                             lambda: 0, True)
+        summary = self.import_records(reader, atomic=True, batch_size=max(1, len(customers)))
+        return summary.accepted
 
     def import_file(self, path: Path | str) -> int:
-        """Read, validate and import a YAML or JSON customer file (see ``importer``)."""
-        return self.import_customers(load_file(path), str(path))
+        """Read, validate and import a customer file (see ``bulk``), all or nothing."""
+        return self.import_path(path, atomic=True).accepted
 
-    def _check_conflicts(self, session: Session, customers: Sequence[CustomerData], source: str) -> None:
-        ids = {c.customer_id for c in customers}
-        phones = {p: (c, n) for c in customers for n, p in enumerate(c.phones)}
-        loans = {loan.loan_id: (c, n) for c in customers for n, loan in enumerate(c.loans)}
-        for chunk in _chunks(sorted(phones)):
-            rows = session.execute(
-                select(PhoneNumber.phone, PhoneNumber.customer_id).where(PhoneNumber.phone.in_(chunk))
-            ).all()
-            for phone, owner in rows:
-                if owner not in ids:
-                    customer, n = phones[phone]
-                    raise AccountImportError(
-                        source, f"customers[{customer.index}] ({customer.customer_id}).phones[{n}]",
-                        f"phone {mask_phone(phone)} already belongs to customer {owner} (not in this file)",
-                        customer.line)
-        for chunk in _chunks(sorted(loans)):
-            rows = session.execute(
-                select(Loan.loan_id, Loan.customer_id).where(Loan.loan_id.in_(chunk))
-            ).all()
-            for loan_id, owner in rows:
-                if owner not in ids:
-                    customer, n = loans[loan_id]
-                    raise AccountImportError(
-                        source, f"customers[{customer.index}] ({customer.customer_id}).loans[{n}].id",
-                        f"loan id {loan_id} already belongs to customer {owner} (not in this file)",
-                        customer.line)
+    def import_path(self, path: Path | str, *, atomic: bool | None = None, batch_size: int = bulk.DEFAULT_BATCH,
+                    progress: bool = False, dry_run: bool = False) -> bulk.ImportSummary:
+        """Import a YAML, JSON, JSON Lines or CSV customer file (``ivr db import``); see ``bulk``.
+        ``atomic`` None: all or nothing for YAML/JSON documents, per batch for streamed files."""
+        reader = bulk.open_records(path)
+        if atomic is None:
+            atomic = reader.whole_document
+        if dry_run:
+            bar = bulk.Progress(reader.total_bytes, progress)
+            return bulk.run_import(reader, begin=None, writer=None, atomic=atomic, batch_size=batch_size,
+                                   progress=bar)
+        return self.import_records(reader, atomic=atomic, batch_size=batch_size, progress=progress)
+
+    def import_records(self, reader: bulk.Reader, *, atomic: bool, batch_size: int = bulk.DEFAULT_BATCH,
+                       progress: bool = False) -> bulk.ImportSummary:
+        source = str(reader.path)
+        writer = bulk.BatchWriter(self.keys(), source, self._now())
+
+        @contextmanager
+        def begin() -> Iterator[Any]:
+            with self._transaction(f"import from {source}", write=True) as session:
+                yield session.connection()
+
+        summary = bulk.run_import(reader, begin=begin, writer=writer, atomic=atomic, batch_size=batch_size,
+                                  progress=bulk.Progress(reader.total_bytes, progress))
+        log.info("imported %d customers from %s (%d inserted, %d updated, %d unchanged, %d rejected)",
+                 summary.accepted, source, summary.inserted, summary.updated, summary.unchanged,
+                 len(summary.rejected), extra={"part": "accounts", "event": "import"})
+        return summary
 
     def customers_other_than(self, expected: Sequence[CustomerData]) -> list[str]:
         """The ids of the stored customers that are not one of ``expected`` as it stands (same id, name,
@@ -382,10 +365,11 @@ class SqlAccountStore:
             for phone, owner in session.execute(select(PhoneNumber.phone, PhoneNumber.customer_id)).all():
                 phones.setdefault(owner, set()).add(phone)
         others = []
+        keys = self.keys()
         for customer_id, name, secret_hash in rows:
             same = wanted.get(customer_id)
             if (same is None or same.name != name or set(same.phones) != phones.get(customer_id, set())
-                    or not check_secret(same.id_last4, secret_hash)):
+                    or not keys.check(customer_id, same.id_last4, secret_hash).ok):
                 others.append(str(customer_id))
         return others
 
@@ -409,8 +393,7 @@ class SqlAccountStore:
         if owner is not None:
             return owner
         number = normalize_phone(phone) or _cap(phone, 64)
-        digest = hmac.new(self._load_caller_key(), b"stand-in:" + number.encode(), hashlib.sha256).hexdigest()
-        return _STAND_IN_PREFIX + digest[:31]
+        return _STAND_IN_PREFIX + self.keys().stand_in(number)
 
     def lookup_keyed_phone(self, phone: str, *, call_id: str, caller_id: str) -> str | None:
         """``verification_subject`` for a number the caller keyed, counted against the caller ID's
@@ -421,14 +404,14 @@ class SqlAccountStore:
         Every look-up counts, whether the number is registered or not: counting only the misses would
         tell a caller who is not stopped after N numbers that one of them was a customer's."""
         call = _cap(call_id, 128)
-        self._load_caller_key()  # its row is what concurrent look-ups queue on (below)
-        caller_hash, caller_masked = self._caller_identity(caller_id)
+        caller_hashes, caller_masked = self._caller_identity(caller_id)
+        caller_hash = caller_hashes[0] if caller_hashes else None
         now = self._now()
         limit = self._phone_lookup_limit if caller_hash is not None else self._phone_lookup_limit_withheld
         with self._transaction("counting phone look-ups", write=True) as session:
             # PostgreSQL: one look-up count at a time (SQLite: BEGIN IMMEDIATE already serialises).
-            session.execute(select(StoreMeta.name).where(StoreMeta.name == _CALLER_KEY_NAME).with_for_update()).all()
-            same_caller = (PhoneLookup.caller_hash == caller_hash if caller_hash is not None
+            session.execute(select(StoreMeta.name).where(StoreMeta.name == _LOOKUP_LOCK).with_for_update()).all()
+            same_caller = (PhoneLookup.caller_hash.in_(caller_hashes) if caller_hashes
                            else PhoneLookup.caller_hash.is_(None))
             count = session.execute(
                 select(func.count()).select_from(PhoneLookup).where(
@@ -444,27 +427,30 @@ class SqlAccountStore:
             return None
         return self.verification_subject(phone)
 
-    def _caller_identity(self, caller_id: str) -> tuple[str | None, str]:
-        """The caller ID as the store keeps it: its keyed hash (None: withheld or not a number) and its
-        masked form (last four digits)."""
+    def _caller_identity(self, caller_id: str) -> tuple[list[str], str]:
+        """The caller ID as the store keeps it: its keyed hashes, under the current key first, then
+        under older keys (empty: withheld or not a number), and its masked form (last four digits)."""
         caller_digits = normalize_phone(caller_id)
         caller_masked = mask_phone(caller_digits or _cap(caller_id, 64))[-24:]
         if not caller_digits:
-            return None, caller_masked
-        return hmac.new(self._load_caller_key(), caller_digits.encode(), hashlib.sha256).hexdigest(), caller_masked
+            return [], caller_masked
+        return self.keys().caller_hashes(caller_digits), caller_masked
 
     def verify_id_last4(self, customer_id: str, digits: str, *, call_id: str, caller_id: str) -> VerifyStatus:
         customer = _cap(customer_id, 32)
         call = _cap(call_id, 128)
-        caller_hash, caller_masked = self._caller_identity(caller_id)
+        caller_hashes, caller_masked = self._caller_identity(caller_id)
+        caller_hash = caller_hashes[0] if caller_hashes else None
+        keys = self.keys()
 
         with self._transaction("reading the ID hash") as session:
             stored: str | None = session.execute(
                 select(Customer.id_last4_hash).where(Customer.id == customer)
             ).scalar_one_or_none()
         answer = normalize_id_digits(digits)
-        # The same scrypt work whether or not the customer exists or the answer is well formed.
-        matches = check_secret(answer or "", stored or _DUMMY_HASH) and stored is not None and answer is not None
+        # The same work whether or not the customer exists or the answer is well formed.
+        checked = keys.check(customer, answer or "", stored or _DUMMY_HASH)
+        matches = checked.ok and stored is not None and answer is not None
 
         now = self._now()
         window_start = now - self._lockout
@@ -489,10 +475,10 @@ class SqlAccountStore:
                 )
             ).scalar_one()
             caller_failures = 0
-            if caller_hash is not None:  # withheld or invalid caller IDs are not lumped together
+            if caller_hashes:  # withheld or invalid caller IDs are not lumped together
                 caller_failures = session.execute(
                     select(func.count()).select_from(VerificationAttempt).where(
-                        VerificationAttempt.caller_hash == caller_hash,
+                        VerificationAttempt.caller_hash.in_(caller_hashes),
                         VerificationAttempt.result == VerifyStatus.WRONG.value,
                         VerificationAttempt.attempted_at > window_start,
                     )
@@ -505,6 +491,11 @@ class SqlAccountStore:
                 customer_id=customer, call_id=call, caller_hash=caller_hash, caller_masked=caller_masked,
                 attempted_at=now, result=status.value, success=status is VerifyStatus.OK,
             ))
+            if status is VerifyStatus.OK and checked.stale and stored is not None and answer is not None:
+                # legacy scrypt or an older key: re-keyed now, from the digits just proven right
+                session.execute(update(Customer).where(Customer.id == customer, Customer.id_last4_hash == stored)
+                                .values(id_last4_hash=keys.hash_id_digits(customer, answer))
+                                .execution_options(synchronize_session=False))
         log.info("ID verification for customer %s from caller %s: %s", customer, caller_masked, status.value,
                  extra={"part": "accounts", "event": "verify", "outcome": status.value,
                         **({"call_id": call} if call else {})})
@@ -595,54 +586,67 @@ class SqlAccountStore:
             return False
         return True
 
-    # ------------------------------------------------------------ the caller-ID hashing key
-    def _load_caller_key(self) -> bytes:
-        """The store's random HMAC key for caller IDs: read once, created on first need."""
+    # ------------------------------------------------------------ the secret key
+    def keys(self) -> KeyRing:
+        """The key ring of the key file (read once; created on first need, owner-only)."""
         with self._key_lock:
-            if self._caller_key is not None:
-                return self._caller_key
-            with self._transaction("reading the store key") as session:
-                value = session.execute(
-                    select(StoreMeta.value).where(StoreMeta.name == _CALLER_KEY_NAME)
-                ).scalar_one_or_none()
-            if value is None:
-                try:
-                    with self._transaction("creating the store key", write=True) as session:
-                        session.add(StoreMeta(name=_CALLER_KEY_NAME, value=_b64(secrets.token_bytes(32))))
-                except AccountStoreError as exc:
-                    if not isinstance(exc.__cause__, IntegrityError):  # another process made it first
-                        raise
-                with self._transaction("reading the store key") as session:
-                    value = session.execute(
-                        select(StoreMeta.value).where(StoreMeta.name == _CALLER_KEY_NAME)
-                    ).scalar_one()
-            self._caller_key = _unb64(value)
-            return self._caller_key
+            if self._keyring is None:
+                self._keyring = KeyRing.load(self._key_file)
+            return self._keyring
 
+    def rotate_key(self) -> KeyRing:
+        """A new current key in the key file (older ones keep verifying); this store uses it at once."""
+        with self._key_lock:
+            self._keyring = KeyRing.load(self._key_file).rotate()
+            return self._keyring
 
-def _customer_row(data: CustomerData, secret_hash: str, now: dt.datetime) -> Customer:
-    accounts = {a.number: Account(number=a.number, currency=a.currency, balance=a.balance) for a in data.accounts}
-    return Customer(
-        id=data.customer_id,
-        name=data.name,
-        id_last4_hash=secret_hash,
-        imported_at=now,
-        phones=[PhoneNumber(phone=p) for p in data.phones],
-        accounts=list(accounts.values()),
-        loans=[
-            Loan(
-                loan_id=loan.loan_id, currency=loan.currency, outstanding=loan.outstanding, status=loan.status,
-                next_due_date=loan.next_due_date, next_due_amount=loan.next_due_amount,
-                installments=[Installment(due_date=i.due_date, amount=i.amount, paid=i.paid) for i in loan.schedule],
-            )
-            for loan in data.loans
-        ],
-        transactions=[
-            Transaction(date=t.date, amount=t.amount, currency=t.currency, description=t.description,
-                        account=accounts[t.account_number] if t.account_number else None)
-            for t in data.transactions
-        ],
-    )
+    def key_usage(self, *, unknown_only: bool = False) -> dict[str, int]:
+        """How many stored ID hashes each key (outermost) or scheme protects, e.g. {"k2": 10, "scrypt": 3}.
+        ``unknown_only``: only the key ids the key file lacks."""
+        keys = self.keys()
+        known = keys.key_ids
+        usage: dict[str, int] = {}
+        with self._transaction("counting hashes per key") as session:
+            for kid in known:
+                mine = or_(Customer.id_last4_hash.like(f"hmac${kid}$%"), Customer.id_last4_hash.like(f"hmac${kid}+%"))
+                if not unknown_only:
+                    usage[kid] = session.execute(select(func.count()).where(mine)).scalar_one()
+            if not unknown_only:
+                usage["scrypt"] = session.execute(
+                    select(func.count()).where(Customer.id_last4_hash.like("scrypt$%"))).scalar_one()
+            conditions = [Customer.id_last4_hash.like(f"hmac${kid}$%") for kid in known]
+            conditions += [Customer.id_last4_hash.like(f"hmac${kid}+%") for kid in known]
+            conditions.append(Customer.id_last4_hash.like("scrypt$%"))
+            other = session.execute(select(Customer.id_last4_hash).where(~or_(*conditions)).limit(1000)).scalars().all()
+        for stored in other:
+            kid = stored.partition("$")[2].partition("$")[0].split("+")[0] or "?"
+            usage[kid] = usage.get(kid, 0) + 1
+        return {k: v for k, v in usage.items() if v} if not unknown_only else usage
+
+    def rekey(self, batch_size: int = _REKEY_BATCH) -> int:
+        """Wrap every ID hash under an older key under the current one (no digits needed, one transaction
+        per batch); legacy scrypt hashes need the digits and wait for the next success. The count wrapped."""
+        keys = self.keys()
+        current = keys.current_id
+        done = 0
+        while True:
+            with self._transaction("re-keying ID hashes", write=True) as session:
+                rows = session.execute(
+                    select(Customer.id, Customer.id_last4_hash).where(
+                        Customer.id_last4_hash.like("hmac$%"),
+                        ~Customer.id_last4_hash.like(f"hmac${current}$%"),
+                        ~Customer.id_last4_hash.like(f"hmac${current}+%"),
+                    ).limit(batch_size)
+                ).all()
+                for customer_id, stored in rows:
+                    wrapped = keys.wrap(stored)
+                    if wrapped is not None:
+                        session.execute(update(Customer).where(Customer.id == customer_id,
+                                                               Customer.id_last4_hash == stored)
+                                        .values(id_last4_hash=wrapped).execution_options(synchronize_session=False))
+            done += len(rows)
+            if len(rows) < batch_size:
+                return done
 
 
 def _sqlite_transactions(engine: Any) -> None:
