@@ -228,6 +228,8 @@ class ReleaseStore:
         path = folder / RELEASE_FILE
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            if str(data["number"]) != folder.name:
+                raise ValueError(f"it describes release {data['number']}, not {folder.name}")
             return Release(locale=locale, number=int(data["number"]), folder=folder, created=str(data["created"]),
                            author=str(data["author"]), message=str(data.get("message", "")),
                            fingerprint=str(data["fingerprint"]), files=dict(data["files"]))
@@ -451,15 +453,12 @@ class ReleaseStore:
 
     # -- pruning
     def prune(self, locale: str) -> list[int]:
-        """Delete the oldest releases beyond ``keep``, never the current or the previous one."""
+        """Delete the releases older than the newest ``keep``, never the current or the previous one."""
         pointer = self.pointer(locale)
-        protected = {pointer["number"], pointer["previous"]}
         numbers = [r.number for r in self.releases(locale)]
-        extra = len(numbers) - self.keep
+        protected = {pointer["number"], pointer["previous"], *numbers[-self.keep:]}
         gone = []
         for number in numbers:
-            if extra <= 0:
-                break
             if number in protected:
                 continue
             folder = locale_root(self.models_dir, locale) / str(number)
@@ -467,7 +466,6 @@ class ReleaseStore:
             os.rename(folder, doomed)  # invisible at once, then removed
             shutil.rmtree(doomed, ignore_errors=True)
             gone.append(number)
-            extra -= 1
         return gone
 
     # -- diff

@@ -205,6 +205,10 @@ def request(port: int, method: str, path: str, token: str | None = None) -> tupl
         conn.close()
 
 
+async def arequest(port: int, method: str, path: str, token: str | None = None) -> tuple[int, str]:
+    return await asyncio.to_thread(request, port, method, path, token)
+
+
 async def wait_for(predicate: Any, timeout_s: float = 30.0) -> None:
     """Wait for a state change the server makes on its own (an unload after the last call)."""
     deadline = time.monotonic() + timeout_s
@@ -285,18 +289,18 @@ async def test_a_damaged_release_is_refused_and_the_server_keeps_serving_the_cur
         assert live is not None
         for number, why in ((3, "differs from what was published"), (4, "cannot load the model")):
             (root / CURRENT_FILE).write_text(json.dumps({"number": number, "previous": 1}))
-            status, body = request(robot.http_port, "POST", "/reload", robot.reload_token)
+            status, body = await arequest(robot.http_port, "POST", "/reload", robot.reload_token)
             assert status == 200
             assert "failed" in json.loads(body)["reload"][LOCALE]
             assert live.current_number(LOCALE) == 1 and live.loaded(LOCALE) == [1]
-            _, health = request(robot.http_port, "GET", "/health")
+            _, health = await arequest(robot.http_port, "GET", "/health")
             state = json.loads(health)["releases"][LOCALE]
             assert state["current"] == 1 and state["failed_release"] == number
             assert why in state["reload_failure"], state
             report = await place(robot, call)  # still served, on release 1
             assert_served(report, call)
             assert old["utter_greet"] in robot_lines(report)
-        _, metrics = request(robot.http_port, "GET", "/metrics")
+        _, metrics = await arequest(robot.http_port, "GET", "/metrics")
         assert "ivr_reload_failures_total 2.0" in metrics
         assert f'ivr_release{{locale="{LOCALE}",number="1"}} 1.0' in metrics
         assert store.current_number(LOCALE) == 4  # the pointer is ops' business; the server just refused it
@@ -307,9 +311,9 @@ async def test_reload_needs_the_token_and_sighup_reloads(ws: Workspace, tmp_path
         live = robot.releases
         assert live is not None
         port = robot.http_port
-        assert request(port, "POST", "/reload")[0] == 401
-        assert request(port, "POST", "/reload", "not-the-token")[0] == 401
-        assert request(port, "GET", "/reload", robot.reload_token)[0] == 405
+        assert (await arequest(port, "POST", "/reload"))[0] == 401
+        assert (await arequest(port, "POST", "/reload", "not-the-token"))[0] == 401
+        assert (await arequest(port, "GET", "/reload", robot.reload_token))[0] == 405
         (locale_root(ws.settings.models_dir, LOCALE) / CURRENT_FILE).write_text(json.dumps({"number": 2}))
         assert live.current_number(LOCALE) == 1  # refused requests did not reload
         # SIGHUP, as `ivr serve` installs it: the signal handler calls request_reload
@@ -320,7 +324,7 @@ async def test_reload_needs_the_token_and_sighup_reloads(ws: Workspace, tmp_path
             await wait_for(lambda: live.current_number(LOCALE) == 2, 90)
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
-        status, body = request(port, "POST", "/reload", robot.reload_token)
+        status, body = await arequest(port, "POST", "/reload", robot.reload_token)
         assert status == 200 and json.loads(body)["reload"][LOCALE] == "release 2 (unchanged)"
         entry = json.loads(next(servers_dir(ws.settings.models_dir).glob("*.json")).read_text())
         assert entry["port"] == port and entry["token"] == robot.reload_token
@@ -418,9 +422,11 @@ def test_old_releases_are_pruned_but_never_the_current_or_the_previous(ws: Works
     root = locale_root(ws.settings.models_dir, LOCALE)
     for number in (3, 4, 5):
         shutil.copytree(root / "2", root / str(number))
-    # current 1 (rolled back from 2): 1 and 2 are protected, 3 and 4 go, 5 stays (the newest)
-    assert releases.prune(LOCALE) == [3, 4]
-    assert [r.number for r in releases.releases(LOCALE)] == [1, 2, 5]
+        meta = json.loads((root / str(number) / RELEASE_FILE).read_text())
+        (root / str(number) / RELEASE_FILE).write_text(json.dumps({**meta, "number": number}))
+    # current 1 (rolled back from 2): 1 and 2 are protected, 4 and 5 are the last two, 3 goes
+    assert releases.prune(LOCALE) == [3]
+    assert [r.number for r in releases.releases(LOCALE)] == [1, 2, 4, 5]
     assert not list(root.glob(".deleting-*"))
 
 
