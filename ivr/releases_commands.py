@@ -24,8 +24,8 @@ def register(subparsers: Any) -> None:
         description="Validate dialogs/<locale>/ (errors name file and line; nothing is published on an error), "
                     "train its Rasa model if the files changed, render its prompts, write release N+1 under "
                     "models/releases/<locale>/ atomically, make it current and tell the running servers.")
-    publish.add_argument("--locale", choices=LOCALES, action="append", required=True,
-                         help="the locale (repeatable)")
+    publish.add_argument("--locale", choices=LOCALES, action="append",
+                         help="the locale (repeatable; default: every locale)")
     publish.add_argument("--message", "-m", default="", help="what changed and why (shown by `ivr releases`)")
     publish.add_argument("--author", help="who publishes (default: the login name)")
     publish.add_argument("--if-none", action="store_true",
@@ -85,7 +85,7 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
     audit = _audit(settings)
     published = 0
     try:
-        for locale in args.locale:
+        for locale in args.locale or LOCALES:
             if args.if_none and store.current_number(locale):
                 print(f"{locale}: release {store.current_number(locale)} is current; nothing to do")
                 continue

@@ -375,6 +375,9 @@ def test_two_publishes_at_once_one_wins_the_other_fails_clearly(ws: Workspace) -
 def test_releases_lists_them_with_the_audit_log_diff_shows_the_changes_and_rollback_is_audited(
     ws: Workspace,
 ) -> None:
+    again = ivr(ws, "publish", "--if-none", "--locale", LOCALE)  # what `make run` does on every run
+    assert again.returncode == 0 and "release 1 is current; nothing to do" in again.stdout, again.stderr
+    assert [r.number for r in ws.store.releases(LOCALE)] == [1, 2]
     done = ivr(ws, "rollback", "--locale", LOCALE, "--to", "2", "-m", "try it", "--author", "dave")
     assert done.returncode == 0, done.stderr
     assert "release 2 is current again (was 1)" in done.stdout
