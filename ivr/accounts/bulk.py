@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -48,6 +48,7 @@ STREAM_SUFFIXES = (".jsonl", ".ndjson", ".csv")
 CSV_FIELDS = ("id", "name", "phones", "id_last4", "accounts", "loans", "transactions")
 DEFAULT_BATCH = 2000
 _IN = 500  # ids per IN (...) list
+_JSON = json.JSONDecoder(parse_float=Decimal)
 MAX_LINE_BYTES = 1 << 20  # one customer a line: a longer line is refused, not buffered
 
 # Lightweight tables: amounts go in as integer hundredths (as ``models.Money`` stores them) without
@@ -58,12 +59,12 @@ _phones = sa.table("phone_numbers", sa.column("phone"), sa.column("customer_id")
 _accounts = sa.table("accounts", sa.column("id"), sa.column("customer_id"), sa.column("number"),
                      sa.column("currency"), sa.column("balance"))
 _loans = sa.table("loans", sa.column("loan_id"), sa.column("customer_id"), sa.column("currency"),
-                  sa.column("outstanding"), sa.column("status"), sa.column("next_due_date", sa.Date),
+                  sa.column("outstanding"), sa.column("status"), sa.column("next_due_date"),
                   sa.column("next_due_amount"))
-_installments = sa.table("loan_installments", sa.column("loan_id"), sa.column("due_date", sa.Date),
-                         sa.column("amount"), sa.column("paid", sa.Boolean))
+_installments = sa.table("loan_installments", sa.column("loan_id"), sa.column("due_date"),
+                         sa.column("amount"), sa.column("paid"))
 _transactions = sa.table("transactions", sa.column("customer_id"), sa.column("account_id"),
-                         sa.column("date", sa.Date), sa.column("amount"), sa.column("currency"),
+                         sa.column("date"), sa.column("amount"), sa.column("currency"),
                          sa.column("description"))
 
 
@@ -104,6 +105,7 @@ class Record:
     line: int | None
     raw: Any
     problem: str | None = None
+    text: str | None = None  # a JSON line not yet decoded (decoded where it is validated: maybe a worker)
 
 
 # ---------------------------------------------------------------- reading
@@ -137,12 +139,7 @@ def _jsonl_records(lines: _CountingLines) -> Iterator[Record]:
     for text in lines:
         if not text.strip():
             continue
-        try:
-            raw = json.loads(text, parse_float=Decimal)
-        except json.JSONDecodeError as exc:
-            yield Record(index, lines.line, None, f"not valid JSON: {exc.msg} (column {exc.colno})")
-        else:
-            yield Record(index, lines.line, raw)
+        yield Record(index, lines.line, None, text=text)
         index += 1
 
 
@@ -242,14 +239,36 @@ def validate(record: Record, source: str) -> CustomerData:
         return record.raw
     if record.problem is not None:
         raise AccountImportError(source, f"customers[{record.index}]", record.problem, record.line)
+    raw = record.raw
+    if record.text is not None:
+        try:
+            raw = _JSON.decode(record.text)
+        except json.JSONDecodeError as exc:
+            raise AccountImportError(source, f"customers[{record.index}]",
+                                     f"not valid JSON: {exc.msg} (column {exc.colno})", record.line) from None
     ctx = _Ctx(source, f"customers[{record.index}]", record.line)
-    customer = _customer(ctx, record.index, record.raw)
-    return customer
+    return _customer(ctx, record.index, raw)
 
 
-# ---------------------------------------------------------------- writing
-def _hundredths(amount: Decimal | None) -> int | None:
-    return None if amount is None else int(amount.scaleb(2))
+class Prepared(NamedTuple):
+    """A validated customer as rows to write: plain values only (cheap to pass between processes)."""
+
+    customer_id: str
+    position: int  # index in the file
+    line: int | None
+    name: str
+    phones: tuple[str, ...]
+    loan_ids: tuple[str, ...]
+    id_hash: str  # keyed (KeyRing.hash_id_digits): the digits never leave the worker in clear
+    digest: str  # keyed content digest (KeyRing.fingerprint)
+    accounts: tuple[tuple[str, str, int], ...]  # number, currency, balance in hundredths
+    loans: tuple[tuple[str, str, int, str, str | None, int | None], ...]
+    installments: tuple[tuple[str, str, int, bool], ...]  # loan id, due date, amount, paid
+    transactions: tuple[tuple[str | None, str, int, str, str], ...]  # account number, date, amount, currency, text
+
+
+def _hundredths(amount: Decimal) -> int:
+    return int(amount.scaleb(2))
 
 
 def _content(customer: CustomerData) -> bytes:
@@ -265,40 +284,116 @@ def _content(customer: CustomerData) -> bytes:
     ], ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def prepare(customer: CustomerData, keys: KeyRing) -> Prepared:
+    return Prepared(
+        customer.customer_id, customer.index, customer.line, customer.name, customer.phones,
+        tuple(x.loan_id for x in customer.loans),
+        keys.hash_id_digits(customer.customer_id, customer.id_last4), keys.fingerprint(_content(customer)),
+        tuple((a.number, a.currency, _hundredths(a.balance)) for a in customer.accounts),
+        tuple((x.loan_id, x.currency, _hundredths(x.outstanding), x.status,
+               x.next_due_date.isoformat() if x.next_due_date else None,
+               None if x.next_due_amount is None else _hundredths(x.next_due_amount)) for x in customer.loans),
+        tuple((x.loan_id, i.due_date.isoformat(), _hundredths(i.amount), i.paid)
+              for x in customer.loans for i in x.schedule),
+        tuple((t.account_number, t.date.isoformat(), _hundredths(t.amount), t.currency, t.description)
+              for t in customer.transactions),
+    )
+
+
+Validated = Prepared | tuple[int | None, AccountImportError]
+
+
+def _validate_chunk(source: str, records: list[Record], keys: KeyRing | None = None) -> list[Validated]:
+    """Validate and prepare a chunk of records: each a ``Prepared``, or (line, error)."""
+    ring = keys if keys is not None else _worker_keys[0]
+    out: list[Validated] = []
+    for record in records:
+        try:
+            out.append(prepare(validate(record, source), ring))
+        except AccountImportError as exc:
+            out.append((record.line, exc))
+    return out
+
+
+_CHUNK_RECORDS = 500
+_worker_keys: list[KeyRing] = []  # set once in each worker process (``_init_worker``)
+
+
+def _init_worker(keys: KeyRing) -> None:
+    _worker_keys[:] = [keys]
+
+
+def validated(records: Iterator[Record], source: str, keys: KeyRing, workers: int) -> Iterator[Validated]:
+    """``records`` validated and prepared, in order; with ``workers`` > 1 in that many processes
+    (parsing, validation and hashing are most of an import's work), at most ``2 * workers`` chunks
+    in flight (memory bound)."""
+    def chunks() -> Iterator[list[Record]]:
+        chunk: list[Record] = []
+        for record in records:
+            chunk.append(record)
+            if len(chunk) >= _CHUNK_RECORDS:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    if workers <= 1:
+        for chunk in chunks():
+            yield from _validate_chunk(source, chunk, keys)
+        return
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import Future, ProcessPoolExecutor
+
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                             initargs=(keys,)) as pool:
+        pending: deque[Future[list[Validated]]] = deque()
+        for chunk in chunks():
+            pending.append(pool.submit(_validate_chunk, source, chunk))
+            while len(pending) >= 2 * workers:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+# ---------------------------------------------------------------- writing
 def _chunks(items: Sequence[Any]) -> Iterator[list[Any]]:
     for start in range(0, len(items), _IN):
         yield list(items[start:start + _IN])
 
 
-def _where(customer: CustomerData, what: str) -> str:
-    return f"customers[{customer.index}] ({customer.customer_id}).{what}"
+def _where(customer: Prepared, what: str) -> str:
+    return f"customers[{customer.position}] ({customer.customer_id}).{what}"
 
 
 class BatchWriter:
-    """Upserts batches of validated customers on one connection (the caller owns the transaction)."""
+    """Upserts batches of prepared customers on one connection (the caller owns the transaction)."""
 
-    def __init__(self, keys: KeyRing, source: str, now: dt.datetime, *, run_id: str | None = None) -> None:
-        self._keys = keys
+    def __init__(self, source: str, now: dt.datetime, *, run_id: str | None = None) -> None:
         self._source = source
         self._now = now
         self.run_id = run_id or secrets.token_hex(8)
 
-    def write(self, conn: Connection, batch: Sequence[CustomerData], summary: ImportSummary, *,
+    def write(self, conn: Connection, batch: Sequence[Prepared], summary: ImportSummary, *,
               atomic: bool) -> None:
         """Write ``batch``; a customer that conflicts is rejected into ``summary`` (``atomic``: raised)."""
-        def reject(customer: CustomerData, error: AccountImportError) -> None:
+        def reject(customer: Prepared, error: AccountImportError) -> None:
             if atomic:
                 raise error
             summary.rejected.append((customer.line, str(error)))
 
+        def duplicate(customer: Prepared) -> AccountImportError:
+            return AccountImportError(self._source, _where(customer, "id"),
+                                      "duplicate customer id (also earlier in this file)", customer.line)
+
         # within the batch: the same id twice, a phone or loan on two customers
-        accepted: dict[str, CustomerData] = {}
+        accepted: dict[str, Prepared] = {}
         phone_of: dict[str, str] = {}
         loan_of: dict[str, str] = {}
         for customer in batch:
             if customer.customer_id in accepted:
-                reject(customer, AccountImportError(self._source, _where(customer, "id"),
-                                                    "duplicate customer id (also earlier in this file)", customer.line))
+                reject(customer, duplicate(customer))
                 continue
             clash = next(((n, p) for n, p in enumerate(customer.phones) if p in phone_of), None)
             if clash is not None:
@@ -306,7 +401,7 @@ class BatchWriter:
                     self._source, _where(customer, f"phones[{clash[0]}]"),
                     f"phone {mask_phone(clash[1])} is also listed for customer {phone_of[clash[1]]}", customer.line))
                 continue
-            loan_clash = next(((n, x.loan_id) for n, x in enumerate(customer.loans) if x.loan_id in loan_of), None)
+            loan_clash = next(((n, x) for n, x in enumerate(customer.loan_ids) if x in loan_of), None)
             if loan_clash is not None:
                 reject(customer, AccountImportError(
                     self._source, _where(customer, f"loans[{loan_clash[0]}].id"),
@@ -314,26 +409,24 @@ class BatchWriter:
                 continue
             accepted[customer.customer_id] = customer
             phone_of.update((p, customer.customer_id) for p in customer.phones)
-            loan_of.update((x.loan_id, customer.customer_id) for x in customer.loans)
+            loan_of.update((x, customer.customer_id) for x in customer.loan_ids)
 
-        ids = list(accepted)
         existing: dict[str, tuple[str | None, str | None]] = {}
-        for chunk in _chunks(ids):
+        for chunk in _chunks(list(accepted)):
             for cid, content_hash, run in conn.execute(
                     sa.select(_customers.c.id, _customers.c.content_hash, _customers.c.import_run)
                     .where(_customers.c.id.in_(chunk))):
                 existing[cid] = (content_hash, run)
         for cid, (_, run) in existing.items():
-            if run == self.run_id:
+            if run == self.run_id:  # written earlier by this same import: the id is in the file twice
                 customer = accepted.pop(cid)
-                reject(customer, AccountImportError(self._source, _where(customer, "id"),
-                                                    "duplicate customer id (also earlier in this file)", customer.line))
+                reject(customer, duplicate(customer))
         # against the database: a phone or loan id of a customer not in this batch
         for column, key, owner_col, items in (
             ("phones", _phones.c.phone, _phones.c.customer_id,
              {p: (c, n) for c in accepted.values() for n, p in enumerate(c.phones)}),
             ("loans", _loans.c.loan_id, _loans.c.customer_id,
-             {x.loan_id: (c, n) for c in accepted.values() for n, x in enumerate(c.loans)}),
+             {x: (c, n) for c in accepted.values() for n, x in enumerate(c.loan_ids)}),
         ):
             for chunk in _chunks(sorted(items)):
                 for value, owner in conn.execute(sa.select(key, owner_col).where(key.in_(chunk))):
@@ -352,9 +445,8 @@ class BatchWriter:
                     accepted.pop(customer.customer_id)
                     reject(customer, error)
 
-        digests = {cid: self._keys.fingerprint(_content(c)) for cid, c in accepted.items()}
-        unchanged = [cid for cid in accepted if cid in existing and existing[cid][0] == digests[cid]]
-        changed = [cid for cid in accepted if cid in existing and existing[cid][0] != digests[cid]]
+        unchanged = [cid for cid, c in accepted.items() if cid in existing and existing[cid][0] == c.digest]
+        changed = [cid for cid, c in accepted.items() if cid in existing and existing[cid][0] != c.digest]
         new = [cid for cid in accepted if cid not in existing]
         for chunk in _chunks(unchanged):
             conn.execute(_customers.update().where(_customers.c.id.in_(chunk)).values(import_run=self.run_id))
@@ -369,47 +461,57 @@ class BatchWriter:
                 _customers.delete().where(_customers.c.id.in_(chunk)),
             ):
                 conn.execute(statement)
-        self._insert(conn, [accepted[cid] for cid in accepted if cid not in existing or cid in changed], digests)
+        self._insert(conn, [accepted[cid] for cid in (*new, *changed)])
         summary.inserted += len(new)
         summary.updated += len(changed)
         summary.unchanged += len(unchanged)
 
-    def _insert(self, conn: Connection, customers: list[CustomerData], digests: dict[str, str]) -> None:
+    def _insert(self, conn: Connection, customers: list[Prepared]) -> None:
         if not customers:
             return
-        conn.execute(_customers.insert(), [
-            {"id": c.customer_id, "name": c.name, "id_last4_hash": self._keys.hash_id_digits(c.customer_id, c.id_last4),
-             "imported_at": self._now, "content_hash": digests[c.customer_id], "import_run": self.run_id}
-            for c in customers])
-        phones = [{"phone": p, "customer_id": c.customer_id} for c in customers for p in c.phones]
-        if phones:
-            conn.execute(_phones.insert(), phones)
-        accounts = [{"customer_id": c.customer_id, "number": a.number, "currency": a.currency,
-                     "balance": _hundredths(a.balance)} for c in customers for a in c.accounts]
-        if accounts:
-            conn.execute(_accounts.insert(), accounts)
-        loans = [{"loan_id": x.loan_id, "customer_id": c.customer_id, "currency": x.currency,
-                  "outstanding": _hundredths(x.outstanding), "status": x.status, "next_due_date": x.next_due_date,
-                  "next_due_amount": _hundredths(x.next_due_amount)} for c in customers for x in c.loans]
-        if loans:
-            conn.execute(_loans.insert(), loans)
-        installments = [{"loan_id": x.loan_id, "due_date": i.due_date, "amount": _hundredths(i.amount),
-                         "paid": i.paid} for c in customers for x in c.loans for i in x.schedule]
-        if installments:
-            conn.execute(_installments.insert(), installments)
+        now: Any = self._now.strftime("%Y-%m-%d %H:%M:%S.%f") if conn.dialect.name == "sqlite" else self._now
+        _bulk_insert(conn, "customers", ("id", "name", "id_last4_hash", "imported_at", "content_hash", "import_run"),
+                     [(c.customer_id, c.name, c.id_hash, now, c.digest, self.run_id) for c in customers])
+        _bulk_insert(conn, "phone_numbers", ("phone", "customer_id"),
+                     [(p, c.customer_id) for c in customers for p in c.phones])
+        _bulk_insert(conn, "accounts", ("customer_id", "number", "currency", "balance"),
+                     [(c.customer_id, *account) for c in customers for account in c.accounts])
+        _bulk_insert(conn, "loans", ("loan_id", "customer_id", "currency", "outstanding", "status", "next_due_date",
+                                     "next_due_amount"),
+                     [(loan[0], c.customer_id, *loan[1:]) for c in customers for loan in c.loans])
+        _bulk_insert(conn, "loan_installments", ("loan_id", "due_date", "amount", "paid"),
+                     [i for c in customers for i in c.installments])
         account_ids: dict[tuple[str, str], int] = {}
-        linked = [c.customer_id for c in customers if any(t.account_number for t in c.transactions)]
+        linked = [c.customer_id for c in customers if any(t[0] for t in c.transactions)]
         for chunk in _chunks(linked):
             for account_id, cid, number in conn.execute(
                     sa.select(_accounts.c.id, _accounts.c.customer_id, _accounts.c.number)
                     .where(_accounts.c.customer_id.in_(chunk))):
                 account_ids[(cid, number)] = account_id
-        transactions = [{"customer_id": c.customer_id,
-                         "account_id": account_ids[(c.customer_id, t.account_number)] if t.account_number else None,
-                         "date": t.date, "amount": _hundredths(t.amount), "currency": t.currency,
-                         "description": t.description} for c in customers for t in c.transactions]
-        if transactions:
-            conn.execute(_transactions.insert(), transactions)
+        _bulk_insert(conn, "transactions", ("customer_id", "account_id", "date", "amount", "currency", "description"),
+                     [(c.customer_id, account_ids[(c.customer_id, number)] if number else None, date, amount, currency,
+                       text) for c in customers for number, date, amount, currency, text in c.transactions])
+
+
+def _bulk_insert(conn: Connection, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """Many rows at once, through the driver's fastest path (table and column names are constants of
+    this module, the values bound parameters): sqlite3 ``executemany``, psycopg2 ``execute_values``."""
+    if not rows:
+        return
+    names = ", ".join(columns)
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})", rows)
+    elif conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg2":
+        from psycopg2.extras import execute_values
+
+        cursor = conn.connection.cursor()
+        try:
+            execute_values(cursor, f"INSERT INTO {table} ({names}) VALUES %s", rows, page_size=5000)
+        finally:
+            cursor.close()
+    else:
+        conn.execute(sa.table(table, *(sa.column(c) for c in columns)).insert(),
+                     [dict(zip(columns, row, strict=True)) for row in rows])
 
 
 # ---------------------------------------------------------------- the whole import
@@ -439,11 +541,13 @@ class Progress:
 def run_import(
     reader: Reader,
     *,
+    keys: KeyRing,
     begin: Callable[[], Any] | None,
     writer: BatchWriter | None,
     atomic: bool,
     batch_size: int = DEFAULT_BATCH,
     progress: Progress | None = None,
+    workers: int = 1,
 ) -> ImportSummary:
     """Validate and write ``reader``'s customers. ``begin()`` opens a transaction (a context manager
     yielding a Connection): one per batch, or one for everything with ``atomic``. Without ``begin``
@@ -455,21 +559,21 @@ def run_import(
     started = time.monotonic()
     seen = 0
 
-    def flush(conn: Connection, batch: list[CustomerData]) -> None:
+    def flush(conn: Connection, batch: list[Prepared]) -> None:
         if writer is not None and batch:
             writer.write(conn, batch, summary, atomic=atomic)
 
-    def batches() -> Iterator[list[CustomerData]]:
+    def batches() -> Iterator[list[Prepared]]:
         nonlocal seen
-        batch: list[CustomerData] = []
-        for record in reader.records:
+        batch: list[Prepared] = []
+        for item in validated(reader.records, source, keys, workers):
             seen += 1
-            try:
-                batch.append(validate(record, source))
-            except AccountImportError as exc:
+            if isinstance(item, Prepared):
+                batch.append(item)
+            else:
                 if atomic:
-                    raise
-                summary.rejected.append((record.line, str(exc)))
+                    raise item[1]
+                summary.rejected.append((item[0], str(item[1])))
             if len(batch) >= batch_size:
                 yield batch
                 batch = []

@@ -54,6 +54,11 @@ _ACCOUNT_NUMBER = re.compile(r"[A-Z0-9]{4,34}")
 _FOUR_DIGITS = re.compile(r"[0-9]{4}")
 _PHONE_SEPARATORS = re.compile(r"[\s\-+().]")
 _PHONE_DIGITS = re.compile(r"[0-9]{3,20}")
+_SPACES_DASHES = re.compile(r"[\s\-]")
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# the common spelling of an amount, taken without further ado (anything else: the general path)
+_PLAIN_AMOUNT = re.compile(r"-?[0-9]{1,15}(?:\.[0-9]{1,2})?")
+_QUANTUM = {0: Decimal(1), 2: Decimal("0.01")}
 MAX_PHONE_INPUT = 64
 
 
@@ -87,7 +92,7 @@ def normalize_id_digits(text: object) -> str | None:
     """Four ASCII digits (spaces and dashes dropped, full-width folded), or None."""
     if not isinstance(text, str) or len(text) > 32:
         return None
-    digits = re.sub(r"[\s\-]", "", unicodedata.normalize("NFKC", text))
+    digits = _SPACES_DASHES.sub("", unicodedata.normalize("NFKC", text))
     return digits if _FOUR_DIGITS.fullmatch(digits) else None
 
 
@@ -279,8 +284,9 @@ def _line(item: object) -> int | None:
 
 
 def _check_fields(ctx: _Ctx, item: Mapping[str, Any], required: Sequence[str], optional: Sequence[str]) -> None:
-    unknown = sorted(str(k) for k in item if k not in required and k not in optional)
-    if unknown:  # first: a misspelt field would otherwise be reported as a missing one
+    unknown = [k for k in item if k not in required and k not in optional]
+    if unknown:
+        unknown = sorted(str(k) for k in unknown)  # first: a misspelt field would otherwise be reported as a missing one
         allowed = ", ".join((*required, *optional))
         raise ctx.error(unknown[0], f"unknown field (expected: {allowed})")
     for name in required:
@@ -338,7 +344,7 @@ def _date(ctx: _Ctx, item: Mapping[str, Any], name: str, *, required: bool) -> d
         return value
     if isinstance(value, str):
         try:
-            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
+            if _ISO_DATE.fullmatch(value.strip()):
                 return dt.date.fromisoformat(value.strip())
         except ValueError as exc:
             raise ctx.error(name, f"not a valid date: {value!r} ({exc})") from None
@@ -352,6 +358,12 @@ def _amount(ctx: _Ctx, item: Mapping[str, Any], name: str, currency: str | None,
         if required:
             raise ctx.error(name, "missing (required)")
         return None
+    if type(value) is str and _PLAIN_AMOUNT.fullmatch(value):  # fast path: "-1234.5" (checked as below)
+        decimals = currency_exponent(currency) if currency else 2
+        plain = Decimal(value)
+        exact = plain.quantize(_QUANTUM[decimals])
+        if plain == exact and not (non_negative and plain < 0):
+            return exact
     amount: Decimal | None = None
     if isinstance(value, bool):
         amount = None
@@ -426,7 +438,7 @@ def _customer(ctx: _Ctx, index: int, raw: object) -> CustomerData:
         number_raw = account["number"]
         if not isinstance(number_raw, str):
             raise sub.error("number", "must be text in quotes (a bare number loses leading zeros)")
-        number = re.sub(r"[\s\-]", "", number_raw).upper()
+        number = _SPACES_DASHES.sub("", number_raw).upper()
         if not _ACCOUNT_NUMBER.fullmatch(number):
             raise sub.error("number", "not an account number (4-34 letters or digits)")
         if any(a.number == number for a in accounts):
@@ -454,7 +466,7 @@ def _customer(ctx: _Ctx, index: int, raw: object) -> CustomerData:
         if tx.get("account") is not None:
             if not isinstance(tx["account"], str):
                 raise sub.error("account", "must be text in quotes")
-            account_number = re.sub(r"[\s\-]", "", tx["account"]).upper()
+            account_number = _SPACES_DASHES.sub("", tx["account"]).upper()
             match = [a for a in accounts if a.number == account_number]
             if not match:
                 raise sub.error("account", "not one of this customer's accounts")

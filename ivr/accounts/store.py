@@ -325,7 +325,7 @@ class SqlAccountStore:
         return self.import_path(path, atomic=True).accepted
 
     def import_path(self, path: Path | str, *, atomic: bool | None = None, batch_size: int = bulk.DEFAULT_BATCH,
-                    progress: bool = False, dry_run: bool = False) -> bulk.ImportSummary:
+                    progress: bool = False, dry_run: bool = False, workers: int = 1) -> bulk.ImportSummary:
         """Import a YAML, JSON, JSON Lines or CSV customer file (``ivr db import``); see ``bulk``.
         ``atomic`` None: all or nothing for YAML/JSON documents, per batch for streamed files."""
         reader = bulk.open_records(path)
@@ -333,22 +333,22 @@ class SqlAccountStore:
             atomic = reader.whole_document
         if dry_run:
             bar = bulk.Progress(reader.total_bytes, progress)
-            return bulk.run_import(reader, begin=None, writer=None, atomic=atomic, batch_size=batch_size,
-                                   progress=bar)
-        return self.import_records(reader, atomic=atomic, batch_size=batch_size, progress=progress)
+            return bulk.run_import(reader, keys=self.keys(), begin=None, writer=None, atomic=atomic, batch_size=batch_size,
+                                   progress=bar, workers=workers)
+        return self.import_records(reader, atomic=atomic, batch_size=batch_size, progress=progress, workers=workers)
 
     def import_records(self, reader: bulk.Reader, *, atomic: bool, batch_size: int = bulk.DEFAULT_BATCH,
-                       progress: bool = False) -> bulk.ImportSummary:
+                       progress: bool = False, workers: int = 1) -> bulk.ImportSummary:
         source = str(reader.path)
-        writer = bulk.BatchWriter(self.keys(), source, self._now())
+        writer = bulk.BatchWriter(source, self._now())
 
         @contextmanager
         def begin() -> Iterator[Any]:
             with self._transaction(f"import from {source}", write=True) as session:
                 yield session.connection()
 
-        summary = bulk.run_import(reader, begin=begin, writer=writer, atomic=atomic, batch_size=batch_size,
-                                  progress=bulk.Progress(reader.total_bytes, progress))
+        summary = bulk.run_import(reader, keys=self.keys(), begin=begin, writer=writer, atomic=atomic, batch_size=batch_size,
+                                  progress=bulk.Progress(reader.total_bytes, progress), workers=workers)
         log.info("imported %d customers from %s (%d inserted, %d updated, %d unchanged, %d rejected)",
                  summary.accepted, source, summary.inserted, summary.updated, summary.unchanged,
                  len(summary.rejected), extra={"part": "accounts", "event": "import"})
