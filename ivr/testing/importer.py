@@ -5,8 +5,9 @@ what the channel reads, the caller, with what it writes, the robot; any stereo c
 ``--caller-channel`` says which side is the caller), or mono holding the caller alone. The caller's
 channel is cut into turns by voice activity: 20 ms frames at or above ``threshold`` (RMS of 16-bit
 samples; Asterisk's own silence threshold by default) are speech, pauses shorter than ``gap_s`` (the
-robot's recorder ends a turn after 1 s of silence) stay inside a turn, and each turn keeps ``pad_s`` of
-audio on either side. Each turn becomes an ``audio`` turn: an 8 kHz mono 16-bit WAV beside the call file.
+robot's recorder ends a turn after 1 s of silence) stay inside a turn, and each turn keeps ``pad_before_s``
+of audio before and ``pad_after_s`` after. Each turn becomes an ``audio`` turn: an 8 kHz mono 16-bit WAV
+beside the call file.
 
 Not detected: keys (RFC 4733 events are not in the audio), and listens the caller let pass in silence.
 The robot's side is not used; on a line with echo, the robot's voice on the caller's channel would be
@@ -86,11 +87,16 @@ def read_caller_channel(path: Path, caller_channel: str | None) -> bytes:
     return frames
 
 
+PAD_BEFORE_S = 0.0  # measured: 50 ms of digital silence before a word changes what Vosk hears (README)
+PAD_AFTER_S = 0.25
+
+
 def speech_segments(
     frames: bytes, *, threshold: int = SILENCE_THRESHOLD, gap_s: float = 1.0, min_speech_s: float = 0.15,
-    pad_s: float = 0.25,
+    pad_before_s: float = PAD_BEFORE_S, pad_after_s: float = PAD_AFTER_S,
 ) -> list[Segment]:
-    """Where the caller speaks, in seconds (8 kHz mono 16-bit frames)."""
+    """Where the caller speaks, in seconds (8 kHz mono 16-bit frames), from the first loud frame of a
+    turn (less ``pad_before_s``) to its last (plus ``pad_after_s``)."""
     step = int(RATE * FRAME_S) * 2
     voiced = [audioop.rms(frames[i:i + step], 2) >= threshold for i in range(0, len(frames) - step + 1, step)]
     runs: list[list[int]] = []  # [first, last] voiced frame of each run, pauses shorter than gap_s joined
@@ -107,7 +113,8 @@ def speech_segments(
     for first, last in runs:
         if (last - first + 1) * FRAME_S < min_speech_s:
             continue  # a click, not a word
-        out.append(Segment(max(0.0, first * FRAME_S - pad_s), min(total_s, (last + 1) * FRAME_S + pad_s)))
+        out.append(Segment(max(0.0, first * FRAME_S - pad_before_s),
+                           min(total_s, (last + 1) * FRAME_S + pad_after_s)))
     return out
 
 
