@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ivr.accounts.api import AccountStore
 from ivr.agi.connection import AgiChannel
 from ivr.agi.protocol import AgiEnvironment
+from ivr.agi.record_mode import RecordModeChannel
 from ivr.agi.server import FastAgiServer
 from ivr.config import LOCALES, Settings
 from ivr.dialogue.keypad import KeypadBook
@@ -124,7 +125,11 @@ class Robot:
             pin.get(locale)
             parts = dataclasses.replace(self.parts, **pin.parts_changes(self.parts))
         try:
-            session = CallSession(parts, channel, call, keypad_only=keypad_only, language_menu=language_menu)
+            conversation = RecordModeChannel(
+                channel, call_id=call.call_id, settings=self.settings, recognizer=parts.recognizer,
+                grammar=parts.grammar, asr_pool=parts.asr_pool,
+            )
+            session = CallSession(parts, conversation, call, keypad_only=keypad_only, language_menu=language_menu)
             result = await session.run()
         finally:
             if pin is not None:

@@ -1,12 +1,15 @@
 """One object per call owns the loop: greet → listen → recognize → decide → speak → repeat.
 
-The session knows its parts only through narrow interfaces (``ivr.parts``) and the call only through
-``Channel``; the FastAGI adapter, the replay harness and the unit tests drive this same code.
+The session knows its parts only through narrow interfaces (``ivr.parts``) and the call only through a
+transport-neutral ``ivr.channel.Channel`` (speak, listen, next key, transfer, finish): record mode over
+FastAGI, stream mode, the replay harness and the unit tests' in-memory call all drive this same code.
+What keys mean (``*``, ``0``, a menu choice, ID digits) is decided here and nowhere else.
 
-Turn-taking policy: no input → reprompt; not understood → the dialogue's hint; low-confidence speech →
-"did you say …?"; low-confidence digits → keypad; after the configured number of failures, or when the
-caller asks for a person, transfer. Any failure of a part → a spoken apology and a transfer: never dead
-air, never a silent hang-up. A caller hanging up ends the session cleanly at any point.
+Turn-taking policy: no input → reprompt, at the second miss the keypad menu; not understood → the
+dialogue's hint; low-confidence speech → "did you say …?"; low-confidence digits → keypad; speech that
+fails (no model, recognizer, recording) → the keypad menu; after the configured number of failures, or
+when the caller asks for a person, transfer. Any failure of another part → a spoken apology and a
+transfer: never dead air, never a silent hang-up. A caller hanging up ends the session cleanly.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
+from ivr.channel import Channel
 from ivr.config import LOCALES, Settings
 from ivr.dialogue.keypad import KeypadBook
 from ivr.dialogue.prompts import PromptBook
@@ -35,7 +39,6 @@ from ivr.parts import (
     Expect,
     Outcome,
     PartError,
-    Recognition,
     Recognizer,
     Reply,
     Synthesizer,
@@ -46,7 +49,6 @@ from ivr.retention import write_private_text
 
 log = logging.getLogger(__name__)
 
-KEYS = "0123456789*#"
 MISSES_BEFORE_MENU = 2  # silences or turns not understood in a row before the keypad menu is offered
 SPEECH_FAILED = UserInput(text="", keypad=False, confidence=0.0)  # _listen's answer when speech broke
 REPEAT_KEY = "*"  # at any prompt: hear it again
@@ -55,28 +57,6 @@ NOT_UNDERSTOOD = frozenset({"nlu_fallback", "out_of_scope"})
 MAX_KEYPAD_DIGITS = 20  # a keypad flood is cut here
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Recording:
-    path: Path  # the WAV Asterisk wrote (may be missing or empty if the caller pressed a key at once)
-    digit: str = ""  # the key that ended the recording, "" when silence or the time limit ended it
-
-
-class Channel(Protocol):
-    """The call itself, as the session sees it. Raises ``CallerHangup`` once the caller is gone."""
-
-    async def answer(self) -> None: ...
-
-    async def play(self, sound: Path, escape_digits: str = "") -> str: ...
-
-    async def record(self, path: Path, *, escape_digits: str, max_s: float, silence_s: int) -> Recording: ...
-
-    async def wait_digit(self, timeout_s: float) -> str: ...
-
-    async def set_variable(self, name: str, value: str) -> None: ...
-
-    async def hangup(self) -> None: ...
 
 
 GrammarSource = Callable[[str, Expect], Sequence[str] | None]
@@ -88,7 +68,7 @@ class Parts:
 
     settings: Settings
     dialogue: DialogueEngine
-    recognizer: Recognizer
+    recognizer: Recognizer  # used by the channels that take speech (``ivr.agi.record_mode``, stream mode)
     synthesizer: Synthesizer
     prompts: PromptBook
     metrics: Metrics
@@ -342,12 +322,10 @@ class CallSession:
             self._last_texts = (*self._last_texts, text)
 
     async def _can_recognize(self) -> bool:
-        available = getattr(self.parts.recognizer, "available", None)
-        if available is None:
-            return True
         try:
-            return bool(await asyncio.wait_for(self.parts.asr_pool.run(available, self.call.locale),
-                                               self.settings.asr_timeout_s))
+            return await self.channel.can_recognize(self.call.locale)
+        except CallerHangup:
+            raise
         except Exception:
             log.warning("the recognizer could not say whether it serves %s", self.call.locale, exc_info=True)
             return False
@@ -356,17 +334,13 @@ class CallSession:
         """Before the greeting: each language's choice in its own voice; a key interrupts and chooses.
         No key, or a key that chooses nothing: the default language."""
         choices = {self.parts.keypads.keypad(loc).language_key: loc for loc in LOCALES}
-        keys = "".join(sorted(choices))
-        key = ""
         for loc in sorted(LOCALES, key=lambda loc: self.parts.keypads.keypad(loc).language_key):
             text = self.parts.prompts.text("utter_language_choice", loc)
             sound = await self._part("tts", self.parts.synthesizer.render(text, loc), self.settings.tts_timeout_s)
             self.transcript.add("robot", text)
-            key = await self.channel.play(sound, escape_digits=keys)
-            if key:
+            if (await self.channel.speak(sound)).interrupted_by:
                 break
-        if not key:
-            key = await self.channel.wait_digit(self.settings.keypad_wait_s)
+        key = (await self.channel.listen(self.call.locale, Expect.SPEECH, keypad_only=True)).key
         chosen = choices.get(key, self.settings.locale)
         self.transcript.add("caller", key, keypad=True, language=chosen)
         self.call = dataclasses.replace(self.call, locale=chosen)
@@ -384,10 +358,8 @@ class CallSession:
     async def _listen(self, reply: Reply) -> UserInput | None:
         """One caller turn: speech (recognized) or keys. None when nothing usable came; ``SPEECH_FAILED``
         when the recognizer or the recording failed (the call goes on by keypad)."""
-        if not self._speech:
-            return await self._listen_keypad(reply)
         try:
-            return await self._listen_speech(reply)
+            heard = await self.channel.listen(self.call.locale, reply.expect, keypad_only=not self._speech)
         except PartError as exc:
             if exc.part not in ("asr", "recording"):
                 raise
@@ -395,58 +367,24 @@ class CallSession:
             self.parts.metrics.part_errors.labels(part=exc.part).inc()
             self._speech_failed(f"{exc.part}_failed")
             return SPEECH_FAILED
-
-    async def _listen_keypad(self, reply: Reply) -> UserInput | None:
-        """No speech: wait for a key (no recording is made), then read the keys as usual."""
-        key = await self.channel.wait_digit(self.settings.keypad_wait_s)
         self._handed_over_at = time.monotonic()
-        self._timing = TurnTiming()
-        return await self._keypad(key, reply) if key else None
-
-    async def _listen_speech(self, reply: Reply) -> UserInput | None:
-        self._turn += 1
-        spool = self.settings.spool_dir
-        path = spool / f"{self.call.call_id}-{self._turn}.wav"
-        try:
-            recording = await self.channel.record(
-                path,
-                escape_digits=KEYS,
-                max_s=self.settings.record_max_s,
-                silence_s=self.settings.record_silence_s,
-            )
-            self._handed_over_at = time.monotonic()
-            self._timing = TurnTiming()
-            if recording.digit:
-                return await self._keypad(recording.digit, reply)
-            recognition = await self._recognize(recording.path, reply.expect)
-        finally:
-            with contextlib.suppress(OSError):
-                if self.settings.keep_recordings:  # IVR_KEEP_RECORDINGS: kept owner-only until `ivr purge`
-                    path.chmod(0o600)
-                else:
-                    path.unlink(missing_ok=True)
+        self._timing = TurnTiming(asr_s=heard.asr_s)
+        if heard.key:
+            return await self._keypad(heard.key, reply)
+        if heard.recognition is None:
+            return None  # keypad only, and no key came
+        recognition = heard.recognition
         text = recognition.text.strip()
         shown = mask_secret(text) if reply.secret else mask_text(text)
-        silent = not text and not recognition.words
         # recording: the kept recording's number (<call_id>-<n>.wav); secret: the answer to a secret
         # question (never exported as audio or text); silence: nothing was said (`ivr calls export`)
-        self.transcript.add("caller", shown, confidence=round(recognition.confidence, 3), recording=self._turn,
-                            secret=reply.secret or None, silence=silent or None)
-        if not text and not recognition.words:
+        self.transcript.add("caller", shown, confidence=round(recognition.confidence, 3),
+                            recording=heard.recording or None, secret=reply.secret or None,
+                            silence=heard.silent or None)
+        if heard.silent:
             return None  # silence: the no-input case
         # Only unknown words: speech the model could not place, the not-understood case (text "").
         return UserInput(text=text, keypad=False, confidence=recognition.confidence if text else 0.0)
-
-    async def _recognize(self, wav: Path, expect: Expect) -> Any:
-        locale = self.call.locale
-
-        def decode() -> Recognition:  # the grammar too: its first build for a locale takes a while
-            return self.parts.recognizer.transcribe(wav, locale, self.parts.grammar(locale, expect))
-
-        started = time.monotonic()
-        result = await self._part("asr", self.parts.asr_pool.run(decode), self.settings.asr_timeout_s)
-        self._timing.asr_s += time.monotonic() - started
-        return result
 
     async def _keypad(self, first: str, reply: Reply) -> UserInput | None:
         """Collect keys after the first one until ``#``, the expected count, or a pause.
@@ -465,7 +403,7 @@ class CallSession:
         keys = first
         wanted = reply.max_digits or MAX_KEYPAD_DIGITS
         while keys[-1] != "#" and sum(k.isdigit() for k in keys) < wanted and len(keys) < MAX_KEYPAD_DIGITS:
-            key = await self.channel.wait_digit(self.settings.digit_timeout_s)
+            key = await self.channel.next_key(self.settings.digit_timeout_s)
             if not key:
                 break
             keys += key
@@ -516,30 +454,30 @@ class CallSession:
                 self.parts.metrics.turn_latency.observe(self._timing.compute_s)
                 self.result.turns.append(self._timing)
                 self._handed_over_at = None
-            self.transcript.add("robot", mask_text(text))
-            await self.channel.play(sound)
+            playback = await self.channel.speak(sound)
+            self.transcript.add("robot", mask_text(text), interrupted=playback.interrupted_by or None)
+            if playback.interrupted_by:
+                return  # the caller is already answering: the rest of the reply is not read out
 
     async def _repeat_last(self) -> None:
         await self._speak(Reply(texts=self._last_texts))
 
     async def _say_prompt(self, name: str, **values: str) -> None:
         text = self.parts.prompts.text(name, self.call.locale, **values)
-        self.transcript.add("robot", mask_text(text))
         sound = await self._part(
             "tts", self.parts.synthesizer.render(text, self.call.locale), self.settings.tts_timeout_s
         )
-        await self.channel.play(sound)
+        playback = await self.channel.speak(sound)
+        self.transcript.add("robot", mask_text(text), interrupted=playback.interrupted_by or None)
 
     # ------------------------------------------------------------ ending
     async def _finish(self, outcome: Outcome, reason: str) -> None:
         self.result.outcome = outcome
         self.result.reason = reason
         if outcome is Outcome.TRANSFER:
-            await self.channel.set_variable("IVR_TRANSFER_REASON", reason or "unspecified")
-            await self.channel.set_variable("IVR_RESULT", "transfer")
-            return  # back to the dialplan, which puts the caller through to a person
-        await self.channel.set_variable("IVR_RESULT", outcome.value)
-        await self.channel.hangup()
+            await self.channel.transfer(reason or "unspecified")  # a person takes over
+        else:
+            await self.channel.finish(outcome)
 
     async def _apologise_and_transfer(self, reason: str) -> None:
         """Speak the apology (fresh, else the pre-rendered one) and hand the call to a person.
@@ -563,7 +501,7 @@ class CallSession:
         if sound is not None:
             self.transcript.add("robot", text or "(apology)")
             try:
-                await self.channel.play(sound)
+                await self.channel.speak(sound, interruptible=False)  # the caller goes to a person anyway
                 played = True
             except CallerHangup:
                 raise
@@ -573,8 +511,7 @@ class CallSession:
             await self._finish(Outcome.TRANSFER, reason)
         else:
             self.result.outcome, self.result.reason = Outcome.ERROR, reason
-            await self.channel.set_variable("IVR_TRANSFER_REASON", reason)
-            await self.channel.set_variable("IVR_RESULT", "error")
+            await self.channel.finish(Outcome.ERROR, reason)
 
     # ------------------------------------------------------------ parts with a time limit
     async def _part(self, part: str, work: Awaitable[T], timeout_s: float | None = None) -> T:
@@ -591,4 +528,4 @@ class _PartTimeout(PartError):
         self.part = part
 
 
-__all__ = ["CallSession", "Channel", "Parts", "Recording", "SessionResult", "TurnTiming"]
+__all__ = ["CallSession", "Parts", "SessionResult", "TurnTiming"]

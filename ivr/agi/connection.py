@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -26,7 +27,6 @@ from ivr.agi.protocol import (
     command,
 )
 from ivr.parts import RecordingError
-from ivr.session import Recording
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,15 @@ def _digit(response: AgiResponse) -> str:
     return chr(code) if 0 < code < 128 and chr(code) in "0123456789*#ABCD" else ""
 
 
+@dataclass(frozen=True)
+class Recording:
+    path: Path  # the WAV Asterisk wrote (may be missing or empty if the caller pressed a key at once)
+    digit: str = ""  # the key that ended the recording, "" when silence or the time limit ended it
+
+
 class AgiChannel:
-    """The session's ``Channel`` over FastAGI."""
+    """One call's AGI commands, each mapped to what it means (a key, a recording, a hang-up); the
+    session's conversation-level ``Channel`` in record mode is ``ivr.agi.record_mode`` on top of it."""
 
     def __init__(self, connection: AgiConnection) -> None:
         self._agi = connection
@@ -150,12 +157,13 @@ class AgiChannel:
         if self.call_id:
             await self._agi.execute("SET VARIABLE", "IVR_CALL_ID", self.call_id)
 
-    async def play(self, sound: Path, escape_digits: str = "") -> str:
-        """Play a prompt (path without extension); return the key that interrupted it, if any."""
+    async def play(self, sound: Path, escape_digits: str = "") -> tuple[str, int | None]:
+        """Play a prompt (path without extension); return the key that interrupted it ("" if none) and
+        how far it played (``endpos``, in 8 kHz samples, when Asterisk says)."""
         response = await self._agi.execute("STREAM FILE", without_extension(sound), escape_digits)
         if response.result == "-1":
             await self._hung_up_or_failed(f"Asterisk could not play {sound.name}")
-        return _digit(response)
+        return _digit(response), response.endpos
 
     async def _hung_up_or_failed(self, problem: str) -> NoReturn:
         """``result=-1`` is both "the caller hung up" (Asterisk's ``HANGUP`` line may come only after the

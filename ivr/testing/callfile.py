@@ -9,6 +9,7 @@ turns:                        # consumed in order, one each time the robot liste
   - say: "我想查一下余额"
   - audio: audio/balance.wav  # 8 kHz mono 16-bit WAV, relative to this file
   - dtmf: "1234#"
+    during_prompt: 1.5        # optional: keyed 1.5 s into the robot's prompt (it interrupts the prompt)
   - silence: 6
   - hangup: true
 expect:                       # optional checks; a failed one makes the replay exit non-zero
@@ -46,6 +47,9 @@ class CallFileError(ValueError):
 class Turn:
     kind: str  # say | audio | dtmf | silence | hangup
     value: Any  # text, Path, keys, seconds, True
+    # the caller starts this turn this many seconds after the robot's current prompt began (barge-in:
+    # keys in both media modes, speech in stream mode); None: when the robot listens
+    during_prompt: float | None = None
 
 
 @dataclass(frozen=True)
@@ -116,9 +120,24 @@ def load_call_file(path: Path) -> CallFile:
 
 def _turn(path: Path, index: int, raw: Any) -> Turn:
     where = f"turn {index}"
-    if not isinstance(raw, dict) or len(raw) != 1:
+    if not isinstance(raw, dict):
         raise _fail(path, where, f"must be exactly one of {', '.join(TURN_KINDS)}")
+    raw = dict(raw)
+    during = raw.pop("during_prompt", None)
+    if during is not None and (isinstance(during, bool) or not isinstance(during, int | float) or not 0 <= during <= 60):
+        raise _fail(path, where, "during_prompt needs seconds between 0 and 60")
+    if len(raw) != 1:
+        raise _fail(path, where, f"must be exactly one of {', '.join(TURN_KINDS)} (and optionally during_prompt)")
     ((kind, value),) = raw.items()
+    turn = _turn_of_kind(path, where, kind, value)
+    if during is None:
+        return turn
+    if turn.kind == "silence":
+        raise _fail(path, where, "during_prompt goes with say, audio, dtmf or hangup")
+    return Turn(turn.kind, turn.value, float(during))
+
+
+def _turn_of_kind(path: Path, where: str, kind: Any, value: Any) -> Turn:
     if isinstance(value, str) and value.startswith(PLACEHOLDER):
         raise _fail(path, where, f"a placeholder left by `ivr calls export`: {value} "
                     "(fill it in with test data, never the caller's)")

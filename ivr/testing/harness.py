@@ -330,7 +330,31 @@ class ScriptedAsterisk:
             self.report.errors.append(f"the robot played a prompt that does not exist: {args[2]}.wav")
             return "200 result=-1 endpos=0\n"
         text, duration_s = prompt
-        self.report.events.append({"who": "robot", "text": text})
+        event: dict[str, Any] = {"who": "robot", "text": text, "interrupted": False, "heard_s": round(duration_s, 2)}
+        self.report.events.append(event)
+        escape = args[3] if len(args) > 3 else ""
+        barge = self._turns[0] if self._turns else None
+        if barge is not None and barge.kind == "hangup" and barge.during_prompt is not None:
+            # Hung up mid-prompt: Asterisk answers -1 and only then notices; later commands get 511.
+            self._turns.pop(0)
+            event.update(interrupted=True, heard_s=round(min(barge.during_prompt, duration_s), 2))
+            self.report.events.append({"who": "caller", "text": "", "kind": "hangup",
+                                       "during_prompt": barge.during_prompt})
+            self._hung_up = True
+            return f"200 result=-1 endpos={int(min(barge.during_prompt, duration_s) * 8000)}\n"
+        if (barge is not None and barge.kind == "dtmf" and barge.during_prompt is not None
+                and barge.during_prompt < duration_s and barge.value[0] in escape):
+            # The caller keys while the prompt plays: the first key stops it (an escape digit), the rest
+            # are read by WAIT FOR DIGIT as the robot takes the entry.
+            self._turns.pop(0)
+            if self.realtime:
+                await asyncio.sleep(barge.during_prompt)
+            event.update(interrupted=True, heard_s=round(barge.during_prompt, 2))
+            self.report.events.append({"who": "caller", "text": mask_secret(barge.value), "kind": "dtmf",
+                                       "during_prompt": barge.during_prompt})
+            self._keys, self._collecting = barge.value[1:], True
+            self._recorded_at = time.monotonic()
+            return f"200 result={ord(barge.value[0])} endpos={int(barge.during_prompt * 8000)}\n"
         if self.realtime:
             await asyncio.sleep(duration_s)  # the caller listens to the whole prompt, as on a real call
         return f"200 result=0 endpos={int(duration_s * 8000)}\n"

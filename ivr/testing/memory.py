@@ -1,20 +1,29 @@
-"""An in-memory call for ``CallSession`` unit tests: a channel, a recognizer and a synthesizer that run
-no Asterisk, no Vosk and no pyttsx3, so every turn-taking branch can be driven exactly.
+"""An in-memory call for ``CallSession`` unit tests: a channel (with its recognition) and a synthesizer
+that run no Asterisk, no Vosk and no pyttsx3, so every turn-taking branch can be driven exactly.
 
 These are test doubles, named as such: the real parts are exercised by the replay, fault and Asterisk
-tests. A caller is a list of ``CallerAct``s; the channel hands them out each time the session listens,
-and records what the robot played and which variables it set.
+tests. A caller is a list of ``CallerAct``s; the channel hands them out each time the session listens
+(keys marked ``during_prompt`` interrupt the prompt before), and records what the robot played and
+how it ended the call.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ivr.parts import CallerHangup, Recognition, RecognizerError, RecordingError, SynthesisError, Word
-from ivr.session import Recording
+from ivr.channel import Heard, Playback
+from ivr.parts import (
+    CallerHangup,
+    Expect,
+    Outcome,
+    Recognition,
+    RecognizerError,
+    RecordingError,
+    SynthesisError,
+    Word,
+)
 
 MEMORY_ROOT = Path("/memory")  # no file is ever written here: paths are only names
 
@@ -26,14 +35,15 @@ class CallerAct:
     kind: str  # say | mumble (only words the recognizer does not know) | keys | silence | hangup
     text: str = ""  # say: the words; keys: the keys pressed, in order
     confidence: float = 1.0  # say: the recognizer's confidence in the words
+    during_prompt: bool = False  # keys: pressed while the robot still speaks (they interrupt it)
 
     @staticmethod
     def say(text: str, confidence: float = 1.0) -> CallerAct:
         return CallerAct("say", text, confidence)
 
     @staticmethod
-    def keys(keys: str) -> CallerAct:
-        return CallerAct("keys", keys)
+    def keys(keys: str, *, during_prompt: bool = False) -> CallerAct:
+        return CallerAct("keys", keys, during_prompt=during_prompt)
 
 
 SILENCE = CallerAct("silence")
@@ -43,90 +53,78 @@ HANGUP = CallerAct("hangup")
 
 @dataclass
 class MemoryChannel:
-    """The session's ``Channel``: plays are logged, listens are answered from the caller's acts."""
+    """The session's ``Channel``: prompts are logged, listens are answered from the caller's acts.
+
+    ``fail_recognizer`` / ``fail_recording`` make speech fail as the real parts would; ``speech_model``
+    says whether the call's locale can be recognized at all."""
 
     acts: list[CallerAct]
+    fail_recognizer: bool = False
     fail_recording: bool = False
+    speech_model: bool = True
     played: list[str] = field(default_factory=list)  # the texts of the prompts played, in order
-    variables: dict[str, str] = field(default_factory=dict)
+    interrupted: list[str] = field(default_factory=list)  # the prompts a key interrupted
+    ended: tuple[str, str] | None = None  # how the robot ended its part: (outcome, reason)
     digit_waits: int = 0  # how often the session waited for a further key
-    hung_up_by_robot: bool = False
+    recordings: int = 0  # speech turns taken (what a real channel would have recorded)
+    keypad_listens: int = 0
     answered: bool = False
-    heard: dict[Path, CallerAct] = field(default_factory=dict)  # recording path → what was said into it
-    _keys: str = ""
-    _collecting: bool = False  # a key was handed out: further waits read the same act's keys
+    _keys: str = ""  # keys typed and not read yet (type-ahead, or the rest of an entry)
 
     async def answer(self) -> None:
         self.answered = True
 
-    async def play(self, sound: Path, escape_digits: str = "") -> str:
-        self.played.append(sound.name)
-        self._collecting = False  # the robot speaks: whatever keys come next are a new input
-        return ""
+    async def can_recognize(self, locale: str) -> bool:
+        return self.speech_model
 
-    async def record(self, path: Path, *, escape_digits: str, max_s: float, silence_s: int) -> Recording:
-        if self.fail_recording:
+    async def speak(self, sound: Path, *, interruptible: bool = True) -> Playback:
+        self.played.append(sound.name)
+        act = self.acts[0] if self.acts else None
+        if interruptible and act is not None and act.kind == "keys" and act.during_prompt:
+            self.acts.pop(0)
+            self._keys += act.text
+            self.interrupted.append(sound.name)
+            return Playback(interrupted_by="key", played_ms=0)
+        return Playback()
+
+    async def listen(self, locale: str, expect: Expect, *, keypad_only: bool = False) -> Heard:
+        if self._keys:
+            key, self._keys = self._keys[0], self._keys[1:]
+            return Heard(key=key)
+        if keypad_only:
+            self.keypad_listens += 1
+        elif self.fail_recording:
             raise RecordingError("injected: the spool is not writable")
         if not self.acts:
             raise CallerHangup("the caller's script is over")
-        self._collecting = False
         act = self.acts.pop(0)
         if act.kind == "hangup":
             raise CallerHangup("the caller hung up")
         if act.kind == "keys":
-            self._keys, self._collecting = act.text[1:], True
-            return Recording(path, digit=act.text[0])
-        self.heard[path] = act
-        return Recording(path)
-
-    async def wait_digit(self, timeout_s: float) -> str:
-        """The next key of the keys being typed; else, when the robot waits for a new input by keypad,
-        the caller's next act (keys; anything else is no key)."""
-        self.digit_waits += 1
-        if self._keys or self._collecting:
-            key, self._keys = self._keys[:1], self._keys[1:]
-            self._collecting = bool(key)
-            return key
-        if not self.acts:
-            raise CallerHangup("the caller's script is over")
-        act = self.acts.pop(0)
-        if act.kind == "hangup":
-            raise CallerHangup("the caller hung up")
-        if act.kind != "keys":
-            return ""  # silence, or words nobody records
-        self._keys, self._collecting = act.text[1:], True
-        return act.text[0]
-
-    async def set_variable(self, name: str, value: str) -> None:
-        self.variables[name] = value
-
-    async def hangup(self) -> None:
-        self.hung_up_by_robot = True
-
-
-class MemoryRecognizer:
-    """Recognizes exactly what the caller's act says, with its confidence; ``fail`` raises instead."""
-
-    def __init__(self, channel: MemoryChannel, *, fail: bool = False, available: bool = True) -> None:
-        self._channel = channel
-        self.fail = fail
-        self._available = available
-        self.grammars: list[Sequence[str] | None] = []
-
-    def available(self, locale: str) -> bool:
-        return self._available
-
-    def transcribe(self, wav: Path, locale: str, grammar: Sequence[str] | None = None) -> Recognition:
-        self.grammars.append(grammar)
-        if self.fail:
+            self._keys = act.text[1:]
+            return Heard(key=act.text[0])
+        if keypad_only:
+            return Heard()  # silence, or words nobody records
+        self.recordings += 1
+        if self.fail_recognizer:
             raise RecognizerError("injected: the recognizer raised")
-        act = self._channel.heard.pop(wav, SILENCE)
         if act.kind == "mumble":
-            return Recognition("", 0.0, (Word("[unk]", 0.9, 0.0, 0.5),))
+            return Heard(recognition=Recognition("", 0.0, (Word("[unk]", 0.9, 0.0, 0.5),)), recording=self.recordings)
         if act.kind != "say" or not act.text:
-            return Recognition("", 0.0)
+            return Heard(recognition=Recognition("", 0.0), recording=self.recordings)
         words = tuple(Word(w, act.confidence, 0.0, 0.0) for w in act.text.split())
-        return Recognition(act.text, act.confidence, words)
+        return Heard(recognition=Recognition(act.text, act.confidence, words), recording=self.recordings)
+
+    async def next_key(self, timeout_s: float) -> str:
+        self.digit_waits += 1
+        key, self._keys = self._keys[:1], self._keys[1:]
+        return key
+
+    async def transfer(self, reason: str) -> None:
+        self.ended = ("transfer", reason)
+
+    async def finish(self, outcome: Outcome, reason: str = "") -> None:
+        self.ended = (outcome.value, reason)
 
 
 class MemorySynthesizer:

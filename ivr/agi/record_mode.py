@@ -1,0 +1,120 @@
+"""Record mode: the session's ``Channel`` on any Asterisk, with FastAGI's file commands.
+
+- ``speak``: ``STREAM FILE`` with every key as an escape digit, so a key interrupts the prompt; that key
+  is kept (type-ahead) as the first key of the next ``listen``. Speech cannot interrupt here: Asterisk
+  does not hear the caller while it plays a file.
+- ``listen``: ``RECORD FILE`` into the shared spool until ``record_silence_s`` of silence (any key ends it
+  too), then the recognizer decodes the file on the recognition threads (``asr_pool``), bounded by
+  ``asr_timeout_s``; keypad only: ``WAIT FOR DIGIT``, no recording. The recording is deleted once decoded
+  unless ``IVR_KEEP_RECORDINGS`` keeps it (owner-only, as ``<call_id>-<n>.wav``).
+- ``transfer`` / ``finish``: the dialplan variables ``IVR_RESULT`` and ``IVR_TRANSFER_REASON`` (the
+  dialplan then queues the caller, or plays its own apology for ``error``), and ``HANGUP`` when done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ivr.agi.connection import AgiChannel
+from ivr.channel import KEYS, Heard, Playback
+from ivr.config import Settings
+from ivr.parts import Expect, Outcome, Recognition, Recognizer, RecognizerError
+from ivr.pools import PartPool
+
+GrammarSource = Callable[[str, Expect], Sequence[str] | None]
+
+
+class RecordModeChannel:
+    def __init__(
+        self,
+        agi: AgiChannel,
+        *,
+        call_id: str,
+        settings: Settings,
+        recognizer: Recognizer,
+        grammar: GrammarSource,
+        asr_pool: PartPool,
+    ) -> None:
+        self._agi = agi
+        self._call_id = call_id
+        self._settings = settings
+        self._recognizer = recognizer
+        self._grammar = grammar
+        self._asr_pool = asr_pool
+        self._typeahead = ""  # a key that interrupted a prompt: the next listen's first key
+        self._recordings = 0
+
+    async def answer(self) -> None:
+        await self._agi.answer()
+
+    async def can_recognize(self, locale: str) -> bool:
+        available = getattr(self._recognizer, "available", None)
+        if available is None:
+            return True
+        return bool(await asyncio.wait_for(self._asr_pool.run(available, locale), self._settings.asr_timeout_s))
+
+    async def speak(self, sound: Path, *, interruptible: bool = True) -> Playback:
+        key, endpos = await self._agi.play(sound, KEYS if interruptible else "")
+        played_ms = None if endpos is None else endpos // 8
+        if not key:
+            return Playback(played_ms=played_ms)
+        self._typeahead = key
+        return Playback(interrupted_by="key", played_ms=played_ms)
+
+    async def listen(self, locale: str, expect: Expect, *, keypad_only: bool = False) -> Heard:
+        if self._typeahead:
+            key, self._typeahead = self._typeahead, ""
+            return Heard(key=key)
+        if keypad_only:
+            return Heard(key=await self._agi.wait_digit(self._settings.keypad_wait_s))
+        self._recordings += 1
+        path = self._settings.spool_dir / f"{self._call_id}-{self._recordings}.wav"
+        try:
+            recording = await self._agi.record(
+                path, escape_digits=KEYS, max_s=self._settings.record_max_s, silence_s=self._settings.record_silence_s
+            )
+            if recording.digit:
+                return Heard(key=recording.digit)
+            started = time.monotonic()
+            recognition = await self._decode(recording.path, locale, expect)
+            return Heard(recognition=recognition, asr_s=time.monotonic() - started, recording=self._recordings)
+        finally:
+            with contextlib.suppress(OSError):
+                if self._settings.keep_recordings:  # IVR_KEEP_RECORDINGS: kept owner-only until `ivr purge`
+                    path.chmod(0o600)
+                else:
+                    path.unlink(missing_ok=True)
+
+    async def _decode(self, wav: Path, locale: str, expect: Expect) -> Recognition:
+        def decode() -> Recognition:  # the grammar too: its first build for a locale takes a while
+            return self._recognizer.transcribe(wav, locale, self._grammar(locale, expect))
+
+        limit = self._settings.asr_timeout_s
+        try:
+            return await asyncio.wait_for(self._asr_pool.run(decode), limit)
+        except asyncio.TimeoutError:
+            raise RecognizerError(f"the recognizer gave no answer within {limit} s") from None
+
+    async def next_key(self, timeout_s: float) -> str:
+        if self._typeahead:
+            key, self._typeahead = self._typeahead, ""
+            return key
+        return await self._agi.wait_digit(timeout_s)
+
+    async def transfer(self, reason: str) -> None:
+        await self._agi.set_variable("IVR_TRANSFER_REASON", reason or "unspecified")
+        await self._agi.set_variable("IVR_RESULT", "transfer")
+
+    async def finish(self, outcome: Outcome, reason: str = "") -> None:
+        if outcome is Outcome.TRANSFER:
+            await self.transfer(reason)
+            return
+        if reason:
+            await self._agi.set_variable("IVR_TRANSFER_REASON", reason)
+        await self._agi.set_variable("IVR_RESULT", outcome.value)
+        if outcome is Outcome.COMPLETED:
+            await self._agi.hangup()
