@@ -75,7 +75,7 @@ models: $(STAMP)
 	# Demo customers go only into the default database, never into the one IVR_DATABASE_URL or ivr.toml
 	# names (it may hold real customers; --demo refuses a database with any others anyway).
 	IVR_DATABASE_URL="sqlite:///$(CURDIR)/var/accounts.db" $(IVR) db init --demo
-	$(IVR) db init   # the configured database: missing tables created, data kept
+	$(IVR) db upgrade   # the configured database: schema migrated to the newest revision, data kept
 	$(IVR) train
 	$(IVR) prompts build
 	$(IVR) publish --if-none --message "first release (make)"   # release 1 of each locale that has none

@@ -284,9 +284,12 @@ def build_robot(
             log.error("cannot create %s: %s", folder, exc)
     closers: list[object] = []
     if store is None:
-        from ivr.accounts.store import SqlAccountStore
+        from ivr.accounts.source import open_store
 
-        store = SqlAccountStore.from_settings(settings)
+        own = open_store(settings)  # the robot's tables, or the system of record (account_source)
+        if releases:  # `ivr serve`: refuse a schema this code does not know, or hashes under a lost key
+            own.start_check()
+        store = own
         closers.append(store)
     if synthesizer is None:
         from ivr.tts.synth import PromptSynthesizer

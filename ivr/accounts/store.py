@@ -48,7 +48,7 @@ from ivr.accounts.importer import (
     normalize_phone,
     parse_data,
 )
-from ivr.accounts.keys import KeyRing, SecretKeyError
+from ivr.accounts.keys import CheckResult, KeyRing, SecretKeyError
 from ivr.accounts.models import (
     Account,
     Customer,
@@ -76,7 +76,7 @@ _STAND_IN_PREFIX = "~"
 _MAX_TRANSACTIONS = 100
 _CHUNK = 500  # ids per IN (...) list
 # A well-formed hash no digits match: verification against a customer without one does the same work.
-_DUMMY_HASH = "hmac$k1$" + "A" * 43
+_DUMMY_DIGEST = "A" * 43
 _REKEY_BATCH = 2000
 
 
@@ -291,7 +291,7 @@ class SqlAccountStore:
 
     def start_check(self) -> None:
         """Before serving: the schema must be the one this code knows, and every stored hash's key
-        must be in the key file. ``SchemaError``/``SecretKeyError`` when not; a database that does not
+        must be in the key file (which must be owner-only). ``SchemaError`` when not; a database that does not
         answer is left to the calls (they apologise and transfer; ``/health`` says so)."""
         try:
             with self._serial, self._engine.connect() as conn:
@@ -300,11 +300,14 @@ class SqlAccountStore:
             log.warning("start check: the account database does not answer (%s); serving anyway",
                         type(exc).__name__, extra={"part": "accounts", "event": "db_error"})
             return
-        unknown = self.key_usage(unknown_only=True)
+        try:
+            unknown = self.key_usage(unknown_only=True)
+        except SecretKeyError as exc:  # unsafe or malformed key file
+            raise schema.SchemaError(str(exc)) from None
         if unknown:
-            raise SecretKeyError(f"{sum(unknown.values())} stored ID hash(es) name key(s) "
-                                 f"{', '.join(sorted(unknown))} that {self._key_file} does not hold: restore the "
-                                 "key file (a new key cannot verify them)")
+            raise schema.SchemaError(f"{sum(unknown.values())} stored ID hash(es) name key(s) "
+                                     f"{', '.join(sorted(unknown))} that {self._key_file} does not hold: restore "
+                                     "the key file (a new key cannot verify them); refusing to serve")
 
     def import_customers(self, data: Sequence[CustomerData] | Mapping[str, Any], source_name: str) -> int:
         """Insert the customers, replacing those with the same id, in one transaction.
@@ -442,15 +445,9 @@ class SqlAccountStore:
         caller_hashes, caller_masked = self._caller_identity(caller_id)
         caller_hash = caller_hashes[0] if caller_hashes else None
         keys = self.keys()
-
-        with self._transaction("reading the ID hash") as session:
-            stored: str | None = session.execute(
-                select(Customer.id_last4_hash).where(Customer.id == customer)
-            ).scalar_one_or_none()
         answer = normalize_id_digits(digits)
-        # The same work whether or not the customer exists or the answer is well formed.
-        checked = keys.check(customer, answer or "", stored or _DUMMY_HASH)
-        matches = checked.ok and stored is not None and answer is not None
+        checked, stored = self._check_id(customer, answer)
+        matches = checked.ok
 
         now = self._now()
         window_start = now - self._lockout
@@ -500,6 +497,17 @@ class SqlAccountStore:
                  extra={"part": "accounts", "event": "verify", "outcome": status.value,
                         **({"call_id": call} if call else {})})
         return status
+
+    def _check_id(self, customer: str, answer: str | None) -> tuple[CheckResult, str | None]:
+        """Whether ``answer`` (normalised, None: malformed) are the customer's ID digits, and the stored
+        hash it was checked against. The same work whether or not the customer exists."""
+        with self._transaction("reading the ID hash") as session:
+            stored: str | None = session.execute(
+                select(Customer.id_last4_hash).where(Customer.id == customer)
+            ).scalar_one_or_none()
+        keys = self.keys()
+        checked = keys.check(customer, answer or "", stored or f"hmac${keys.current_id}${_DUMMY_DIGEST}")
+        return CheckResult(checked.ok and stored is not None and answer is not None, checked.stale), stored
 
     def accounts(self, customer_id: str) -> list[AccountView]:
         with self._transaction("reading accounts") as session:
