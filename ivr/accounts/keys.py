@@ -9,7 +9,8 @@ hold. Every secret the account store keeps is therefore an HMAC-SHA256 under a k
   in the message, so two customers with the same digits have unrelated hashes.
 - caller IDs in the attempt and look-up logs, and the stand-ins for unregistered numbers.
 
-The key file is text, one key a line, ``<key id> <urlsafe base64 of 32 random bytes>``, ``#``
+The key file is text, one key a line, ``<key id> <urlsafe base64 of 32 random bytes>`` (the id:
+``k<n>-`` and 8 hex digits of the key's SHA-256, so a regenerated key never passes for a lost one), ``#``
 comments; the last line is the current key, earlier ones only verify. It is created on first need
 (owner-only, 0600, in a folder made 0700) and refused when others may read it or a line is
 malformed (the error names the file and line, never the key). ``rotate()`` appends a new key.
@@ -17,7 +18,7 @@ malformed (the error names the file and line, never the key). ``rotate()`` appen
 Hashes under an older key are re-keyed by the store on the next successful verification (under the
 current key, from the digits just given) or by ``ivr db rotate-key --rekey``, which wraps them without
 knowing the digits: ``hmac$k2+k1$<HMAC(k2, "wrap" | raw HMAC under k1)>`` (verified by recomputing
-both layers). Legacy ``scrypt$...`` hashes still verify and are replaced on success.
+both layers; ``k2+k1`` stands for the two key ids). Legacy ``scrypt$...`` hashes still verify and are replaced on success.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from pathlib import Path
 
 from ivr.parts import AccountStoreError
 
-_KEY_ID = re.compile(r"k[0-9]{1,6}")
+# "k<n>-<first 8 hex of SHA-256 of the key>": a regenerated key never takes the id of a lost one
+_KEY_ID = re.compile(r"k([0-9]{1,6})-[0-9a-f]{8}")
 _KEY_BYTES = 32
 
 
@@ -107,14 +109,14 @@ class KeyRing:
             parts = content.split()
             if len(parts) != 2 or not _KEY_ID.fullmatch(parts[0]):
                 raise SecretKeyError(f"{path}: line {number}: expected '<key id> <base64 key>' with an id "
-                                     "like k1 (the line is not shown: it may hold a key)")
+                                     "like k1-0a1b2c3d (the line is not shown: it may hold a key)")
             try:
                 raw = unb64(parts[1])
             except (ValueError, TypeError):
                 raw = b""
-            if len(raw) != _KEY_BYTES:
+            if len(raw) != _KEY_BYTES or hashlib.sha256(raw).hexdigest()[:8] != parts[0].split("-")[1]:
                 raise SecretKeyError(f"{path}: line {number}: key {parts[0]}: not {_KEY_BYTES} bytes of "
-                                     "urlsafe base64")
+                                     "urlsafe base64 matching its id")
             if parts[0] in keys:
                 raise SecretKeyError(f"{path}: line {number}: key id {parts[0]} appears twice")
             keys[parts[0]] = raw
@@ -125,10 +127,9 @@ class KeyRing:
 
     def rotate(self) -> KeyRing:
         """Append a new current key to the file (atomically replaced, owner-only); the new ring."""
-        number = max(int(k[1:]) for k in self._keys) + 1
-        new_id = f"k{number}"
+        number = max(int(k[1:].split("-")[0]) for k in self._keys) + 1
         lines = [f"{kid} {b64(raw)}" for kid, raw in self._keys.items()]
-        lines.append(f"{new_id} {b64(secrets.token_bytes(_KEY_BYTES))}")
+        lines.append(_key_line(number))
         _write_private(self.path, _HEADER + "\n".join(lines) + "\n")
         return KeyRing.load(self.path, create=False)
 
@@ -224,6 +225,11 @@ def _write_private(path: Path, text: str) -> None:
         raise
 
 
+def _key_line(number: int) -> str:
+    raw = secrets.token_bytes(_KEY_BYTES)
+    return f"k{number}-{hashlib.sha256(raw).hexdigest()[:8]} {b64(raw)}"
+
+
 _create_lock = threading.Lock()
 
 
@@ -235,7 +241,7 @@ def _create(path: Path) -> None:
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="ascii") as out:
-                out.write(_HEADER + f"k1 {b64(secrets.token_bytes(_KEY_BYTES))}\n")
+                out.write(_HEADER + _key_line(1) + "\n")
                 out.flush()
                 os.fsync(out.fileno())
             os.link(temporary, path)  # appears whole, and never over a key file made meanwhile
