@@ -70,6 +70,7 @@ class LocaleState:
     current: LoadedRelease | None = None
     draining: LoadedRelease | None = None  # the previous current, until its last call ends
     drained: asyncio.Event = field(default_factory=_set_event)  # unset while a release drains
+    waiting: int = 0  # a release waiting for the draining one to empty before it is loaded
     failure: str = ""  # why the last reload of this locale failed ("" after a success)
     failed_number: int = 0
 
@@ -184,7 +185,11 @@ class LiveReleases:
         if not state.drained.is_set():  # at most two releases of a locale in memory
             log.info("%s: waiting for the %d call(s) on release %d to end before loading release %d",
                      locale, *((state.draining.calls, state.draining.number) if state.draining else (0, 0)), wanted)
-            await state.drained.wait()
+            state.waiting = wanted
+            try:
+                await state.drained.wait()
+            finally:
+                state.waiting = 0
         started = time.monotonic()
         try:
             new = await self._load(locale, wanted)
@@ -209,6 +214,9 @@ class LiveReleases:
                 self._metrics.release.remove(locale, str(old.number))
         self._metrics.release.labels(locale=locale, number=str(new.number)).set(1)
         was = "none" if old is None else str(old.number)
+        if new.number == 0:
+            log.warning("%s: no release published: serving the working copy %s (`ivr publish --locale %s`)",
+                        locale, self._settings.dialogs_dir / locale, locale)
         log.info("%s: now serving release %d (was %s; loaded in %.1f s)", locale, new.number, was, new.loaded_s)
         if old is not None and old.calls <= 0:
             await self._unload(old)
@@ -329,6 +337,7 @@ class LiveReleases:
             out[locale] = {
                 "current": None if state.current is None else state.current.number,
                 "draining": None if state.draining is None else state.draining.number,
+                "waiting": state.waiting or None,
                 "calls": {str(r.number): r.calls for r in (state.current, state.draining) if r is not None},
                 "reload_failure": state.failure,
                 "failed_release": state.failed_number or None,

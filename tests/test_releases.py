@@ -262,6 +262,29 @@ async def test_a_call_in_progress_keeps_its_release_the_next_call_gets_the_new_o
         assert live._state[LOCALE].current.dialogue.conversations(LOCALE) == 0  # type: ignore[union-attr]
 
 
+async def test_a_locale_never_holds_more_than_two_releases(ws: Workspace, tmp_path: Path) -> None:
+    pointer = locale_root(ws.settings.models_dir, LOCALE) / CURRENT_FILE
+    async with serving(ws.settings) as robot:
+        live = robot.releases
+        assert live is not None and robot.server is not None
+        ongoing = GatedCaller(balance_call(tmp_path), gate_at=2)
+        first = asyncio.create_task(ongoing.run("127.0.0.1", robot.server.port))
+        await asyncio.wait_for(ongoing.at_gate.wait(), 60)
+        pointer.write_text(json.dumps({"number": 2, "previous": 1}))
+        await live.request_reload()
+        assert live.loaded(LOCALE) == [2, 1]
+        pointer.write_text(json.dumps({"number": 1, "previous": 2}))  # a third switch while 1 still drains
+        reload = live.request_reload()
+        await wait_for(lambda: live.status()[LOCALE]["waiting"] == 1)
+        assert live.loaded(LOCALE) == [2, 1] and not reload.done()  # waits: no third release in memory
+        ongoing.gate.set()
+        report = await asyncio.wait_for(first, 120)
+        assert (await asyncio.wait_for(reload, 60))[LOCALE] == "release 1 (was 2)"
+        assert live.loaded(LOCALE) == [1]
+        assert_served(report, ongoing.call)
+        assert_heard_only(report, wording(ws.settings, 1), wording(ws.settings, 2))
+
+
 async def test_a_damaged_release_is_refused_and_the_server_keeps_serving_the_current_one(
     ws: Workspace, tmp_path: Path
 ) -> None:
