@@ -31,6 +31,9 @@ def register(subparsers: Any) -> None:
     publish.add_argument("--if-none", action="store_true",
                          help="only publish a locale that has no release yet (first run: `make run`)")
     publish.add_argument("--no-notify", action="store_true", help="do not tell the running servers")
+    publish.add_argument("--check", metavar="DIR", help="first replay the call files in DIR against the current "
+                         "release and the draft (`ivr replay DIR --compare-releases current draft`); publish only "
+                         "if no call that the current release completed does worse")
     publish.set_defaults(handler=_publish)
 
     releases = subparsers.add_parser(
@@ -90,6 +93,10 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"{locale}: release {store.current_number(locale)} is current; nothing to do")
                 continue
             try:
+                if args.check and not _check(settings, locale, args.check):
+                    print(f"ivr publish: {locale}: not published: the draft does worse than release "
+                          f"{store.current_number(locale)} on calls in {args.check} (table above)", file=sys.stderr)
+                    return 1
                 release = store.publish(locale, author=args.author or default_author(), message=args.message,
                                         audit=audit, say=print)
             except InvalidDialog as exc:
@@ -105,6 +112,19 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
     if published:
         _notify(settings, args)
     return 0
+
+
+def _check(settings: Settings, locale: str, folder: str) -> bool:
+    """``--check DIR`` (issue #18, ivr.testing.compare): the draft against the current release on DIR's calls."""
+    from pathlib import Path
+
+    from ivr.releases import ReleaseError
+    from ivr.testing.compare import check_before_publish
+
+    try:
+        return check_before_publish(settings, locale, Path(folder))
+    except ValueError as exc:  # a call file that cannot be read, a side that cannot be set up
+        raise ReleaseError(f"--check {folder}: {exc}") from exc
 
 
 def _releases(args: argparse.Namespace, settings: Settings) -> int:

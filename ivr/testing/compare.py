@@ -5,17 +5,19 @@ working copy, ``dialogs/`` and ``models/rasa/``) replays each call against A, th
 with an in-process robot whose dialogs and Rasa models for the calls' locales are those of the release
 (``ivr.releases``: ``models/releases/<locale>/<N>/``); other locales keep the working copy. Per call it
 reports where the outcome, the caller's intents (from the robot's own transcript) or the robot's answers
-differ. A call that was ``completed`` under A and ends ``transfer`` or ``error`` under B is a
-regression: the check fails (exit code 1).
+differ. A call that was ``completed`` under A and ends ``transfer`` or ``error`` under B (or is left
+unfinished when the caller's turns run out: ``caller_hangup``) is a regression: the check fails (exit 1).
+``ivr publish --check DIR`` runs it (current release against the draft) before publishing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,9 @@ from ivr.config import Settings
 from ivr.testing.callfile import CallFile
 from ivr.testing.harness import CallReport
 
-WORSE = {"completed": ("transfer", "error")}  # outcome under A -> outcomes under B that fail the check
+# outcome under A -> outcomes under B that fail the check. A replayed call ends in caller_hangup when the
+# caller's script ran out while the robot still listened: a call it completed before, it no longer ends.
+WORSE = {"completed": ("transfer", "error", "caller_hangup")}
 
 
 class CompareError(ValueError):
@@ -202,3 +206,30 @@ async def compare_releases(
 
 def print_report(report: ComparisonReport, *, as_json: bool) -> None:
     print(json.dumps(report.to_json(), ensure_ascii=False, indent=1) if as_json else report.table())
+
+
+def check_before_publish(settings: Settings, locale: str, folder: Path, say: Callable[[str], None] = print) -> bool:
+    """``ivr publish --check DIR``: the folder's call files of ``locale`` against the current release and
+    the draft (trained here if needed). False when a call does worse under the draft. Text mode unless a
+    call has an audio turn (then real recognition, for all of them)."""
+    from ivr.dialogue.train import train_locale
+    from ivr.releases import ReleaseStore
+    from ivr.testing.commands import call_file_paths
+    from ivr.testing.replay import load_all
+
+    calls = [c for c in load_all(call_file_paths([str(folder)])) if (c.locale or settings.locale) == locale]
+    if not calls:
+        say(f"{locale}: no call files of {locale} in {folder}: nothing to check")
+        return True
+    if not ReleaseStore(settings).current_number(locale):
+        say(f"{locale}: no current release to compare the draft with: nothing to check")
+        return True
+    result = train_locale(settings.dialogs_dir, settings.models_dir, locale)
+    if result.trained:
+        say(f"{locale}: trained the draft's model in {result.seconds:.1f} s")
+    text_mode = not any(t.kind == "audio" for c in calls for t in c.turns)
+    say(f"{locale}: replaying {len(calls)} call(s) from {folder} against the current release and the draft"
+        + (" (text)" if text_mode else " (audio, real recognition)"))
+    report = asyncio.run(compare_releases(settings, calls, "current", "draft", text_mode=text_mode))
+    say(report.table())
+    return not report.regressions
