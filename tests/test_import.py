@@ -408,3 +408,177 @@ def test_make_seeds_the_demo_only_into_the_default_database() -> None:
     for line in seeding:
         assert line.strip().startswith('IVR_DATABASE_URL="sqlite:///$(CURDIR)/var/accounts.db"'.replace(
             "$(CURDIR)", str(PROJECT_ROOT))), line
+
+
+# ---------------------------------------------------------------- streamed formats (issue #19)
+def demo_items() -> list[dict[str, object]]:
+    import yaml
+
+    return yaml.safe_load(DEMO.read_text(encoding="utf-8"))["customers"]  # type: ignore[no-any-return]
+
+
+def as_jsonl(items: list[dict[str, object]]) -> str:
+    return "".join(json.dumps(item, ensure_ascii=False, default=str) + "\n" for item in items)
+
+
+def as_csv(items: list[dict[str, object]]) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    table = csv.writer(out)
+    table.writerow(["id", "name", "phones", "id_last4", "accounts", "loans", "transactions"])
+    for item in items:
+        table.writerow([item["id"], item["name"], ";".join(item["phones"]), item["id_last4"],  # type: ignore[arg-type]
+                        *(json.dumps(item.get(k, []), ensure_ascii=False, default=str)
+                          for k in ("accounts", "loans", "transactions"))])
+    return out.getvalue()
+
+
+def answers(store: SqlAccountStore, customers: list[str]) -> list[object]:
+    return [(store.accounts(c), store.loans(c), store.recent_transactions(c, limit=10)) for c in customers]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_streamed_formats_import_like_the_yaml(tmp_path: Path, store: SqlAccountStore, suffix: str) -> None:
+    text = as_jsonl(demo_items()) if suffix == ".jsonl" else as_csv(demo_items())
+    other = SqlAccountStore(f"sqlite:///{tmp_path / 'other.db'}", clock=lambda: NOW)
+    other.init_schema()
+    summary = other.import_path(write(tmp_path, "demo" + suffix, text))
+    assert (summary.inserted, summary.updated, summary.unchanged, summary.rejected) == (3, 0, 0, [])
+    ids = ["C001", "C002", "C003"]
+    assert answers(other, ids) == answers(store, ids)
+    assert other.verify_id_last4("C003", "6193", call_id="c", caller_id="") is VerifyStatus.OK
+    # the same file again: recognised as unchanged (keyed content digest), nothing rewritten
+    assert other.import_path(tmp_path / f"demo{suffix}").unchanged == 3
+    other.close()
+
+
+def numbered(n: int, phone: str | None = None, balance: object = "10.00") -> dict[str, object]:
+    return {"id": f"N{n:03d}", "name": f"Customer {n}", "phones": [phone or f"1990000{n:04d}"], "id_last4": "1234",
+            "accounts": [{"number": f"6200{n:04d}", "currency": "CNY", "balance": balance}]}
+
+
+def test_rejected_customers_are_reported_with_their_lines_and_the_rest_goes_in(
+        tmp_path: Path, store: SqlAccountStore, db_path: Path) -> None:
+    lines = [numbered(n) for n in range(1, 11)]
+    lines[2] = numbered(3, balance="lots")                    # line 3: invalid value
+    lines[5] = numbered(6, phone="13800000001")               # line 6: C001's phone (in the database)
+    lines[8] = numbered(2)                                     # line 9: N002 again (an earlier batch)
+    text = as_jsonl(lines).replace('"N005"', '"N005",,', 1)    # line 5: not JSON
+    path = write(tmp_path, "mixed.jsonl", text)
+    summary = store.import_path(path, batch_size=3)
+    assert [line for line, _ in summary.rejected] == [3, 5, 6, 9]
+    messages = [m for _, m in summary.rejected]
+    assert "line 3: customers[2] (N003).accounts[0].balance: not a number: 'lots'" in messages[0]
+    assert "line 5: customers[4]: not valid JSON" in messages[1]
+    assert "line 6: customers[5] (N006).phones[0]: phone *******0001 already belongs to customer C001" in messages[2]
+    assert "line 9: customers[8] (N002).id: duplicate customer id" in messages[3]
+    assert all(m.startswith(f"{path}: line ") for m in messages)
+    assert (summary.inserted, summary.updated, summary.unchanged) == (6, 0, 0)
+    assert store.customer_by_phone("19900000002") == "N002" and store.customer_by_phone("19900000010") == "N010"
+    assert store.customer_by_phone("19900000003") is None
+    assert store.customer_by_phone("13800000001") == "C001"
+    assert "1234" not in repr(summary)  # the ID digits are never echoed
+
+
+def test_atomic_import_changes_nothing_on_the_first_problem(tmp_path: Path, store: SqlAccountStore,
+                                                              db_path: Path) -> None:
+    lines = [numbered(n) for n in range(1, 11)]
+    lines[8] = numbered(9, phone="15550000002")  # a conflict in the last batch, after others were written
+    path = write(tmp_path, "late.jsonl", as_jsonl(lines))
+    before = table_rows(db_path)
+    with pytest.raises(AccountImportError, match=r"line 9: customers\[8\] \(N009\)\.phones\[0\]: .* customer C002"):
+        store.import_path(path, atomic=True, batch_size=3)
+    assert table_rows(db_path) == before
+
+
+def test_updated_and_unchanged_customers_keep_their_history(tmp_path: Path, store: SqlAccountStore,
+                                                            db_path: Path) -> None:
+    items = demo_items()
+    store.import_path(write(tmp_path, "a.jsonl", as_jsonl(items)))
+    store.verify_id_last4("C002", "0000", call_id="before", caller_id="")
+    items[1]["accounts"][0]["balance"] = "9.99"  # type: ignore[index]
+    summary = store.import_path(write(tmp_path, "b.jsonl", as_jsonl(items)))
+    assert (summary.inserted, summary.updated, summary.unchanged) == (0, 1, 2)
+    assert store.accounts("C002")[0].balance == Decimal("9.99")
+    assert [r[2] for r in table_rows(db_path)["verification_attempts"]].count("before") == 1
+    items[1]["id_last4"] = "1111"  # new digits are a change too (the digest is keyed, not in clear)
+    assert store.import_path(write(tmp_path, "c.jsonl", as_jsonl(items))).updated == 1
+    assert store.verify_id_last4("C002", "1111", call_id="c", caller_id="") is VerifyStatus.OK
+
+
+def test_dry_run_validates_without_touching_the_database(tmp_path: Path, store: SqlAccountStore,
+                                                         db_path: Path) -> None:
+    lines = [numbered(n) for n in range(1, 6)]
+    lines[1] = numbered(2, balance="lots")
+    before = table_rows(db_path)
+    summary = store.import_path(write(tmp_path, "d.csv", as_csv(lines)), dry_run=True)
+    assert summary.accepted == 4 and [line for line, _ in summary.rejected] == [3]  # CSV: line 1 is the header
+    assert "dry run" in summary.describe()
+    assert table_rows(db_path) == before
+
+
+def test_csv_problems_name_the_line(tmp_path: Path, store: SqlAccountStore) -> None:
+    good = as_csv([numbered(1)])
+    with pytest.raises(AccountImportError, match=r"line 1: header: unknown column 'email'"):
+        store.import_path(write(tmp_path, "h.csv", good.replace("transactions", "email", 1)))
+    bad_cell = good + 'N002,Two,19900000002,1234,"[{""number"": ""62000002"", ""currency"": ""CNY"",",,\n'
+    summary = store.import_path(write(tmp_path, "c.csv", bad_cell))
+    assert summary.inserted == 1 and summary.rejected[0][0] == 3
+    assert "column accounts: not a JSON array" in summary.rejected[0][1]
+
+
+def test_worker_processes_give_the_same_result(tmp_path: Path) -> None:
+    from ivr.accounts import demo_data
+
+    path = tmp_path / "many.jsonl"
+    demo_data.write(path, 1200)
+    results = []
+    for workers in (1, 2):
+        s = SqlAccountStore(f"sqlite:///{tmp_path / f'w{workers}.db'}", clock=lambda: NOW)
+        s.init_schema()
+        summary = s.import_path(path, workers=workers, batch_size=250)
+        assert summary.inserted == 1200 and summary.rejected == []
+        results.append(answers(s, ["D0000001", "D0000600", "D0001200"]))
+        s.close()
+    assert results[0] == results[1]
+
+
+def test_import_command_streams_with_a_summary_and_progress(tmp_path: Path, db_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    settings = Settings(database_url=f"sqlite:///{db_path}")
+    demo = tmp_path / "demo.jsonl"
+    assert run_cli(["db", "demo-data", "--customers", "300", "--out", str(demo)], settings) == 0
+    assert oct(demo.stat().st_mode & 0o777) == "0o600"
+    assert run_cli(["db", "import", str(demo), "--progress", "--batch-size", "100"], settings) == 0
+    captured = capsys.readouterr()
+    assert "imported 300 customers from" in captured.out and "300 inserted, 0 updated, 0 unchanged, 0 rejected" in captured.out
+    assert "importing" in captured.err and "/s" in captured.err  # tqdm: rate (and ETA) on stderr
+    lines = demo.read_text(encoding="utf-8").splitlines()
+    lines[41] = lines[41].replace('"id_last4":"', '"id_last4":"x', 1)
+    bad = write(tmp_path, "bad.jsonl", "\n".join(lines) + "\n")
+    assert run_cli(["db", "import", str(bad), "--no-progress"], settings) == 1  # one rejected: exit 1
+    out = capsys.readouterr().out
+    assert "0 inserted, 0 updated, 299 unchanged, 1 rejected" in out
+    assert "rejected: " in out and "line 42: customers[41] (D0000042).id_last4: must be exactly 4 digits" in out
+
+
+def test_twenty_thousand_generated_customers(tmp_path: Path) -> None:
+    """The benchmark's file at a test-suite size (the million is measured by tests/bench/accounts_bench.py)."""
+    from ivr.accounts import demo_data
+
+    path = tmp_path / "20k.jsonl"
+    assert demo_data.write(path, 20_000) == 20_000
+    s = SqlAccountStore(f"sqlite:///{tmp_path / '20k.db'}", clock=lambda: NOW)
+    s.init_schema()
+    summary = s.import_path(path)
+    assert (summary.inserted, summary.rejected) == (20_000, [])
+    with sqlite3.connect(tmp_path / "20k.db") as conn:
+        counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                  for t in ("customers", "phone_numbers", "loans", "transactions")}
+        accounts = conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
+    assert counts == {"customers": 20_000, "phone_numbers": 20_000, "loans": 20_000, "transactions": 100_000}
+    assert 20_000 <= accounts <= 60_000
+    assert s.customer_by_phone(demo_data.phone_of(12_345)) == "D0012345"
+    s.close()
