@@ -92,7 +92,7 @@ def test_the_key_file_is_owner_only_outside_the_database(tmp_path: Path, key_fil
     store.close()
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
-    key_line = [line for line in key_file.read_text().splitlines() if line.startswith("k1-")][0]
+    key_line = next(line for line in key_file.read_text().splitlines() if line.startswith("k1-"))
     assert key_line.split()[1].encode() not in (tmp_path / "accounts.db").read_bytes()
     os.chmod(key_file, 0o644)  # readable by others: refused, and the message says how to fix it
     with pytest.raises(SecretKeyError, match=r"secret\.key: .*may be read by others \(mode 0644\).*chmod 600"):
