@@ -3,11 +3,15 @@
 For each call file, AMI originates ``Local/s@ivr-test-caller``: the Local channel's ``;1`` half runs
 the hotline context (answer, ``AGI(...)`` to the robot, transfer or hang-up), its ``;2`` half is the
 test caller (asterisk_conf/extensions_local.conf). The caller records what it hears (MixMonitor,
-``heard.wav``) and keeps sending silence between turns. Each time the robot starts a ``RECORD FILE``
-(an ``AGIExecStart`` event), the runner hands the caller its next turn (AMI ``Setvar`` + ``Redirect``):
-``say`` turns as speech synthesized to 8 kHz WAV beforehand, ``audio`` turns as given, ``dtmf`` with
-``SendDTMF``, ``silence`` as a silence file, ``hangup`` as a hang-up; with no turn left the caller hangs
-up, as in the replay harness. In text mode (a robot with the sidecar recognizer, ``ivr replay --asterisk
+``heard.wav``) and keeps sending silence between turns. Each time the robot listens (an ``AGIExecStart``
+event: a ``RECORD FILE``, or a ``WAIT FOR DIGIT`` right after the robot spoke, i.e. not the wait for the
+next key of an entry already begun), the runner hands the caller its next turn (AMI ``Setvar`` +
+``Redirect``): ``say`` turns as speech synthesized to 8 kHz WAV beforehand, ``audio`` turns as given,
+``dtmf`` as AMI ``PlayDTMF`` actions, one per key (never a dialplan step: Asterisk's verbose log shows
+each step's arguments, and keys are ID digits), ``silence`` as a silence file, ``hangup`` as a hang-up;
+with no turn left the caller hangs up, as in the replay harness. The dialplan's own questions are turns
+too: "no agent is available: 1 a message, 2 the menu" (``UserEvent IvrNoAgent``; the caller answers once
+the message has played) and the voicemail (``IvrVoicemail``). In text mode (a robot with the sidecar recognizer, ``ivr replay --asterisk
 --text``) the words of each ``say`` turn are also written beside the robot's recording. What the robot
 said is read from the ``.txt`` sidecar of each file it streams. The outcome comes from ``IVR_RESULT`` (``VarSet``), the dialplan's transfer to the human
 queue (``UserEvent IvrHuman``), or the caller's own hang-up. The report is the harness's ``CallReport``
@@ -47,6 +51,8 @@ SpeechRenderer = Callable[[str, str], Awaitable[Path]]
 CALLER_CONTEXT = "ivr-test-caller"
 HOTLINE_CONTEXT = "ivr-hotline"
 IDLE_SILENCE_S = 10.0
+KEY_TONE_MS = 200  # each key's tone ...
+KEY_GAP_S = 0.4  # ... and the pause after it (FastAGI drops keys that arrive between two AGI commands)
 ESPEAK_VOICES = {"zh-CN": "cmn", "en-US": "en-us", "ko-KR": "ko"}
 PLAY_COMMANDS = ("STREAM FILE", "CONTROL STREAM FILE", "GET DATA", "GET OPTION")
 
@@ -146,6 +152,9 @@ class _Call:
         self._silence_waited: float | None = None  # the last turn's silence wait, for the perceived latency
         self._quiet_tails_s: dict[int, float] = {}  # per turn audio: its quiet end (harness.trailing_quiet_s)
         self._quiet_tail_s = 0.0  # the turn being played
+        self._robot_spoke = False  # since the caller's last turn: a WAIT FOR DIGIT now is a new question
+        self._keys_turn = False  # the current turn is keys: the robot's WAIT FOR DIGITs read them
+        self._tasks: set[asyncio.Task[None]] = set()  # keys being sent, a turn waiting for a prompt's end
 
     def mine(self, event: AmiEvent) -> bool:
         ids = (self.robot_uid, self.caller_uid)
@@ -170,16 +179,25 @@ class _Call:
             self.turn_files[index] = target
             self._quiet_tails_s[index] = await asyncio.to_thread(trailing_quiet_s, target)
 
-    async def run(self, ami: AmiClient, sub: AsyncSubscription, timeout_s: float) -> AsteriskCallReport:
+    async def run(
+        self, ami: AmiClient, sub: AsyncSubscription, timeout_s: float, extra: dict[str, str] | None = None
+    ) -> AsteriskCallReport:
         self._started = time.monotonic()
         variables = {
             "IVR_TEST_DIR": str(self.work),
             "IVR_TEST_IDLE": str(self.caller.idle_file.with_suffix("")),
         }
-        if self.call.locale:
+        params = self.call.agi_params
+        if self.call.locale and not ("lang" in params and params["lang"] is None):  # lang: null drops ?lang=
             variables["IVR_LOCALE"] = self.call.locale
+        query = "&".join(f"{k}={v}" for k, v in params.items() if k != "lang" and v is not None)
+        if query:  # e.g. input=keypad: the dialplan adds it to the AGI URL (IVR_AGI_PARAMS)
+            variables["IVR_AGI_PARAMS"] = query
         if self.agi_url:  # a channel variable hides the global of the same name, for this call only
             variables["IVR_AGI_URL"] = self.agi_url
+        variables.update(extra or {})  # e.g. IVR_QUEUE, IVR_OPEN_HOURS for this call only
+        # AMI splits an Originate variable at commas ("a=1,b=2") unless escaped (e.g. a GotoIfTime spec)
+        variables = {k: v.replace("\\", "\\\\").replace(",", "\\,") for k, v in variables.items()}
         caller_id = f'"test caller" <{self.call.caller_id}>' if self.call.caller_id else ""
         try:
             await ami.aoriginate_local(
@@ -194,6 +212,9 @@ class _Call:
                     await ami.aaction("Hangup", Channel=channel)
         except AmiError as exc:
             self.report.errors.append(f"AMI: {exc}")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self.report.duration_s = time.monotonic() - self._started
         self._decide_outcome()
         self._measure_recordings()
@@ -219,7 +240,8 @@ class _Call:
                 self.report.silence_waits_s.append(self._silence_waited)
                 self._speech_ended_at = None
         elif (
-            name == "AGIExecEnd" and uid == self.robot_uid and self._record_ended_at is not None
+            name == "AGIExecEnd" and uid == self.robot_uid
+            and (self._record_ended_at is not None or self._keys_turn)
             and event.get("Command").upper().startswith("WAIT FOR DIGIT")
         ):
             # keys after the first: the caller's input is complete with the last key read
@@ -244,6 +266,17 @@ class _Call:
                 self._quiet_tail_s = 0.0
             elif state == "error":
                 self.report.errors.append(f"test caller: {event.get('Problem')}")
+        elif kind == "IvrNoAgent" and uid == self.robot_uid:
+            sound = event.get("Sound")
+            self.report.telephony.append(
+                {"who": "dialplan", "kind": "no_agent", "reason": event.get("Reason"), "sound": sound}
+            )
+            if sound != "none":
+                self.report.dialplan_prompts.append(sound)
+                # the caller listens to the whole message, then answers it (Read() waits 5 s after it)
+                self._later(self._answer_after(Path(sound + ".wav")))
+        elif kind == "IvrBackToMenu" and uid == self.robot_uid:
+            self.report.telephony.append({"who": "dialplan", "kind": "back_to_menu", "reason": event.get("Reason")})
         elif kind == "IvrOutcome" and uid == self.robot_uid:
             self.report.agi_status = event.get("AgiStatus")
         elif kind == "IvrApology" and uid == self.robot_uid:
@@ -257,6 +290,7 @@ class _Call:
             self.report.telephony.append({"who": "dialplan", "kind": "to_human", "reason": event.get("Reason")})
         elif kind == "IvrVoicemail" and uid == self.robot_uid:
             self.report.telephony.append({"who": "dialplan", "kind": "voicemail", "reason": event.get("Reason")})
+            self._later(self._next_turn(self.caller.ami, None))  # the message to leave, or a hang-up
         elif kind == "IvrTestAgent":
             self.report.agent_answered = True
             self.report.telephony.append({"who": "agent", "kind": "answered"})
@@ -273,8 +307,13 @@ class _Call:
             skip = 3 if name.startswith("CONTROL") else 2
             if len(args) > skip:
                 self._robot_said(Path(args[skip]))
+            self._robot_spoke = True
         elif name == "RECORD FILE" and len(args) > 2:
             await self._next_turn(ami, args[2])
+        elif " ".join(args[:3]).upper() == "WAIT FOR DIGIT" and self._robot_spoke:
+            # a question by keypad (no speech in this call); a WAIT FOR DIGIT without a prompt before it
+            # waits for the next key of the entry the caller is keying: that is the current turn's
+            await self._next_turn(ami, None)
 
     def _robot_said(self, sound: Path) -> None:
         if self._record_ended_at is not None:
@@ -290,16 +329,19 @@ class _Call:
             text = f"<{sound.name}>"
         self.report.events.append({"who": "robot", "text": text})
 
-    async def _next_turn(self, ami: AmiClient, recording: str) -> None:
-        """The robot listens (``recording``: its RECORD FILE target, without extension): give the caller
-        its next turn; with none left the caller hangs up (the harness does the same, without an event)."""
+    async def _next_turn(self, ami: AmiClient, recording: str | None) -> None:
+        """The robot listens (``recording``: its RECORD FILE target, without extension; None for a WAIT FOR
+        DIGIT or the dialplan's questions): give the caller its next turn; with none left the caller hangs
+        up (the harness does the same, without an event)."""
+        self._robot_spoke = False
+        self._keys_turn = False
         if not self._turns:
             self._caller_hung_up = True
             await self._redirect(ami, "hangup", "")
             return
         index, turn = self._turns.pop(0)
         self.report.events.append(self._turn_event(turn))
-        if turn.kind == "say" and self.caller.text_mode:
+        if turn.kind == "say" and self.caller.text_mode and recording is not None:
             # `ivr replay --text` through Asterisk: the words go beside the recording for the robot's
             # sidecar recognizer (ivr/testing/textinput.py); the caller still speaks them.
             await asyncio.to_thread(_write_sidecar, Path(recording + ".txt"), str(turn.value))
@@ -307,7 +349,8 @@ class _Call:
             self._caller_hung_up = True
             await self._redirect(ami, "hangup", "")
         elif turn.kind == "dtmf":
-            await self._redirect(ami, "dtmf", str(turn.value))
+            self._keys_turn = True
+            self._later(self._send_keys(ami, str(turn.value)))
         else:
             self._quiet_tail_s = self._quiet_tails_s[index]
             await self._redirect(ami, "play", str(self.turn_files[index].with_suffix("")))
@@ -323,6 +366,34 @@ class _Call:
         if turn.kind == "audio":
             return {"who": "caller", "text": "", "kind": "audio", "file": Path(turn.value).name}
         return {"who": "caller", "text": "", "kind": "hangup"}
+
+    def _later(self, work: Awaitable[None]) -> None:
+        """Run ``work`` beside the event loop of this call (keys take their time; the events go on)."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_keys(self, ami: AmiClient, keys: str) -> None:
+        """The caller keys ``keys``: one AMI PlayDTMF per key, from the caller's half (which goes on playing
+        its silence). No dialplan step carries them, so Asterisk's log never shows the digits."""
+        try:
+            for index, key in enumerate(keys):
+                if index:
+                    await asyncio.sleep(KEY_GAP_S)
+                await ami.aaction("PlayDTMF", Channel=self.caller_uid, Digit=key, Duration=KEY_TONE_MS)
+        except AmiError as exc:  # the caller may already be gone (the robot hung up meanwhile)
+            log.debug("test caller %s: keys not sent: %s", self.tag, exc)
+        self._speech_ended_at = time.monotonic()  # the caller's input ends with its last key
+
+    async def _answer_after(self, sound: Path) -> None:
+        """The dialplan asks the caller something with ``sound``: the next turn once it has been heard."""
+        try:
+            duration, _ = await asyncio.to_thread(wav_rms, sound)
+        except (OSError, wave.Error, EOFError) as exc:
+            self.report.errors.append(f"the dialplan's prompt {sound} is unreadable ({exc})")
+            duration = 0.0
+        await asyncio.sleep(duration + 0.3)
+        await self._next_turn(self.caller.ami, None)
 
     async def _redirect(self, ami: AmiClient, exten: str, arg: str) -> None:
         try:
@@ -427,9 +498,12 @@ class AsteriskCaller:
             self._ami = None
 
     async def place(
-        self, call: CallFile, *, timeout_s: float = 180.0, agi_url: str | None = None
+        self, call: CallFile, *, timeout_s: float = 180.0, agi_url: str | None = None,
+        variables: dict[str, str] | None = None,
     ) -> AsteriskCallReport:
-        """Place one call file as a real call and report what happened (``agi_url``: this call's robot)."""
+        """Place one call file as a real call and report what happened (``agi_url``: this call's robot;
+        ``variables``: channel variables for this call, e.g. ``IVR_QUEUE`` or ``IVR_OPEN_HOURS``, which
+        hide the dialplan's globals of the same name)."""
         tag = f"ivrtest-{uuid.uuid4().hex[:12]}"
         work = self.base / tag
         work.mkdir(parents=True)
@@ -438,7 +512,7 @@ class AsteriskCaller:
         await one.prepare(self.speech, call.locale or self.settings.locale)
         sub = self.ami.subscribe_async(one.mine)
         try:
-            return await one.run(self.ami, sub, timeout_s)
+            return await one.run(self.ami, sub, timeout_s, variables)
         finally:
             self.ami.unsubscribe(sub)
 

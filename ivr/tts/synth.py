@@ -61,6 +61,8 @@ PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 WORKER_START_TIMEOUT_S = 30.0
 MIN_RATE_WPM = 80
 MAX_RATE_WPM = 450
+# responses published under <sounds_dir>/fallback/<locale>/<key>.wav for the dialplan to play
+DIALPLAN_PROMPTS = ("apology", "hold", "no_agent")
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -397,10 +399,11 @@ class PromptSynthesizer:
         return count
 
     def _publish_dialplan_prompts(self, locale: str) -> None:
-        """Copy the apology and hold prompts to stable names the dialplan plays when the robot is down:
-        ``<sounds_dir>/fallback/<locale>/apology.wav`` and ``hold.wav``."""
+        """Copy the prompts the dialplan plays itself to stable names: the apology and hold (the robot is
+        down) and "no agent is available: 1 a message, 2 the menu" (asterisk_conf/extensions.conf,
+        [ivr-no-agent]): ``<sounds_dir>/fallback/<locale>/apology.wav``, ``hold.wav``, ``no_agent.wav``."""
         target = self._settings.sounds_dir / "fallback" / locale
-        for key in ("apology", "hold"):
+        for key in DIALPLAN_PROMPTS:
             source = self.fallback(key, locale)
             if source is None:
                 continue
