@@ -111,6 +111,15 @@ class VoskRecognizer:
             return False
         return True
 
+    def model(self, locale: str) -> Any:
+        """The locale's shared, loaded ``vosk.Model`` (loads it; blocking). Read-only: create one
+        ``KaldiRecognizer`` per listen on it (``ivr.asr.stream``). Raises RecognizerError."""
+        return self._model(locale)
+
+    def compiled_grammar(self, locale: str, grammar: Sequence[str] | None) -> CompiledGrammar | None:
+        """``grammar`` as Vosk takes it (cached), None for free recognition (loads the model)."""
+        return self._grammar(locale, grammar) if grammar else None
+
     def has_word(self, locale: str, word: str) -> bool:
         """Whether the locale's model knows ``word`` (loads the model)."""
         return int(self._model(locale).vosk_model_find_word(word)) >= 0
@@ -296,6 +305,16 @@ def _join_pieces(words: list[Word], joins: Mapping[tuple[str, ...], str]) -> lis
             out.append(words[i])
             i += 1
     return out
+
+
+CompiledGrammar = _Grammar  # public name: ``json`` for KaldiRecognizer, ``joins`` for the results
+
+
+def recognition_from_results(
+    raw: list[dict[str, Any]], joins: Mapping[tuple[str, ...], str] | None = None
+) -> Recognition:
+    """Vosk's word results (``SetWords``) as a Recognition, exactly as ``transcribe`` makes them."""
+    return _recognition(raw, joins)
 
 
 def _recognition(
