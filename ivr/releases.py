@@ -163,6 +163,14 @@ class ReleaseAudit:
         except Exception as exc:
             raise ReleaseError(f"audit log: cannot use the account database: {type(exc).__name__}") from None
 
+    def prepare(self) -> None:
+        """Create the table if missing: a publish checks the database before its long work."""
+        try:
+            self._metadata.create_all(self._engine, checkfirst=True)
+        except self._sa.exc.SQLAlchemyError as exc:
+            raise ReleaseError(f"audit log: cannot use the account database: {type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:200]}") from exc
+
     def record(self, locale: str, action: str, from_release: int | None, to_release: int, author: str,
                message: str) -> None:
         try:
@@ -305,6 +313,8 @@ class ReleaseStore:
         from ivr.dialogue.train import fingerprint
 
         with self.lock(locale, "publish"):
+            if audit is not None:
+                audit.prepare()
             self._clean_staging(locale)
             say(f"{locale}: validating {self.dialogs_dir / locale}")
             self._validate(locale)
@@ -334,10 +344,10 @@ class ReleaseStore:
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-            self._set_current(locale, number, previous)
             release = self.get(locale, number)
-            if audit is not None:
+            if audit is not None:  # written before the switch: nothing goes live unaudited
                 audit.record(locale, "publish", previous, number, author, message)
+            self._set_current(locale, number, previous)
             for gone in self.prune(locale):
                 say(f"{locale}: removed old release {gone} (keeping the last {self.keep})")
             return release
@@ -446,9 +456,9 @@ class ReleaseStore:
                 raise ReleaseError(f"{locale}: release {to} is already current")
             release = self.get(locale, to)
             self.verify(release)
-            self._set_current(locale, to, current)
             if audit is not None:
                 audit.record(locale, "rollback", current, to, author, message)
+            self._set_current(locale, to, current)
             return current, release
 
     # -- pruning

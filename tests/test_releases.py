@@ -442,6 +442,17 @@ def test_diff_shows_phrasings_and_flows(ws: Workspace) -> None:
     assert "  ~ rule 'greet':" in lines and "      +- action: utter_anything_else" in lines, lines
 
 
+def test_nothing_goes_live_unaudited(ws: Workspace, tmp_path: Path) -> None:
+    broken = dataclasses.replace(ws, settings=dataclasses.replace(
+        ws.settings, database_url=f"sqlite:///{tmp_path / 'no-such-folder' / 'x' / 'accounts.db'}"))
+    (tmp_path / "no-such-folder").write_text("a file where the folder should be")
+    for args in (("publish", "--locale", LOCALE), ("rollback", "--locale", LOCALE, "--to", "2")):
+        done = ivr(broken, *args)
+        assert done.returncode == 1 and "audit log: cannot" in done.stderr, done.stderr
+    assert [r.number for r in ws.store.releases(LOCALE)] == [1, 2]
+    assert ws.store.current_number(LOCALE) == 1
+
+
 def test_old_releases_are_pruned_but_never_the_current_or_the_previous(ws: Workspace) -> None:
     store = dataclasses.replace(ws.settings, releases_keep=2)
     releases = ReleaseStore(store)
