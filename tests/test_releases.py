@@ -285,6 +285,20 @@ async def test_a_locale_never_holds_more_than_two_releases(ws: Workspace, tmp_pa
         assert_heard_only(report, wording(ws.settings, 1), wording(ws.settings, 2))
 
 
+async def test_the_keypad_menu_comes_from_the_calls_release(ws: Workspace, tmp_path: Path) -> None:
+    # the working copy's menu is changed after release 1 was published: "1" is now the transactions
+    keypad = ws.settings.dialogs_dir / LOCALE / "keypad.yml"
+    keypad.write_text(keypad.read_text().replace('"1": ask_balance', '"1": ask_transactions')
+                      .replace('"4": ask_transactions', '"4": ask_balance'))
+    call = CallFile(tmp_path / "keypad.yaml", CALLER, LOCALE, (Turn("dtmf", "1"), Turn("dtmf", "7305#"),
+                                                               Turn("dtmf", "0")),
+                    Expect(said=("2,500.75 USD",), outcome="transfer"), agi_params={"input": "keypad"})
+    async with serving(ws.settings) as robot:
+        assert robot.server is not None
+        report = await ScriptedAsterisk(call, locale=LOCALE, text_mode=True).run("127.0.0.1", robot.server.port)
+    assert report.failures(call) == [], report.to_json()  # "1" meant the balance, as in release 1
+
+
 async def test_a_damaged_release_is_refused_and_the_server_keeps_serving_the_current_one(
     ws: Workspace, tmp_path: Path
 ) -> None:
