@@ -315,6 +315,9 @@ def build_robot(
         live = LiveReleases(settings, store, metrics, synthesizer)
         dialogue, prompts, grammar = live, live.current_prompts(), live.current_grammar
         closers.append(live)
+    elif releases and settings.dialogue_url:
+        log.warning("IVR_DIALOGUE_URL is set: the remote Rasa server's model is served, not the published "
+                    "releases (ivr publish / reload do not apply to it)")
     if dialogue is None:
         dialogue = build_dialogue(settings, store)
         closers.append(dialogue)
