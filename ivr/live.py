@@ -111,8 +111,14 @@ class LiveReleases:
         await self.aclose()
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        """Stop: a reload in progress is cancelled (what it was loading is unloaded), every release unloaded."""
+        if self._pending is not None and not self._pending.done():
+            self._pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pending
+        for task in list(self._tasks):  # unloads of drained releases: let them finish
+            with contextlib.suppress(Exception):
+                await task
         with self._lock:
             loaded = [r for s in self._state.values() for r in (s.current, s.draining) if r is not None]
             for s in self._state.values():
