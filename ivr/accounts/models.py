@@ -148,7 +148,7 @@ class Transaction(Base):
 
     id = Column(Integer, primary_key=True, autoincrement=True)
     customer_id = Column(String(32), ForeignKey("customers.id", ondelete="CASCADE"), nullable=False)
-    account_id = Column(Integer, ForeignKey("accounts.id", ondelete="SET NULL"), nullable=True)
+    account_id = Column(Integer, ForeignKey("accounts.id", ondelete="SET NULL"), nullable=True, index=True)
     date = Column(Date, nullable=False)
     amount = Column(Money, nullable=False)  # negative: money out
     currency = Column(String(3), nullable=False)

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from ivr.accounts.api import AccountView, LoanView, TransactionView
 from ivr.accounts.importer import LOAN_STATUSES, normalize_id_digits, normalize_phone
@@ -263,7 +264,10 @@ class SystemOfRecordStore(SqlAccountStore):
             return None
         return owners.pop() if owners else None
 
-    def _check_id(self, customer: str, answer: str | None) -> tuple[CheckResult, str | None]:
+    _check_id_in_write = False  # asked of the system of record before the robot's own write transaction
+
+    def _check_id(self, customer: str, answer: str | None,
+                  session: Session | None = None) -> tuple[CheckResult, str | None]:
         if customer.startswith("~"):  # a stand-in: no query, the same comparison
             expected = None
         else:

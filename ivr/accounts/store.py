@@ -33,11 +33,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import create_engine, delete, event, func, or_, select, text, update
+from sqlalchemy import create_engine, delete, event, func, literal, or_, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import QueuePool, StaticPool
 
 from ivr.accounts import bulk, schema
 from ivr.accounts.api import AccountView, LoanView, TransactionView, VerifyStatus
@@ -78,6 +78,7 @@ _CHUNK = 500  # ids per IN (...) list
 # A well-formed hash no digits match: verification against a customer without one does the same work.
 _DUMMY_DIGEST = "A" * 43
 _REKEY_BATCH = 2000
+_ANALYZE_AFTER = 10_000  # customers written by one import
 
 
 def default_key_file() -> Path:
@@ -180,6 +181,13 @@ class SqlAccountStore:
                 self._serial = threading.Lock()
             else:
                 self._write_lock = threading.Lock()
+                # Connections kept open (SQLAlchemy 1.4 gives file databases a NullPool): each new one cost
+                # a connect and its pragmas, and the last one closing checkpointed the WAL with an fsync,
+                # ~20 ms per verification (python -m ivr.accounts.bench).
+                kwargs["poolclass"] = QueuePool
+                kwargs["pool_size"] = 8
+                kwargs["max_overflow"] = 32
+                kwargs["pool_timeout"] = busy_timeout_s
             if database not in ("", ":memory:") and not database.startswith("file:"):
                 folder = Path(database).expanduser().parent
                 try:
@@ -272,6 +280,11 @@ class SqlAccountStore:
         moment = self._clock()
         return (moment.astimezone() if moment.tzinfo else moment).date()
 
+    def _no_statement_timeout(self, session: Session) -> None:
+        """Bulk work (imports, re-keying) is not bounded by the per-call statement timeout (PostgreSQL)."""
+        if self._dialect == "postgresql":
+            session.execute(text("SET LOCAL statement_timeout = 0"))
+
     # ------------------------------------------------------------ schema and data
     def init_schema(self) -> None:
         """Bring the schema to the newest revision (``ivr db upgrade``; existing data is kept; a database
@@ -348,10 +361,15 @@ class SqlAccountStore:
         @contextmanager
         def begin() -> Iterator[Any]:
             with self._transaction(f"import from {source}", write=True) as session:
+                self._no_statement_timeout(session)  # a batch (or an --atomic file) may take longer than a call
                 yield session.connection()
 
         summary = bulk.run_import(reader, keys=self.keys(), begin=begin, writer=writer, atomic=atomic, batch_size=batch_size,
                                   progress=bulk.Progress(reader.total_bytes, progress), workers=workers)
+        if summary.inserted + summary.updated >= _ANALYZE_AFTER:  # fresh statistics for the look-ups' plans
+            with self._transaction("analysing the tables", write=True) as session:
+                self._no_statement_timeout(session)
+                session.execute(text("ANALYZE"))
         log.info("imported %d customers from %s (%d inserted, %d updated, %d unchanged, %d rejected)",
                  summary.accepted, source, summary.inserted, summary.updated, summary.unchanged,
                  len(summary.rejected), extra={"part": "accounts", "event": "import"})
@@ -446,40 +464,37 @@ class SqlAccountStore:
         caller_hash = caller_hashes[0] if caller_hashes else None
         keys = self.keys()
         answer = normalize_id_digits(digits)
-        checked, stored = self._check_id(customer, answer)
-        matches = checked.ok
+        # A source elsewhere (the system of record) is asked before the write transaction, never inside it.
+        outside = None if self._check_id_in_write else self._check_id(customer, answer)
 
         now = self._now()
         window_start = now - self._lockout
+        attempts = VerificationAttempt
         with self._transaction("recording a verification attempt", write=True) as session:
-            # PostgreSQL: serialise attempts on one customer (SQLite: BEGIN IMMEDIATE already has).
-            session.execute(select(Customer.id).where(Customer.id == customer).with_for_update()).all()
+            # PostgreSQL: the customer row is locked while its hash is read, serialising attempts on one
+            # customer (SQLite: BEGIN IMMEDIATE already has).
+            if outside is not None and self._dialect == "postgresql":  # no customer row here to lock
+                session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:customer))"), {"customer": customer})
+            checked, stored = outside or self._check_id(customer, answer, session)
+            matches = checked.ok
             # A success resets the customer's count (not the caller's: an attacker who knows
             # one secret must not launder failures against others). Ids order the attempts.
-            last_ok_id = session.execute(
-                select(func.max(VerificationAttempt.id)).where(
-                    VerificationAttempt.customer_id == customer,
-                    VerificationAttempt.result == VerifyStatus.OK.value,
-                    VerificationAttempt.attempted_at > window_start,
-                )
-            ).scalar_one_or_none()
-            customer_failures = session.execute(
-                select(func.count()).select_from(VerificationAttempt).where(
-                    VerificationAttempt.customer_id == customer,
-                    VerificationAttempt.result == VerifyStatus.WRONG.value,
-                    VerificationAttempt.attempted_at > window_start,
-                    VerificationAttempt.id > (last_ok_id or 0),
-                )
-            ).scalar_one()
-            caller_failures = 0
-            if caller_hashes:  # withheld or invalid caller IDs are not lumped together
-                caller_failures = session.execute(
-                    select(func.count()).select_from(VerificationAttempt).where(
-                        VerificationAttempt.caller_hash.in_(caller_hashes),
-                        VerificationAttempt.result == VerifyStatus.WRONG.value,
-                        VerificationAttempt.attempted_at > window_start,
-                    )
-                ).scalar_one()
+            last_ok_id = select(func.max(attempts.id)).where(
+                attempts.customer_id == customer, attempts.result == VerifyStatus.OK.value,
+                attempts.attempted_at > window_start,
+            ).scalar_subquery()
+            customer_count = select(func.count()).select_from(attempts).where(
+                attempts.customer_id == customer, attempts.result == VerifyStatus.WRONG.value,
+                attempts.attempted_at > window_start, attempts.id > func.coalesce(last_ok_id, 0),
+            ).scalar_subquery()
+            # withheld or invalid caller IDs are not lumped together
+            caller_count: Any = literal(0)
+            if caller_hashes:
+                caller_count = select(func.count()).select_from(attempts).where(
+                    attempts.caller_hash.in_(caller_hashes), attempts.result == VerifyStatus.WRONG.value,
+                    attempts.attempted_at > window_start,
+                ).scalar_subquery()
+            customer_failures, caller_failures = session.execute(select(customer_count, caller_count)).one()
             if customer_failures >= self._lockout_failures or caller_failures >= self._lockout_failures:
                 status = VerifyStatus.LOCKED
             else:
@@ -498,13 +513,17 @@ class SqlAccountStore:
                         **({"call_id": call} if call else {})})
         return status
 
-    def _check_id(self, customer: str, answer: str | None) -> tuple[CheckResult, str | None]:
+    _check_id_in_write = True  # the hash is in this database: read (and locked) in the write transaction
+
+    def _check_id(self, customer: str, answer: str | None,
+                  session: Session | None = None) -> tuple[CheckResult, str | None]:
         """Whether ``answer`` (normalised, None: malformed) are the customer's ID digits, and the stored
-        hash it was checked against. The same work whether or not the customer exists."""
-        with self._transaction("reading the ID hash") as session:
-            stored: str | None = session.execute(
-                select(Customer.id_last4_hash).where(Customer.id == customer)
-            ).scalar_one_or_none()
+        hash it was checked against (its row locked on PostgreSQL). The same work whether or not the
+        customer exists."""
+        assert session is not None
+        stored: str | None = session.execute(
+            select(Customer.id_last4_hash).where(Customer.id == customer).with_for_update()
+        ).scalar_one_or_none()
         keys = self.keys()
         checked = keys.check(customer, answer or "", stored or f"hmac${keys.current_id}${_DUMMY_DIGEST}")
         return CheckResult(checked.ok and stored is not None and answer is not None, checked.stale), stored
@@ -639,6 +658,7 @@ class SqlAccountStore:
         done = 0
         while True:
             with self._transaction("re-keying ID hashes", write=True) as session:
+                self._no_statement_timeout(session)
                 rows = session.execute(
                     select(Customer.id, Customer.id_last4_hash).where(
                         Customer.id_last4_hash.like("hmac$%"),
