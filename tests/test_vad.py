@@ -17,6 +17,7 @@ from ivr.media.vad import (
     SpeechEnded,
     SpeechStarted,
     State,
+    VadPool,
     WebRtcVad,
     frame_dbfs,
 )
@@ -138,10 +139,18 @@ def test_reset_starts_a_new_listen_at_zero() -> None:
     assert endpointer.feed(FRAME * 6) == [SpeechStarted(0, 100)]
 
 
-@pytest.mark.parametrize("kw", [{"start_ms": 0}, {"stop_ms": 30}, {"resume_ms": -20}, {"max_gap_ms": -1}])
+@pytest.mark.parametrize("kw", [{"start_ms": 0}, {"stop_ms": 10}, {"resume_ms": -20}, {"max_gap_ms": -1}])
 def test_nonsense_settings_are_refused(kw: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         Endpointer(Scripted(""), **kw)
+
+
+def test_durations_count_whole_frames() -> None:
+    # stop after 90 ms acts as 100 ms (5 frames): 4 silent frames keep the turn, 5 end it
+    assert run("SSSSS....SS.....", start_ms=100, stop_ms=90, resume_ms=40)[0] == [
+        SpeechStarted(0, 100),
+        SpeechEnded(220, 320, 220),
+    ]
 
 
 def test_frames_must_be_20_ms() -> None:
@@ -232,3 +241,32 @@ def test_a_silero_vad_reused_after_reset_gives_the_same_events() -> None:
     first = endpointer.feed(pcm)
     endpointer.reset()
     assert endpointer.feed(pcm) == first
+
+
+def test_a_pool_reuses_reset_vads_and_keeps_at_most_max_idle() -> None:
+    made: list[Scripted] = []
+
+    def factory() -> Scripted:
+        made.append(Scripted("S" * 10))
+        return made[-1]
+
+    pool = VadPool(factory, max_idle=1)
+    first, second = pool.acquire(), pool.acquire()
+    assert first is not second and pool.created == 2
+    first.speech_probability(FRAME)
+    pool.release(first)
+    pool.release(second)  # one too many: dropped
+    assert pool.idle == 1 and made[0].resets == 1
+    assert pool.acquire() is first and made[0].i == 0  # reset before reuse
+    assert pool.created == 2
+
+
+def test_pooled_silero_vads_give_the_same_events_as_new_ones() -> None:
+    pcm, _, _ = padded("thanks", None)
+    pool = VadPool()
+    vad = pool.acquire()
+    first = Endpointer(vad).feed(pcm)
+    pool.release(vad)
+    again = pool.acquire()
+    assert again is vad
+    assert Endpointer(again).feed(pcm) == first == Endpointer(SileroVad()).feed(pcm)
