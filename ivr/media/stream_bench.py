@@ -10,7 +10,8 @@ the turn: the last batch and Vosk's final result).
 Idle: ``--calls`` AudioSocket connections over loopback from a peer process playing Asterisk (UUID, then
 the recorded line noise of the test calls in 20 ms frames, paced); the robot side runs, per call, the
 parser, the ``Listener`` (the VAD only: nobody speaks) and a ``PacedWriter`` sending silence. The robot
-process's CPU time over ``--seconds`` divided by calls × seconds is the CPU per idle call-second.
+process's CPU time over ``--seconds`` divided by calls × seconds is the CPU per idle call-second (the
+VADs' model sessions are created before, from a ``VadPool``; their cost is printed as setup).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from ivr.media.audiosocket import (
     asterisk_uuid_frame,
 )
 from ivr.media.playback import PacedWriter
-from ivr.media.vad import Endpointer, SileroVad
+from ivr.media.vad import Endpointer, SileroVad, VadPool
 
 RECORDINGS = Path(__file__).resolve().parents[2] / "tests" / "calls" / "audio" / "ko-KR" / "audio"
 
@@ -105,10 +106,17 @@ async def robot(
     port_future: asyncio.Future[int], calls: int, done: asyncio.Event, *, vad: bool, writer_on: bool
 ) -> list[int]:
     frames_in: list[int] = []
+    # the VADs' model sessions are made before the measurement (a VadPool in the server does that once)
+    pool = VadPool()
+    started = cpu_s()
+    warm = [await asyncio.to_thread(pool.acquire) for _ in range(calls)]
+    print(f"setup: {1000 * (cpu_s() - started) / calls:.0f} ms CPU to create one Silero VAD")
+    for made in warm:
+        pool.release(made)
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         parser = AudioSocketParser()
-        endpointer = await asyncio.to_thread(lambda: Endpointer(SileroVad()))  # model session: off the loop
+        endpointer = Endpointer(pool.acquire())  # from the pool: no model session made here
         player = PacedWriter(writer)
         playing = asyncio.create_task(player.run() if writer_on else asyncio.sleep(0))
         count = 0
