@@ -26,7 +26,6 @@ import pytest
 
 from ivr.asterisk.ami import AmiClient
 from ivr.asterisk.testcall import AsteriskCaller, AsteriskCallReport
-from ivr.config import Settings
 from ivr.testing.callfile import CallFile, Expect, Turn, load_call_file
 from ivr.testing.export import export_call
 from ivr.testing.harness import CallReport, ScriptedAsterisk
@@ -102,10 +101,11 @@ def placed(local_asterisk: RunningAsterisk, robot: RobotInThread) -> dict[str, P
             async with AsteriskCaller(settings, ami=ami, agi_url=f"agi://127.0.0.1:{robot.port}/ivr") as caller:
                 for name, call in calls.items():
                     stereo = stereo_dir / f"{name}.raw" if name == "voice" else None
-                    jobs = [caller.place(call, timeout_s=150)]
-                    if stereo is not None:
-                        jobs.append(_record_stereo(ami, stereo))
-                    report, *_ = await asyncio.gather(*jobs)
+                    placing = caller.place(call, timeout_s=150)
+                    if stereo is None:
+                        report = await placing
+                    else:
+                        report, _ = await asyncio.gather(placing, _record_stereo(ami, stereo))
                     out[name] = Placed(call, report, stereo)
         finally:
             await ami.aclose()
