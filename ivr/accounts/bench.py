@@ -42,9 +42,17 @@ def _rss_mb(who: int) -> float:
     return round(resource.getrusage(who).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
-def run_backend(url: str, data: Path, customers: int, lookups: int, workers: int, key_file: Path) -> dict[str, Any]:
+def run_backend(url: str, data: Path, customers: int, lookups: int, workers: int, key_file: Path,
+                *, load: bool = True) -> dict[str, Any]:
     store = SqlAccountStore(url, secret_key_file=key_file, phone_lookup_limit=10**9, lockout_failures=10**9)
     store.init_schema()
+    result: dict[str, Any] = {}
+    if load:
+        result.update(_load(store, data, workers))
+    return {**result, **_lookups(store, customers, lookups)}
+
+
+def _load(store: SqlAccountStore, data: Path, workers: int) -> dict[str, Any]:
     started = time.monotonic()
     summary = store.import_path(data, workers=workers, progress=sys.stderr.isatty())
     seconds = time.monotonic() - started
@@ -58,6 +66,11 @@ def run_backend(url: str, data: Path, customers: int, lookups: int, workers: int
     again = store.import_path(data, workers=workers)
     result["reimport_unchanged_s"] = round(time.monotonic() - started, 1)
     result["reimport_unchanged"] = again.unchanged
+    return result
+
+
+def _lookups(store: SqlAccountStore, customers: int, lookups: int) -> dict[str, Any]:
+    result: dict[str, Any] = {}
 
     rng = random.Random(7)
     # the ID digits are in the generated file only: read back the ones of the sampled customers
@@ -104,19 +117,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="the generated file (made when missing)")
     parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--reuse", type=Path,
+                        help="the folder of an earlier run: time the SQLite look-ups on its bench.db, no import")
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="ivr-accounts-bench-"))
+    work = args.reuse or Path(tempfile.mkdtemp(prefix="ivr-accounts-bench-"))
     data = args.data or work / f"customers-{args.customers}.jsonl"
     report: dict[str, Any] = {"customers": args.customers, "workers": args.workers}
-    if not data.exists():
+    if not data.exists() and args.reuse is None:
         started = time.monotonic()
         demo_data.write(data, args.customers)
         report["generate_s"] = round(time.monotonic() - started, 1)
-    report["file_mb"] = round(data.stat().st_size / 2**20)
+    if data.exists():
+        report["file_mb"] = round(data.stat().st_size / 2**20)
     key_file = work / "secret.key"
     if args.backend in ("sqlite", "both"):
         report["sqlite"] = run_backend(f"sqlite:///{work / 'bench.db'}", data, args.customers, args.lookups,
-                                       args.workers, key_file)
+                                       args.workers, key_file, load=args.reuse is None)
         report["sqlite"]["db_mb"] = round((work / "bench.db").stat().st_size / 2**20)
         print(json.dumps({"sqlite": report["sqlite"]}, indent=1), flush=True)
     if args.backend in ("postgresql", "both"):

@@ -33,7 +33,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import create_engine, delete, event, func, literal, or_, select, text, update
+from sqlalchemy import create_engine, delete, event, func, insert, literal, or_, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -499,7 +499,7 @@ class SqlAccountStore:
                 status = VerifyStatus.LOCKED
             else:
                 status = VerifyStatus.OK if matches else VerifyStatus.WRONG
-            session.add(VerificationAttempt(
+            session.execute(insert(VerificationAttempt).values(  # Core: no unit-of-work flush on the call's path
                 customer_id=customer, call_id=call, caller_hash=caller_hash, caller_masked=caller_masked,
                 attempted_at=now, result=status.value, success=status is VerifyStatus.OK,
             ))
