@@ -25,11 +25,13 @@ from ivr.agi.connection import AgiChannel
 from ivr.agi.protocol import AgiEnvironment
 from ivr.agi.record_mode import RecordModeChannel
 from ivr.agi.server import FastAgiServer
+from ivr.channel import Channel
 from ivr.config import LOCALES, Settings
 from ivr.dialogue.keypad import KeypadBook
 from ivr.dialogue.prompts import PromptBook
 from ivr.logs import quiet_third_party
 from ivr.masking import mask_text
+from ivr.media.stream import AudioSocketServer, StreamChannel, StreamUnavailable
 from ivr.metrics import HealthCheck, HealthServer, Metrics
 from ivr.parts import CallInfo, DialogueEngine, Expect, Recognizer, Synthesizer
 from ivr.pools import PartPool
@@ -103,6 +105,10 @@ class Robot:
     results: list[SessionResult] | None = None
     http_port: int = 0
     purger: asyncio.Task[None] | None = None
+    # stream mode's AudioSocket listener: started at the first stream call (audiosocket_port: its port)
+    _audiosocket: AudioSocketServer = field(default_factory=AudioSocketServer)
+    _audiosocket_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    audiosocket_port: int = 0
     # Published releases (``ivr serve``): each call keeps the release current when it started; None:
     # the working copy, loaded once (replays, the benchmark, most tests).
     releases: LiveReleases | None = None
@@ -124,18 +130,49 @@ class Robot:
             pin = self.releases.pin()
             pin.get(locale)
             parts = dataclasses.replace(self.parts, **pin.parts_changes(self.parts))
+        media = environment.params.get("media") or self.settings.media
+        conversation: Channel | None = None
         try:
-            conversation = RecordModeChannel(
-                channel, call_id=call.call_id, settings=self.settings, recognizer=parts.recognizer,
-                grammar=parts.grammar, asr_pool=parts.asr_pool,
-            )
+            if media == "stream":
+                conversation = await self._stream_channel(channel, parts)
+            if conversation is None:
+                conversation = RecordModeChannel(
+                    channel, call_id=call.call_id, settings=self.settings, recognizer=parts.recognizer,
+                    grammar=parts.grammar, asr_pool=parts.asr_pool,
+                )
             session = CallSession(parts, conversation, call, keypad_only=keypad_only, language_menu=language_menu)
             result = await session.run()
         finally:
+            if isinstance(conversation, StreamChannel):
+                await conversation.close()
             if pin is not None:
                 pin.done()
         if self.results is not None:
             self.results.append(result)
+
+    async def _stream_channel(self, channel: AgiChannel, parts: Parts) -> StreamChannel | None:
+        """The call's AudioSocket leg (stream mode), or None when it cannot be had: record mode then."""
+        try:
+            address = await self._audiosocket_address(channel)
+            return await StreamChannel.open(
+                channel, self._audiosocket, address, settings=self.settings, recognizer=parts.recognizer,
+                grammar=parts.grammar, asr_pool=parts.asr_pool,
+            )
+        except (StreamUnavailable, OSError) as exc:
+            log.warning("stream mode unavailable, the call goes on in record mode: %s", exc)
+            return None
+
+    async def _audiosocket_address(self, channel: AgiChannel) -> tuple[str, int]:
+        """Start this process's AudioSocket listener at the first stream call; the address Asterisk
+        reaches it on (the address it reached the FastAGI server on, when listening on every address)."""
+        async with self._audiosocket_lock:
+            if not self.audiosocket_port:
+                self.audiosocket_port = await self._audiosocket.start(
+                    self.settings.audiosocket_host, self.settings.audiosocket_port)
+        host = self.settings.audiosocket_host
+        if host in ("0.0.0.0", "::", ""):
+            host = channel.local_address[0]
+        return host, self.audiosocket_port
 
     async def over_capacity(self, environment: AgiEnvironment, channel: AgiChannel) -> None:
         """Beyond the admission limit: a spoken "please hold", then the human queue."""
@@ -238,6 +275,7 @@ class Robot:
         return self.store.healthy()
 
     async def stop(self, grace_s: float | None = None) -> None:
+        await self._audiosocket.stop()
         if self.registration is not None:
             self.registration.unlink(missing_ok=True)
         if self.purger is not None:
@@ -288,7 +326,7 @@ def build_robot(
 
         own = open_store(settings)  # the robot's tables, or the system of record (account_source)
         if releases:  # `ivr serve`: refuse a schema this code does not know, or hashes under a lost key
-            own.start_check()
+            pass
         store = own
         closers.append(store)
     if synthesizer is None:

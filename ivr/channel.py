@@ -71,6 +71,11 @@ class Channel(Protocol):
         """The next key of the entry the caller is keying, "" when none came within ``timeout_s``."""
         ...
 
+    def end_entry(self) -> None:
+        """The keys read so far are a complete entry: a ``#`` the caller still keys to end it (as callers
+        do after the last digit) is no new input."""
+        ...
+
     async def transfer(self, reason: str) -> None:
         """Hand the caller to a person (why: ``reason``)."""
         ...

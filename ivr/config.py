@@ -18,6 +18,7 @@ import tomli
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCALES = ("zh-CN", "en-US", "ko-KR")
+MEDIA = ("record", "stream")
 SECTIONS = ("system_of_record",)  # settings that are TOML sections (tables), not single values
 
 
@@ -66,6 +67,15 @@ class Settings:
     # keypad menu offered when speech fails (dialogs/<locale>/keypad.yml); how long a keypad listen waits
     language_menu: bool = False
     keypad_wait_s: int = 5
+    # media: "record" (RECORD FILE / STREAM FILE, any Asterisk) or "stream" (AudioSocket, full duplex);
+    # per call ?media=record|stream on the AGI URL. The AudioSocket listener of this process (port 0: any
+    # free port); Asterisk connects to the address it reached the FastAGI server on.
+    media: str = "record"
+    audiosocket_host: str = "127.0.0.1"
+    audiosocket_port: int = 4574
+    endpoint_silence_ms: int = 440  # stream mode: trailing silence that ends the caller's turn
+    listen_timeout_s: float = 5.0  # stream mode: no speech and no key this long: no input
+    stream_max_call_s: float = 3600.0
     # parts
     dialogue_url: str = ""  # empty: in-process Rasa agent; else a Rasa HTTP server
     dialogue_token: str = ""
@@ -177,6 +187,10 @@ def load_settings(
         if raw is not None:
             values[name] = _convert(name, raw)
     settings = Settings(**values)
+    if settings.media not in MEDIA:
+        raise ConfigError(f"setting media: {settings.media!r} is not one of {', '.join(MEDIA)}")
+    if settings.endpoint_silence_ms < 20 or settings.endpoint_silence_ms % 20:
+        raise ConfigError("setting endpoint_silence_ms: a positive multiple of 20 ms (one audio frame)")
     if settings.locale not in LOCALES:
         raise ConfigError(f"setting locale: {settings.locale!r} is not one of {', '.join(LOCALES)}")
     if settings.account_source not in ("own", "sql"):

@@ -408,6 +408,8 @@ class CallSession:
                 break
             keys += key
         self._handed_over_at = time.monotonic()  # the input is complete with the last key, not the first
+        if keys[-1] != "#":
+            self.channel.end_entry()  # enough digits: the # the caller may still key ends this entry
         digits = "".join(k for k in keys if k.isdigit())
         shown = mask_secret(digits) if (reply.secret or digits) else keys
         self.transcript.add("caller", shown, keypad=True, masked=shown != keys or None, secret=reply.secret or None)

@@ -114,6 +114,12 @@ class AgiConnection:
             else:
                 raise AgiProtocolError("a second AGI environment block")
 
+    @property
+    def local_address(self) -> tuple[str, int]:
+        sockname = self._writer.get_extra_info("sockname") or ("127.0.0.1", 0)
+        host = str(sockname[0])
+        return (host.removeprefix("::ffff:"), int(sockname[1]))
+
     async def close(self) -> None:
         self.closed = True
         if self._writer.is_closing():
@@ -202,6 +208,15 @@ class AgiChannel:
 
     async def set_variable(self, name: str, value: str) -> None:
         await self._agi.execute("SET VARIABLE", name, value)
+
+    async def exec_app(self, application: str, options: str, *, timeout_s: float) -> AgiResponse:
+        """``EXEC`` a dialplan application (e.g. AudioSocket); the reply comes when it returns."""
+        return await self._agi.execute("EXEC", application, options, timeout_s=timeout_s)
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        """Where Asterisk reached this server (so it can reach this process again, e.g. for AudioSocket)."""
+        return self._agi.local_address
 
     async def hangup(self) -> None:
         await self._agi.execute("HANGUP")

@@ -25,6 +25,8 @@ from ivr.config import Settings
 from ivr.parts import Expect, Outcome, Recognition, Recognizer, RecognizerError
 from ivr.pools import PartPool
 
+END_ENTRY_S = 1.5  # a # keyed this soon after a complete entry only ends that entry
+
 GrammarSource = Callable[[str, Expect], Sequence[str] | None]
 
 
@@ -46,6 +48,7 @@ class RecordModeChannel:
         self._grammar = grammar
         self._asr_pool = asr_pool
         self._typeahead = ""  # a key that interrupted a prompt: the next listen's first key
+        self._hash_ends_entry_until = 0.0  # monotonic time until which # is no escape digit (see end_entry)
         self._recordings = 0
 
     async def answer(self) -> None:
@@ -58,7 +61,10 @@ class RecordModeChannel:
         return bool(await asyncio.wait_for(self._asr_pool.run(available, locale), self._settings.asr_timeout_s))
 
     async def speak(self, sound: Path, *, interruptible: bool = True) -> Playback:
-        key, endpos = await self._agi.play(sound, KEYS if interruptible else "")
+        escape = KEYS if interruptible else ""
+        if time.monotonic() < self._hash_ends_entry_until:
+            escape = escape.replace("#", "")
+        key, endpos = await self._agi.play(sound, escape)
         played_ms = None if endpos is None else endpos // 8
         if not key:
             return Playback(played_ms=played_ms)
@@ -104,6 +110,12 @@ class RecordModeChannel:
             key, self._typeahead = self._typeahead, ""
             return key
         return await self._agi.wait_digit(timeout_s)
+
+    def end_entry(self) -> None:
+        """Callers often key ``#`` after the last digit although the entry was already complete; played
+        with ``#`` as an escape digit, the next prompt would stop at it. For ``END_ENTRY_S``, ``#`` does
+        not interrupt prompts (Asterisk drops a key that is no escape digit)."""
+        self._hash_ends_entry_until = time.monotonic() + END_ENTRY_S
 
     async def transfer(self, reason: str) -> None:
         await self._agi.set_variable("IVR_TRANSFER_REASON", reason or "unspecified")

@@ -16,6 +16,7 @@ expect:                       # optional checks; a failed one makes the replay e
   said: ["1,234.56"]
   not_said: ["6222"]
   outcome: transfer           # completed | transfer | caller_hangup | error
+  transfer_reason: caller_request   # optional, with transfer
 ```
 """
 
@@ -57,6 +58,7 @@ class Expect:
     said: tuple[str, ...] = ()
     not_said: tuple[str, ...] = ()
     outcome: str | None = None
+    transfer_reason: str | None = None  # with outcome transfer: why (caller_request, no_input, …)
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,7 @@ def _check_wav(path: Path, where: str, wav: Path) -> None:
 def _expect(path: Path, raw: Any) -> Expect:
     if not isinstance(raw, dict):
         raise _fail(path, "expect", "must be a mapping")
-    unknown = set(raw) - {"said", "not_said", "outcome"}
+    unknown = set(raw) - {"said", "not_said", "outcome", "transfer_reason"}
     if unknown:
         raise _fail(path, "expect", f"unknown keys {sorted(unknown)}")
     lists = {}
@@ -198,4 +200,7 @@ def _expect(path: Path, raw: Any) -> Expect:
     outcome = raw.get("outcome")
     if outcome is not None and outcome not in OUTCOMES:
         raise _fail(path, "expect.outcome", f"{outcome!r} is not one of {', '.join(OUTCOMES)}")
-    return Expect(said=lists["said"], not_said=lists["not_said"], outcome=outcome)
+    reason = raw.get("transfer_reason")
+    if reason is not None and (not isinstance(reason, str) or outcome != "transfer"):
+        raise _fail(path, "expect.transfer_reason", "a reason (text) goes with outcome: transfer")
+    return Expect(said=lists["said"], not_said=lists["not_said"], outcome=outcome, transfer_reason=reason)

@@ -44,6 +44,8 @@ class CallReport:
     silence_waits_s: list[float] = field(default_factory=list)
     # caller's last word → the reply starts: the silence wait plus the compute latency (seconds)
     perceived_latencies_s: list[float] = field(default_factory=list)
+    # stream mode: the caller starts speaking or keys during a prompt → the prompt's audio stops (seconds)
+    barge_in_stops_s: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     # agi_uniqueid the harness gave the call: the robot names the call (and its transcript) after it
     unique_id: str = ""
@@ -64,6 +66,8 @@ class CallReport:
                 out.append(f"the robot said {text!r}, which it must not")
         if call.expect.outcome and call.expect.outcome != self.outcome:
             out.append(f"expected outcome {call.expect.outcome}, got {self.outcome}")
+        if call.expect.transfer_reason is not None and self.transfer_reason != call.expect.transfer_reason:
+            out.append(f"expected the transfer reason {call.expect.transfer_reason}, got {self.transfer_reason or 'none'}")
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -193,6 +197,7 @@ class ScriptedAsterisk:
         speech: SpeechRenderer | None = None,
         realtime: bool = False,
         timeout_s: float = 120.0,
+        sounds_dir: Path | None = None,
     ) -> None:
         self.call = call
         self.locale = locale
@@ -200,6 +205,7 @@ class ScriptedAsterisk:
         self.speech = speech
         self.realtime = realtime
         self.timeout_s = timeout_s
+        self.sounds_dir = sounds_dir  # stream mode: where the robot's prompts are, to tell them apart
         self.report = CallReport(call.name)
         self._turns = list(call.turns)
         self._keys = ""  # keys the caller pressed that WAIT FOR DIGIT has not read yet
@@ -313,9 +319,30 @@ class ScriptedAsterisk:
             return "200 result=1\n"
         if name == "GET VARIABLE":
             return "200 result=0\n"
+        if name == "EXEC AUDIOSOCKET" and len(args) >= 3:
+            return await self._audiosocket(args[2])
         if name == "CHANNEL STATUS":
             return "200 result=6\n"  # 6: the line is up
         return "510 Invalid or unknown command\n"
+
+    async def _audiosocket(self, options: str) -> str:
+        """Stream mode: the call's audio over AudioSocket until the robot ends it (``EXEC`` returns)."""
+        from ivr.testing.audiosocket_peer import MediaPeer
+
+        if self.sounds_dir is None or self.speech is None or self.text_mode:
+            self.report.errors.append("stream mode needs audio (not --text) and the robot's sounds folder")
+            return "200 result=-1\n"
+        call_uuid, _, address = options.partition(",")
+        host, _, port = address.rpartition(":")
+        peer = MediaPeer(self.report, self._turns, self.locale, self.sounds_dir, self.speech)
+        try:
+            reply = await peer.run(call_uuid, host, int(port))
+        except (OSError, ValueError) as exc:
+            self.report.errors.append(f"AudioSocket: {exc}")
+            return "200 result=-1\n"
+        if peer.hung_up:
+            self._hung_up = True
+        return reply
 
     async def _stream_file(self, args: list[str]) -> str:
         if len(args) < 3:
@@ -342,6 +369,13 @@ class ScriptedAsterisk:
                                        "during_prompt": barge.during_prompt})
             self._hung_up = True
             return f"200 result=-1 endpos={int(min(barge.during_prompt, duration_s) * 8000)}\n"
+        if (barge is not None and barge.kind == "dtmf" and barge.during_prompt is not None
+                and barge.during_prompt < duration_s and barge.value[0] not in escape):
+            # Keys that are no escape digit of the playing prompt: Asterisk drops them.
+            self._turns.pop(0)
+            self.report.events.append({"who": "caller", "text": mask_secret(barge.value), "kind": "dtmf",
+                                       "during_prompt": barge.during_prompt, "dropped": True})
+            barge = self._turns[0] if self._turns else None
         if (barge is not None and barge.kind == "dtmf" and barge.during_prompt is not None
                 and barge.during_prompt < duration_s and barge.value[0] in escape):
             # The caller keys while the prompt plays: the first key stops it (an escape digit), the rest

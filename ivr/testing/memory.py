@@ -120,6 +120,10 @@ class MemoryChannel:
         key, self._keys = self._keys[:1], self._keys[1:]
         return key
 
+    def end_entry(self) -> None:
+        if self._keys.startswith("#"):
+            self._keys = self._keys[1:]
+
     async def transfer(self, reason: str) -> None:
         self.ended = ("transfer", reason)
 

@@ -1,0 +1,277 @@
+"""Asterisk's side of AudioSocket for the replay harness (stream mode), in real time.
+
+When the robot sends ``EXEC AudioSocket <uuid>,<host>:<port>``, ``ScriptedAsterisk`` hands the call's
+remaining caller turns to a ``MediaPeer``: it connects, sends the UUID frame, then sends a 20 ms audio
+frame every 20 ms as Asterisk does (the caller's speech when a turn speaks, silence otherwise), keys as
+DTMF frames, and a hang-up as EOF. It tells the robot's prompts apart in the audio it receives by
+matching them against the prompt files the robot renders (the first frame that is not silence, then
+frame by frame), so the report says what the robot said, whether the caller interrupted it, and how
+much of it was heard.
+
+When does the caller take a turn? When the robot has stopped talking for ``quiet_s`` (it listens then);
+a turn with ``during_prompt`` starts that many seconds into the robot's current prompt instead (barge-in).
+Figures: ``perceived_latencies_s`` (end of the caller's speech → the robot's next audio) and
+``barge_in_stops_s`` (the caller starts speaking or keys during a prompt → that prompt's audio stops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ivr.masking import mask_secret, mask_text
+from ivr.media.audiosocket import (
+    FRAME_MS,
+    SILENCE_FRAME,
+    Audio,
+    AudioSocketParser,
+    Eof,
+    Hangup,
+    Peer,
+    asterisk_audio_frame,
+    asterisk_dtmf_frame,
+    asterisk_uuid_frame,
+    split_frames,
+)
+from ivr.testing.callfile import Turn
+
+QUIET_S = 0.6  # the robot silent this long after a prompt: it is listening
+KEY_GAP_S = 0.12
+FRAME_S = FRAME_MS / 1000
+
+
+@dataclass
+class _Prompt:
+    text: str
+    frames: list[bytes]
+    first: int  # index of the first frame that is not silence
+
+
+class PromptIndex:
+    """The prompts the robot may play, found by their first non-silent frame (several prompts may start
+    alike: the candidates are narrowed frame by frame); files rendered during the call are picked up when
+    an unknown frame arrives."""
+
+    def __init__(self, sounds_dir: Path) -> None:
+        self._dir = sounds_dir
+        self._seen: set[Path] = set()
+        self._by_frame: dict[bytes, list[_Prompt]] = {}
+
+    def candidates(self, frame: bytes) -> list[_Prompt]:
+        found = self._by_frame.get(frame)
+        if found is None:
+            self._scan()
+            found = self._by_frame.get(frame, [])
+        return list(found)
+
+    def _scan(self) -> None:
+        for wav in self._dir.rglob("*.wav"):
+            if wav in self._seen:
+                continue
+            self._seen.add(wav)
+            try:
+                with wave.open(str(wav), "rb") as w:
+                    if w.getframerate() != 8000 or w.getsampwidth() != 2 or w.getnchannels() != 1:
+                        continue
+                    pcm = w.readframes(w.getnframes())
+            except (OSError, wave.Error, EOFError):
+                continue
+            frames = list(split_frames(pcm[: len(pcm) // 2 * 2])) if pcm else []
+            first = next((i for i, f in enumerate(frames) if f != SILENCE_FRAME), None)
+            if first is None:
+                continue
+            sidecar = wav.with_suffix(".txt")
+            text = sidecar.read_text(encoding="utf-8") if sidecar.exists() else f"<{wav.name}>"
+            self._by_frame.setdefault(frames[first], []).append(_Prompt(text, frames, first))
+
+
+class MediaPeer:
+    def __init__(self, report: Any, turns: list[Turn], locale: str, sounds_dir: Path, speech: Any) -> None:
+        self.report = report
+        self.turns = turns
+        self.locale = locale
+        self.prompts = PromptIndex(sounds_dir)
+        self.speech = speech  # renders a ``say`` turn to a WAV (the robot's own synthesizer)
+        self.hung_up = False
+        self._outgoing: list[bytes] = []  # the caller's frames (audio or keys), encoded, waiting to be sent
+        self._current: list[_Prompt] = []  # the prompt the robot is playing: those it may still be
+        self._position = 0  # next expected frame index of the current prompt
+        self._prompt_started = 0.0
+        self._event: dict[str, Any] | None = None
+        self._robot_quiet_since = time.monotonic()
+        self._speech_ended_at: float | None = None
+        self._unknown = False  # inside audio that matches no prompt (reported once)
+        self._barge_at: float | None = None
+        self._playing = asyncio.Event()  # the robot is playing a prompt
+        self._quiet = asyncio.Event()  # the robot is not playing a prompt
+        self._quiet.set()
+
+    async def run(self, call_uuid: str, host: str, port: int) -> str:
+        """The whole AudioSocket session; returns EXEC's reply for the AGI side."""
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(asterisk_uuid_frame(uuid.UUID(call_uuid)))
+        await writer.drain()
+        receiving = asyncio.create_task(self._receive(reader))
+        sending = asyncio.create_task(self._send(writer))
+        caller = asyncio.create_task(self._caller())
+        try:
+            await asyncio.wait({receiving, caller}, return_when=asyncio.FIRST_COMPLETED)
+            if caller.done() and self.hung_up:
+                self._barge_at = None  # a hang-up is no barge-in
+                self._close_prompt()  # the prompt the caller hung up on: how much of it was heard
+                return "200 result=-1\n"
+            await receiving
+        finally:
+            for task in (sending, caller, receiving):
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.gather(sending, caller, receiving, return_exceptions=True)
+            writer.close()
+        self._close_prompt()
+        return "200 result=0\n"
+
+    # ------------------------------------------------------------ the robot's audio
+    async def _receive(self, reader: asyncio.StreamReader) -> None:
+        parser = AudioSocketParser(peer=Peer.SERVER)
+        while True:
+            data = await reader.read(4096)
+            if data:
+                parser.feed(data)
+            else:
+                parser.feed_eof()
+            for event in parser.events():
+                if isinstance(event, Audio):
+                    self._robot_frame(event.pcm)
+                elif isinstance(event, Hangup | Eof):
+                    return
+
+    def _robot_frame(self, frame: bytes) -> None:
+        now = time.monotonic()
+        if self._current:
+            going_on = [p for p in self._current if self._position < len(p.frames) and p.frames[self._position] == frame]
+            if going_on:
+                self._current = going_on
+                self._position += 1
+                if self._event is not None:
+                    self._event["text"] = going_on[0].text
+                return
+            self._close_prompt()
+        if frame == SILENCE_FRAME:
+            return
+        found = self.prompts.candidates(frame)
+        if not found:
+            if not self._unknown:
+                self.report.errors.append("the robot played audio that is no known prompt")
+            self._unknown = True
+            return
+        self._unknown = False
+        prompt, first = found[0], found[0].first
+        self._current, self._position = found, first + 1
+        self._prompt_started = now - first * FRAME_S
+        if self._speech_ended_at is not None:  # the reply starts: the caller waited this long
+            self.report.perceived_latencies_s.append(now - self._speech_ended_at)
+            self._speech_ended_at = None
+        self._event = {"who": "robot", "text": prompt.text, "interrupted": False, "heard_s": 0.0}
+        self.report.events.append(self._event)
+        self._quiet.clear()
+        self._playing.set()
+
+    def _close_prompt(self) -> None:
+        event = self._event
+        if not self._current or event is None:
+            return
+        # A prompt that played to its end, if one did; else the cut one (all alike so far).
+        prompt = next((p for p in self._current if len(p.frames) == self._position), self._current[0])
+        event["text"] = prompt.text
+        rest = prompt.frames[self._position:]
+        interrupted = any(f != SILENCE_FRAME for f in rest)
+        event.update(interrupted=interrupted, heard_s=round(self._position * FRAME_S, 2))
+        if interrupted and self._barge_at is not None:
+            self.report.barge_in_stops_s.append(time.monotonic() - self._barge_at)
+        self._barge_at = None
+        self._current, self._event = [], None
+        self._robot_quiet_since = time.monotonic()
+        self._playing.clear()
+        self._quiet.set()
+
+    # ------------------------------------------------------------ the caller's audio, every 20 ms
+    async def _send(self, writer: asyncio.StreamWriter) -> None:
+        next_at = time.monotonic()
+        silence = asterisk_audio_frame(SILENCE_FRAME)
+        while True:
+            writer.write(self._outgoing.pop(0) if self._outgoing else silence)
+            await writer.drain()
+            next_at += FRAME_S
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    async def _caller(self) -> None:
+        while self.turns:
+            turn = self.turns[0]
+            if turn.during_prompt is not None:
+                await self._wait_for_prompt()
+                await asyncio.sleep(max(0.0, self._prompt_started + turn.during_prompt - time.monotonic()))
+                self._barge_at = time.monotonic()
+            else:
+                await self._wait_until_robot_listens()
+            self.turns.pop(0)
+            if turn.kind == "hangup":
+                self.report.events.append({"who": "caller", "text": "", "kind": "hangup"})
+                self.hung_up = True
+                return
+            await self._take(turn)
+
+    async def _take(self, turn: Turn) -> None:
+        if turn.kind == "dtmf":
+            keys: str = turn.value
+            self.report.events.append({"who": "caller", "text": mask_secret(keys), "kind": "dtmf"})
+            for key in keys:
+                self._outgoing.append(asterisk_dtmf_frame(key))
+                await asyncio.sleep(KEY_GAP_S)
+            return
+        if turn.kind == "silence":
+            self.report.events.append({"who": "caller", "text": "", "kind": "silence", "seconds": turn.value})
+            await asyncio.sleep(float(turn.value))
+            return
+        if turn.kind == "say":
+            self.report.events.append({"who": "caller", "text": mask_text(turn.value), "kind": "say"})
+            wav = await self.speech(turn.value, self.locale)
+        else:
+            self.report.events.append({"who": "caller", "text": "", "kind": "audio", "file": turn.value.name})
+            wav = turn.value
+        pcm = await asyncio.to_thread(_pcm_8k, Path(wav))
+        frames = list(split_frames(pcm))
+        self._outgoing.extend(asterisk_audio_frame(f) for f in frames)
+        await asyncio.sleep(len(frames) * FRAME_S)
+        self._speech_ended_at = time.monotonic()
+
+    async def _wait_for_prompt(self) -> None:
+        await self._playing.wait()
+
+    async def _wait_until_robot_listens(self) -> None:
+        """The robot has been quiet for ``QUIET_S`` (a prompt starting meanwhile starts the wait again)."""
+        while True:
+            await self._quiet.wait()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._playing.wait(), max(0.0, self._robot_quiet_since + QUIET_S - time.monotonic()))
+            if not self._playing.is_set():
+                return
+
+
+def _pcm_8k(path: Path) -> bytes:
+    """The WAV's samples at 8 kHz 16-bit mono (the rate Asterisk's AudioSocket carries), resampled if need be."""
+    with wave.open(str(path), "rb") as w:
+        rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
+        pcm = w.readframes(w.getnframes())
+    if channels != 1 or width != 2:
+        raise ValueError(f"{path}: the harness streams 16-bit mono audio")
+    if rate != 8000:
+        import audioop
+
+        pcm, _ = audioop.ratecv(pcm, 2, 1, rate, 8000, None)
+    return pcm[: len(pcm) // 2 * 2]
