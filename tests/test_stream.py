@@ -1,0 +1,79 @@
+"""Stream mode (AudioSocket, full duplex) on the real robot: real Vosk (ko-KR), the Silero VAD, paced
+audio both ways in real time; the harness plays Asterisk's side of AudioSocket (ivr/testing/audiosocket_peer.py).
+
+The recorded calls in tests/calls/stream/ show barge-in by speech and by keys, noise that must not stop a
+prompt, and a hang-up mid-prompt. Their goldens keep everything but how much of an interrupted prompt
+the caller heard (real-time jitter): that is checked against when the caller started instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ivr.config import Settings
+from ivr.testing.callfile import load_call_file
+from ivr.testing.harness import ScriptedAsterisk
+from ivr.testing.replay import RobotInThread, replay_settings
+from tests.conftest import make_demo_db
+
+CALLS = Path(__file__).parent / "calls" / "stream"
+UPDATE = os.environ.get("IVR_UPDATE_GOLDENS") == "1"
+STOP_WITHIN_S = 0.6  # a barge-in stops the prompt within this of the caller starting (frames + VAD onset)
+
+pytestmark = [pytest.mark.audio, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def stream_robot(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RobotInThread]:
+    root = tmp_path_factory.mktemp("stream")
+    settings = dataclasses.replace(
+        replay_settings(base_settings), database_url=make_demo_db(root / "accounts.db"), lockout_failures=10_000,
+        media="stream", audiosocket_port=0,
+    )
+    robot = RobotInThread(settings, text_input=False).start()
+    yield robot
+    robot.stop()
+
+
+def without_timing(report: dict[str, Any]) -> dict[str, Any]:
+    events = [{k: v for k, v in e.items() if not (k == "heard_s" and e.get("interrupted"))} for e in report["events"]]
+    return {**{k: v for k, v in report.items() if k != "call"}, "events": events}
+
+
+@pytest.mark.parametrize("path", sorted(CALLS.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+async def test_stream_call(path: Path, stream_robot: RobotInThread) -> None:
+    call = load_call_file(path)
+    robot = stream_robot.robot
+    assert robot is not None
+    peer = ScriptedAsterisk(call, locale=call.locale or "ko-KR", text_mode=False, speech=robot.parts.synthesizer.render,
+                            sounds_dir=robot.settings.sounds_dir, timeout_s=120)
+    report = await peer.run("127.0.0.1", stream_robot.port)
+    assert report.failures(call) == [], json.dumps(report.to_json(), ensure_ascii=False, indent=1)
+    # every caller turn started during a prompt stopped that prompt soon after, or the turn is noise
+    barges = [t.during_prompt for t in call.turns if t.during_prompt is not None and t.kind != "hangup"]
+    interrupted = [e for e in report.events if e["who"] == "robot" and e.get("interrupted")]
+    for event, during in zip(interrupted, barges, strict=False):
+        assert during <= event["heard_s"] <= during + STOP_WITHIN_S, event
+    assert all(s <= STOP_WITHIN_S for s in report.barge_in_stops_s), report.barge_in_stops_s
+    golden_path = path.with_suffix(".golden.json")
+    actual = without_timing(report.to_json())
+    if UPDATE or not golden_path.exists():
+        golden_path.write_text(json.dumps(actual, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        if not UPDATE:
+            pytest.fail(f"{golden_path.name} did not exist and was written: check it and commit it")
+    assert actual == json.loads(golden_path.read_text(encoding="utf-8"))
+
+
+def test_every_stream_call_states_its_intended_outcome() -> None:
+    paths = sorted(CALLS.glob("*/*.yaml"))
+    assert len(paths) >= 4
+    for path in paths:
+        call = load_call_file(path)
+        assert call.expect.outcome and call.agi_params.get("media") == "stream", path
