@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -123,7 +123,7 @@ class Reply:
     confidence: float = 0.0
     secret: bool = False  # the next caller input is a secret (digits): mask it in transcripts
     max_digits: int = 0  # keypad entries accepted for the next input (0: no keypad expected)
-    extra: dict[str, str] = field(default_factory=dict)
+    verified: bool = False  # the dialogue has verified the caller (what was disclosed depends on it)
 
 
 class DialogueEngine(Protocol):

@@ -53,7 +53,7 @@ from ivr.asterisk.local import (
 from ivr.asterisk.testcall import AsteriskCaller, AsteriskCallReport
 from ivr.config import PROJECT_ROOT, Settings
 from ivr.dialogue.prompts import PromptBook
-from ivr.testing.callfile import CallFile, Expect, Turn, load_call_file
+from ivr.testing.callfile import CallFile, Expectation, Turn, load_call_file
 from ivr.testing.harness import ScriptedAsterisk, SpeechRenderer
 from ivr.testing.replay import RobotInThread
 from tests.conftest import RunningAsterisk, SuiteDirs, make_demo_db
@@ -237,7 +237,7 @@ def speech_of(robot: RobotInThread) -> SpeechRenderer:
 
 
 def call_file(name: str, *turns: Turn, caller_id: str = DEMO_CALLER, locale: str | None = LOCALE) -> CallFile:
-    return CallFile(Path(f"{name}.yaml"), caller_id, locale, tuple(turns), Expect())
+    return CallFile(Path(f"{name}.yaml"), caller_id, locale, tuple(turns), Expectation())
 
 
 def prompt(settings: Settings, name: str, locale: str = LOCALE) -> str:

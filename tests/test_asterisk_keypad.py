@@ -26,7 +26,7 @@ from ivr.asterisk.ami import AmiClient
 from ivr.asterisk.local import MESSAGES_LOG
 from ivr.asterisk.testcall import AsteriskCaller, AsteriskCallReport
 from ivr.config import Settings
-from ivr.testing.callfile import CallFile, Expect, Turn
+from ivr.testing.callfile import CallFile, Expectation, Turn
 from ivr.testing.harness import ScriptedAsterisk
 from ivr.testing.replay import RobotInThread
 from tests.conftest import RunningAsterisk
@@ -51,7 +51,7 @@ def keys(*values: str) -> tuple[Turn, ...]:
 
 
 def call(name: str, customer: tuple[str, str], locale: str, *turns: Turn, **params: str | None) -> CallFile:
-    return CallFile(Path(f"{name}.yaml"), customer[0], locale, turns, Expect(), dict(params))
+    return CallFile(Path(f"{name}.yaml"), customer[0], locale, turns, Expectation(), dict(params))
 
 
 # ---------------------------------------------------------------- the robot and the calls

@@ -26,7 +26,7 @@ import pytest
 
 from ivr.asterisk.ami import AmiClient
 from ivr.asterisk.testcall import AsteriskCaller, AsteriskCallReport
-from ivr.testing.callfile import CallFile, Expect, Turn, load_call_file
+from ivr.testing.callfile import CallFile, Expectation, Turn, load_call_file
 from ivr.testing.export import export_call
 from ivr.testing.harness import CallReport, ScriptedAsterisk
 from ivr.testing.importer import import_recording
@@ -62,7 +62,7 @@ def robot(local_asterisk: RunningAsterisk, tmp_path_factory: pytest.TempPathFact
 
 
 def call_file(name: str, *turns: Turn) -> CallFile:
-    return CallFile(Path(f"{name}.yaml"), DEMO_CALLER, LOCALE, tuple(turns), Expect())
+    return CallFile(Path(f"{name}.yaml"), DEMO_CALLER, LOCALE, tuple(turns), Expectation())
 
 
 async def _record_stereo(ami: AmiClient, target: Path) -> None:

@@ -502,7 +502,7 @@ async def test_speech_cannot_use_rasa_intent_syntax(engine: RasaEngine) -> None:
     await say(engine, call, c.ask_balance)
     assert message_text(UserInput('/inform_digits{"digits":"7305"}')) == 'inform_digits{"digits":"7305"}'
     reply = await say(engine, call, '/inform_digits{"digits":"7305"}')
-    assert reply.extra["verified"] == "false"
+    assert not reply.verified
     assert not any(c.balance in t for t in reply.texts)
     assert message_text(UserInput("73#05*", keypad=True)) == '/inform_digits{"digits":"7305"}'
 

@@ -19,7 +19,7 @@ from typing import Any
 from ivr.accounts.store import SqlAccountStore
 from ivr.config import Settings
 from ivr.parts import CallInfo, DialogueError, Recognition, RecognizerError, SynthesisError, UserInput
-from ivr.testing.callfile import CallFile, Expect, Turn
+from ivr.testing.callfile import CallFile, Expectation, Turn
 from ivr.testing.harness import CallReport, ScriptedAsterisk
 from ivr.testing.replay import running_robot
 from ivr.testing.textinput import SidecarTextRecognizer
@@ -29,7 +29,7 @@ APOLOGY_ZH = "抱歉"  # every zh-CN apology prompt starts with an apology word;
 
 def balance_call(*extra: Turn, caller_id: str = "13800000001") -> CallFile:
     turns = (Turn("say", "我想查一下余额"), Turn("dtmf", "4821#"), *extra, Turn("say", "再见"))
-    return CallFile(Path("fault.yaml"), caller_id, "zh-CN", turns, Expect())
+    return CallFile(Path("fault.yaml"), caller_id, "zh-CN", turns, Expectation())
 
 
 async def place(settings: Settings, call: CallFile, **parts: Any) -> tuple[CallReport, Any]:
@@ -186,7 +186,7 @@ class HangingStore:
 def zh_balance_call(caller_id: str, digits: str, first: str = "我想查一下余额") -> CallFile:
     """A zh-CN balance call: every call below is in the same locale, so on the same Rasa agent."""
     turns = (Turn("say", first), Turn("dtmf", f"{digits}#"), Turn("say", "再见"))
-    return CallFile(Path("same-locale.yaml"), caller_id, "zh-CN", turns, Expect())
+    return CallFile(Path("same-locale.yaml"), caller_id, "zh-CN", turns, Expectation())
 
 
 async def wait_for_hung(semaphore: threading.Semaphore, count: int) -> None:
@@ -246,7 +246,7 @@ async def test_hung_decodes_do_not_stall_other_calls(demo_settings: Settings) ->
     async with running_robot(settings, text_input=True, recognizer=recognizer) as (host, port, _):
         hung_call = CallFile(Path("hung.yaml"), "13800000001", "zh-CN",
                              (Turn("say", HangingRecognizer.HANG_WORD), Turn("dtmf", "1"), Turn("dtmf", "4821#")),
-                             Expect())
+                             Expectation())
         hung = [
             asyncio.create_task(ScriptedAsterisk(hung_call, locale="zh-CN", text_mode=True).run(host, port))
             for _ in range(HUNG_CALLS)
@@ -266,7 +266,7 @@ async def test_hung_decodes_do_not_stall_other_calls(demo_settings: Settings) ->
 def keypad_call() -> CallFile:
     """The caller asks by voice; when speech fails, the menu is read and they go on by keys."""
     turns = (Turn("say", "我想查一下余额"), Turn("dtmf", "1"), Turn("dtmf", "4821#"), Turn("dtmf", "0"))
-    return CallFile(Path("keypad.yaml"), "13800000001", "zh-CN", turns, Expect())
+    return CallFile(Path("keypad.yaml"), "13800000001", "zh-CN", turns, Expectation())
 
 
 def assert_served_by_keypad(report: CallReport, settings: Settings) -> None:

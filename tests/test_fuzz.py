@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from ivr.agi.protocol import MAX_LINE_BYTES, AgiParser, AgiProtocolError
 from ivr.config import Settings
-from ivr.testing.callfile import CallFile, Expect, Turn
+from ivr.testing.callfile import CallFile, Expectation, Turn
 from ivr.testing.harness import ScriptedAsterisk
 from ivr.testing.replay import RobotInThread
 from tests.conftest import make_demo_db
@@ -95,7 +95,7 @@ ENVS = [
 
 def serves_a_normal_call(port: int) -> None:
     call = CallFile(Path("after-fuzz.yaml"), "13800000001", "zh-CN",
-                    (Turn("say", "查余额"), Turn("dtmf", "4821#"), Turn("say", "再见")), Expect())
+                    (Turn("say", "查余额"), Turn("dtmf", "4821#"), Turn("say", "再见")), Expectation())
     report = asyncio.run(ScriptedAsterisk(call, locale="zh-CN", text_mode=True).run("127.0.0.1", port))
     assert report.outcome == "completed", report.to_json()
     assert "1,234.56 CNY" in report.robot_text

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ivr.config import Settings
 from ivr.dialogue.prompts import PromptBook
-from ivr.testing.callfile import CallFile, Expect, Turn
+from ivr.testing.callfile import CallFile, Expectation, Turn
 from ivr.testing.harness import ScriptedAsterisk
 from ivr.testing.replay import running_robot
 
@@ -19,8 +19,8 @@ async def test_a_caller_picks_korean_by_key_and_is_served_in_korean(demo_setting
     generic_number = CallFile(Path("menu.yaml"), "01012345678", "ko-KR",
                               (Turn("dtmf", "3"), Turn("say", "잔액 알려 주세요"), Turn("dtmf", "6193#"),
                                Turn("say", "안녕히 계세요")),
-                              Expect(), agi_params={"lang": None})
-    named = CallFile(Path("named.yaml"), "15550000002", "en-US", (Turn("say", "goodbye"),), Expect())
+                              Expectation(), agi_params={"lang": None})
+    named = CallFile(Path("named.yaml"), "15550000002", "en-US", (Turn("say", "goodbye"),), Expectation())
     async with running_robot(settings, text_input=True) as (host, port, _):
         report = await ScriptedAsterisk(generic_number, locale="ko-KR", text_mode=True).run(host, port)
         direct = await ScriptedAsterisk(named, locale="en-US", text_mode=True).run(host, port)
@@ -36,7 +36,7 @@ async def test_no_key_at_the_language_menu_keeps_the_default_language(demo_setti
     settings = dataclasses.replace(demo_settings, language_menu=True, locale="en-US", keypad_wait_s=1)
     prompts = PromptBook(settings.dialogs_dir)
     call = CallFile(Path("menu.yaml"), "15550000002", "en-US", (Turn("silence", 1), Turn("say", "goodbye")),
-                    Expect(), agi_params={"lang": None})
+                    Expectation(), agi_params={"lang": None})
     async with running_robot(settings, text_input=True) as (host, port, _):
         report = await ScriptedAsterisk(call, locale="en-US", text_mode=True).run(host, port)
     assert prompts.text("utter_greet", "en-US") in report.robot_text

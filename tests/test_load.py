@@ -15,7 +15,7 @@ import pytest
 
 from ivr.config import Settings
 from ivr.testing.bench import rss_mb
-from ivr.testing.callfile import CallFile, Expect, Turn
+from ivr.testing.callfile import CallFile, Expectation, Turn
 from ivr.testing.harness import CallReport, ScriptedAsterisk
 from ivr.testing.replay import RobotInThread
 from tests.conftest import make_demo_db
@@ -32,7 +32,7 @@ def calls(n: int) -> list[tuple[CallFile, str]]:
     for i in range(n):
         locale = list(SCRIPTS)[i % 3]
         caller, turns, answer = SCRIPTS[locale]
-        out.append((CallFile(Path(f"load-{i}.yaml"), caller, locale, turns, Expect()), answer))
+        out.append((CallFile(Path(f"load-{i}.yaml"), caller, locale, turns, Expectation()), answer))
     return out
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ivr.app import build_robot
 from ivr.config import Settings
-from ivr.testing.callfile import CallFile, Expect, Turn
+from ivr.testing.callfile import CallFile, Expectation, Turn
 from ivr.testing.harness import ScriptedAsterisk
 from tests.conftest import SuiteDirs
 
@@ -35,7 +35,7 @@ async def test_metrics_health_and_logs(demo_settings: Settings, suite_dirs: Suit
         status, body = await http_get(robot.http_port, "/health")
         assert status == 200
         assert json.loads(body)["parts"] == {"database": "up", "dialogue": "up"}
-        call = CallFile(Path("m.yaml"), "13800000001", "zh-CN", (Turn("say", "我要转人工"),), Expect())
+        call = CallFile(Path("m.yaml"), "13800000001", "zh-CN", (Turn("say", "我要转人工"),), Expectation())
         report = await ScriptedAsterisk(call, locale="zh-CN", text_mode=True).run("127.0.0.1", robot.server.port)
         assert report.outcome == "transfer"
         status, metrics = await http_get(robot.http_port, "/metrics")

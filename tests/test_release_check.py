@@ -27,7 +27,7 @@ from ivr.cli import main
 from ivr.config import PROJECT_ROOT, Settings
 from ivr.dialogue.train import training_lock
 from ivr.releases import ReleaseStore
-from ivr.testing.callfile import CallFile, Expect, Turn, load_call_file
+from ivr.testing.callfile import CallFile, Expectation, Turn, load_call_file
 from ivr.testing.export import export_call
 from ivr.testing.harness import ScriptedAsterisk
 from ivr.testing.replay import RobotInThread, replay_settings
@@ -41,7 +41,7 @@ REMOVED = ("    - 통장에 얼마 있어요\n", "    - 내 통장에 돈 얼마
 
 def production_calls(tmp: Path) -> list[CallFile]:
     def call(name: str, *turns: Turn) -> CallFile:
-        return CallFile(tmp / f"{name}.yaml", CALLER, LOCALE, turns, Expect())
+        return CallFile(tmp / f"{name}.yaml", CALLER, LOCALE, turns, Expectation())
 
     return [
         # not understood twice, then understood: verified by keys, hears the balance, done

@@ -42,7 +42,7 @@ from ivr.releases import (
     notify_servers,
     servers_dir,
 )
-from ivr.testing.callfile import CallFile, Expect, Turn
+from ivr.testing.callfile import CallFile, Expectation, Turn
 from ivr.testing.harness import CallReport, ScriptedAsterisk
 
 from .conftest import make_demo_db
@@ -139,7 +139,7 @@ def balance_call(tmp: Path, *, silence: bool = True) -> CallFile:
     if silence:
         turns.append(Turn("silence", 1))
     turns += [Turn("dtmf", "7305#"), Turn("say", "no thanks, goodbye")]
-    return CallFile(tmp / "balance.yaml", CALLER, LOCALE, tuple(turns), Expect(said=("2,500.75 USD",),
+    return CallFile(tmp / "balance.yaml", CALLER, LOCALE, tuple(turns), Expectation(said=("2,500.75 USD",),
                                                                                    outcome="completed"))
 
 
@@ -292,7 +292,7 @@ async def test_the_keypad_menu_comes_from_the_calls_release(ws: Workspace, tmp_p
                       .replace('"4": ask_transactions', '"4": ask_balance'))
     call = CallFile(tmp_path / "keypad.yaml", CALLER, LOCALE, (Turn("dtmf", "1"), Turn("dtmf", "7305#"),
                                                                Turn("dtmf", "0")),
-                    Expect(said=("2,500.75 USD",), outcome="transfer"), agi_params={"input": "keypad"})
+                    Expectation(said=("2,500.75 USD",), outcome="transfer"), agi_params={"input": "keypad"})
     async with serving(ws.settings) as robot:
         assert robot.server is not None
         report = await ScriptedAsterisk(call, locale=LOCALE, text_mode=True).run("127.0.0.1", robot.server.port)

@@ -196,7 +196,7 @@ async def test_close_deletes_the_conversation_from_the_shared_tracker_store(shar
         await engine.start(call)
         await engine.handle(call, UserInput(c.ask_balance))
         verified = await engine.handle(call, UserInput(c.digits, keypad=True))
-        assert verified.extra["verified"] == "true"
+        assert verified.verified
         # The store really holds the call: the keyed ID digits and the caller ID are in its records.
         held = "\n".join(shared_store.records(call.call_id))
         assert c.digits in held and c.phone in held

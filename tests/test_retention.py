@@ -19,7 +19,7 @@ from ivr.accounts.store import SqlAccountStore
 from ivr.cli import main
 from ivr.config import Settings, load_settings
 from ivr.retention import PurgeReport, private_dir, purge, purge_daily, write_private_text
-from ivr.testing.callfile import CallFile, Expect, Turn
+from ivr.testing.callfile import CallFile, Expectation, Turn
 from ivr.testing.harness import ScriptedAsterisk
 from ivr.testing.replay import running_robot
 from tests.conftest import make_demo_db
@@ -62,7 +62,7 @@ async def test_a_call_keeps_nothing_readable_by_others_and_no_dynamic_prompt(
     (the harness read its sidecar) and is gone, WAV and sidecar, once the call is over."""
     settings = dataclasses.replace(demo_settings, spool_dir=tmp_path / "spool", keep_recordings=True)
     call = CallFile(Path("keep.yaml"), "13800000001", "zh-CN",
-                    (Turn("say", "我想查一下余额"), Turn("dtmf", "4821#"), Turn("say", "再见")), Expect())
+                    (Turn("say", "我想查一下余额"), Turn("dtmf", "4821#"), Turn("say", "再见")), Expectation())
     async with running_robot(settings, text_input=True) as (host, port, robot):
         report = await ScriptedAsterisk(call, locale="zh-CN", text_mode=True).run(host, port)
         synth = robot.parts.synthesizer

@@ -116,7 +116,7 @@ def format_money(amount: Decimal, currency: str) -> str:
 
 
 # ---------------------------------------------------------------- one action run
-class Turn:
+class ActionRun:
     """What one action run sees and does: slots (with its own changes), caller metadata, output."""
 
     def __init__(
@@ -219,12 +219,12 @@ class IvrAction(Action, abc.ABC):
         return self.action_name
 
     @abc.abstractmethod
-    async def act(self, turn: Turn) -> None: ...
+    async def act(self, turn: ActionRun) -> None: ...
 
     async def run(
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: dict[str, Any]
     ) -> list[dict[str, Any]]:
-        turn = Turn(dispatcher, tracker, self.store, self.settings, self.lookups)
+        turn = ActionRun(dispatcher, tracker, self.store, self.settings, self.lookups)
         try:
             await self.act(turn)
         except LookupFailed:
@@ -240,7 +240,7 @@ class ActionAnswerOrVerify(IvrAction):
 
     action_name = "action_answer_or_verify"
 
-    async def act(self, turn: Turn) -> None:
+    async def act(self, turn: ActionRun) -> None:
         info = INFO_BY_INTENT.get(turn.intent) or turn.slot("requested_info")
         if turn.verified:
             await answer(turn, info)
@@ -255,7 +255,7 @@ class ActionVerifyDigits(IvrAction):
 
     action_name = "action_verify_digits"
 
-    async def act(self, turn: Turn) -> None:
+    async def act(self, turn: ActionRun) -> None:
         awaiting = turn.slot("awaiting")
         if awaiting not in (AWAIT_ID, AWAIT_PHONE):
             turn.say("utter_how_can_i_help")
@@ -305,7 +305,7 @@ class ActionYesNo(IvrAction):
 
     action_name = "action_yes_no"
 
-    async def act(self, turn: Turn) -> None:
+    async def act(self, turn: ActionRun) -> None:
         awaiting = turn.slot("awaiting")
         if awaiting == AWAIT_ANYTHING_ELSE and turn.intent == "deny":
             turn.say("utter_goodbye")
@@ -323,7 +323,7 @@ class ActionRepeat(IvrAction):
 
     action_name = "action_repeat"
 
-    async def act(self, turn: Turn) -> None:
+    async def act(self, turn: ActionRun) -> None:
         texts = previous_bot_texts(turn.tracker.events or [])
         if not texts:
             turn.say("utter_how_can_i_help")
@@ -337,7 +337,7 @@ class ActionGoBack(IvrAction):
 
     action_name = "action_go_back"
 
-    async def act(self, turn: Turn) -> None:
+    async def act(self, turn: ActionRun) -> None:
         turn.set("awaiting", None)
         turn.set("requested_info", None)
         turn.say("utter_go_back")
@@ -348,7 +348,7 @@ class ActionTransfer(IvrAction):
 
     action_name = "action_transfer"
 
-    async def act(self, turn: Turn) -> None:
+    async def act(self, turn: ActionRun) -> None:
         turn.say("utter_transfer")
         _end(turn, "transfer", "caller_request")
 
@@ -358,7 +358,7 @@ class ActionEndCall(IvrAction):
 
     action_name = "action_end_call"
 
-    async def act(self, turn: Turn) -> None:
+    async def act(self, turn: ActionRun) -> None:
         _end(turn, "completed", "")
 
 
@@ -387,7 +387,7 @@ def build_executor(store: AccountStore, settings: Settings, lookups: PartPool) -
 
 
 # ---------------------------------------------------------------- verification steps
-async def begin_verification(turn: Turn) -> None:
+async def begin_verification(turn: ActionRun) -> None:
     """A caller ID → the last four ID digits, whether the number is registered or not (checked against
     its customer or the store's stand-in); withheld (or not a number) → the registered phone number first."""
     caller = turn.caller_id
@@ -401,11 +401,11 @@ async def begin_verification(turn: Turn) -> None:
         turn.say("utter_ask_phone")
 
 
-def _ask_again(turn: Turn) -> None:
+def _ask_again(turn: ActionRun) -> None:
     turn.say("utter_ask_phone" if turn.slot("awaiting") == AWAIT_PHONE else "utter_ask_id_last4")
 
 
-def _failed(turn: Turn) -> None:
+def _failed(turn: ActionRun) -> None:
     """Wrong ID digits (or a number no customer has: the caller is not told which): the registered
     phone number and the ID digits again, or after the limit, a person."""
     failures = int(turn.slot("verify_failures") or 0) + 1
@@ -423,13 +423,13 @@ def _failed(turn: Turn) -> None:
     turn.say("utter_ask_phone")
 
 
-def _end(turn: Turn, outcome: str, reason: str) -> None:
+def _end(turn: ActionRun, outcome: str, reason: str) -> None:
     turn.set("awaiting", None)
     turn.set("call_outcome", outcome)
     turn.set("transfer_reason", reason or None)
 
 
-def _digits(turn: Turn) -> str:
+def _digits(turn: ActionRun) -> str:
     """Keypad digits arrive as the ``digits`` entity; spoken ones as words in the text."""
     for entity in (turn.tracker.latest_message or {}).get("entities") or []:
         if entity.get("entity") == "digits" and entity.get("value") is not None:
@@ -457,7 +457,7 @@ def previous_bot_texts(events: Iterable[dict[str, Any]]) -> list[str]:
 
 
 # ---------------------------------------------------------------- the answers
-async def answer(turn: Turn, info: str | None) -> None:
+async def answer(turn: ActionRun, info: str | None) -> None:
     """Read the requested information from the store, record the disclosure, then say it."""
     if not turn.verified:  # defence in depth: never disclose before verification
         await begin_verification(turn)
@@ -472,12 +472,12 @@ async def answer(turn: Turn, info: str | None) -> None:
     turn.say("utter_anything_else")
 
 
-async def _disclose(turn: Turn, customer: str, what: str) -> None:
+async def _disclose(turn: ActionRun, customer: str, what: str) -> None:
     """The audit record comes before the answer (also "nothing due"): no record, no disclosure."""
     await turn.lookup(turn.store.record_disclosure, turn.call_id, customer, what)
 
 
-async def _balance(turn: Turn, customer: str) -> None:
+async def _balance(turn: ActionRun, customer: str) -> None:
     accounts = await turn.lookup(turn.store.accounts, customer)
     await _disclose(turn, customer, "balance")
     if not accounts:
@@ -491,7 +491,7 @@ async def _balance(turn: Turn, customer: str) -> None:
                  balance=format_money(account.balance, account.currency))
 
 
-async def _next_repayment(turn: Turn, customer: str) -> None:
+async def _next_repayment(turn: ActionRun, customer: str) -> None:
     loans = await turn.lookup(turn.store.loans, customer)
     due = sorted(
         ((loan.next_due_date, loan.next_due_amount, loan) for loan in loans
@@ -511,7 +511,7 @@ async def _next_repayment(turn: Turn, customer: str) -> None:
             turn.say("utter_next_repayment", amount=amount, date=date)
 
 
-async def _loan_status(turn: Turn, customer: str) -> None:
+async def _loan_status(turn: ActionRun, customer: str) -> None:
     loans = await turn.lookup(turn.store.loans, customer)
     await _disclose(turn, customer, "loan_status")
     if not loans:
@@ -527,7 +527,7 @@ async def _loan_status(turn: Turn, customer: str) -> None:
             turn.say("utter_loan_active", outstanding=outstanding)
 
 
-async def _transactions(turn: Turn, customer: str) -> None:
+async def _transactions(turn: ActionRun, customer: str) -> None:
     transactions = await turn.lookup(turn.store.recent_transactions, customer, TRANSACTIONS_READ)
     await _disclose(turn, customer, "transactions")
     if not transactions:
@@ -539,7 +539,7 @@ async def _transactions(turn: Turn, customer: str) -> None:
                  description=tx.description)
 
 
-_ANSWERS: dict[str, Callable[[Turn, str], Any]] = {
+_ANSWERS: dict[str, Callable[[ActionRun, str], Any]] = {
     "balance": _balance,
     "next_repayment": _next_repayment,
     "loan_status": _loan_status,

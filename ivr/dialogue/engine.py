@@ -125,7 +125,7 @@ def build_reply(texts: Sequence[str], slots: Mapping[str, Any], intent: str, con
         confidence=float(confidence or 0.0),
         secret=secret,
         max_digits=max_digits,
-        extra={"awaiting": str(awaiting), "verified": "true" if slots.get("verified") is True else "false"},
+        verified=slots.get("verified") is True,
     )
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ivr.config import Settings
-from ivr.testing.callfile import CallFile, Expect, Turn
+from ivr.testing.callfile import CallFile, Expectation, Turn
 from ivr.testing.harness import CallReport, ScriptedAsterisk
 
 # One call per locale that walks the common path: ask, verify by keypad, hear the answer, say goodbye.
@@ -196,7 +196,7 @@ async def bench_once(
     """``calls`` callers for ``duration_s`` against ``robot``; ``place`` places one call (default: the
     real-time harness on the robot's port); ``helpers``: processes beside the robot whose CPU and RSS count."""
     caller_id, turns = BENCH_CALLS[locale]
-    call = CallFile(Path(f"bench-{locale}.yaml"), caller_id, locale, turns, Expect())
+    call = CallFile(Path(f"bench-{locale}.yaml"), caller_id, locale, turns, Expectation())
     render = robot.parts.synthesizer.render
     # Render the callers' utterances once, before measuring (the caller's side is not the robot's cost).
     for turn in turns:

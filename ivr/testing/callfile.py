@@ -54,7 +54,7 @@ class Turn:
 
 
 @dataclass(frozen=True)
-class Expect:
+class Expectation:
     said: tuple[str, ...] = ()
     not_said: tuple[str, ...] = ()
     outcome: str | None = None
@@ -67,7 +67,7 @@ class CallFile:
     caller_id: str
     locale: str | None
     turns: tuple[Turn, ...]
-    expect: Expect = field(default_factory=Expect)
+    expect: Expectation = field(default_factory=Expectation)
     agi_params: dict[str, str | None] = field(default_factory=dict)
 
     @property
@@ -185,7 +185,7 @@ def _check_wav(path: Path, where: str, wav: Path) -> None:
         raise _fail(path, where, f"{wav.name} is not a WAV file ({exc})") from None
 
 
-def _expect(path: Path, raw: Any) -> Expect:
+def _expect(path: Path, raw: Any) -> Expectation:
     if not isinstance(raw, dict):
         raise _fail(path, "expect", "must be a mapping")
     unknown = set(raw) - {"said", "not_said", "outcome", "transfer_reason"}
@@ -203,4 +203,4 @@ def _expect(path: Path, raw: Any) -> Expect:
     reason = raw.get("transfer_reason")
     if reason is not None and (not isinstance(reason, str) or outcome != "transfer"):
         raise _fail(path, "expect.transfer_reason", "a reason (text) goes with outcome: transfer")
-    return Expect(said=lists["said"], not_said=lists["not_said"], outcome=outcome, transfer_reason=reason)
+    return Expectation(said=lists["said"], not_said=lists["not_said"], outcome=outcome, transfer_reason=reason)

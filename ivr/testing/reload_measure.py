@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ivr.config import PROJECT_ROOT, load_settings
-from ivr.testing.callfile import CallFile, Expect, Turn
+from ivr.testing.callfile import CallFile, Expectation, Turn
 from ivr.testing.harness import CallReport, ScriptedAsterisk
 
 LOCALE = "en-US"
@@ -68,7 +68,7 @@ def _prepare(root: Path) -> Any:
 def _call() -> CallFile:
     turns = (Turn("say", "I'd like to know my account balance"), Turn("dtmf", "7305#"),
              Turn("say", "no thanks, goodbye"))
-    return CallFile(Path("balance.yaml"), CALLER, LOCALE, turns, Expect(outcome="completed"))
+    return CallFile(Path("balance.yaml"), CALLER, LOCALE, turns, Expectation(outcome="completed"))
 
 
 async def _measure(settings: Any, callers: int, reloads: int, every_s: float) -> dict[str, Any]:
