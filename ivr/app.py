@@ -326,7 +326,7 @@ def build_robot(
 
         own = open_store(settings)  # the robot's tables, or the system of record (account_source)
         if releases:  # `ivr serve`: refuse a schema this code does not know, or hashes under a lost key
-            pass
+            own.start_check()
         store = own
         closers.append(store)
     if synthesizer is None:
