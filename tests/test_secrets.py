@@ -274,3 +274,30 @@ def test_migrations_on_a_real_postgresql(key_file: Path) -> None:
             assert store.schema_revision() == schema.head_revision()
         finally:
             store.close()
+
+
+def test_ivr_serve_refuses_an_outdated_schema(tmp_path: Path, key_file: Path) -> None:
+    """Through the real command line: `ivr serve` stops before listening, naming the problem (a serve
+    that started instead would run into the timeout and fail the test)."""
+    import subprocess
+    import sys
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'accounts.db'}", future=True)
+    with engine.begin() as conn:
+        schema.upgrade(conn, "0001")  # a database not upgraded since the baseline
+    engine.dispose()
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
+           "IVR_DATABASE_URL": f"sqlite:///{tmp_path / 'accounts.db'}", "IVR_SECRET_KEY_FILE": str(key_file),
+           "IVR_AGI_PORT": "0", "IVR_HTTP_PORT": "0", "IVR_SPOOL_DIR": str(tmp_path / "spool"),
+           "IVR_TRANSCRIPTS_DIR": str(tmp_path / "transcripts"), "IVR_LOG_DIR": str(tmp_path / "log"),
+           "IVR_SOUNDS_DIR": str(tmp_path / "sounds")}
+
+    def ivr(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ivr", *argv], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    served = ivr("serve")
+    assert served.returncode == 2, served.stderr[-2000:]
+    assert "revision 0001, not 0003: run `ivr db upgrade`" in served.stderr
+    upgraded = ivr("db", "upgrade")
+    assert upgraded.returncode == 0 and "schema at revision 0003" in upgraded.stdout

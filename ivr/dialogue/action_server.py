@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 @functools.lru_cache(maxsize=1)
 def server_context() -> tuple[AccountStore, Settings]:
     """This process's store and settings, built on first use (the action server's only shared state)."""
-    from ivr.accounts.store import SqlAccountStore
+    from ivr.accounts.source import open_store
     from ivr.config import load_settings
 
     settings = load_settings()
-    return SqlAccountStore.from_settings(settings), settings
+    return open_store(settings), settings  # the robot's tables, or the system of record (account_source)
