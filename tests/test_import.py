@@ -582,3 +582,71 @@ def test_twenty_thousand_generated_customers(tmp_path: Path) -> None:
     assert 20_000 <= accounts <= 60_000
     assert s.customer_by_phone(demo_data.phone_of(12_345)) == "D0012345"
     s.close()
+
+
+def test_memory_stays_flat_whatever_the_file_size(tmp_path: Path) -> None:
+    """Four times the customers, not four times the memory: the file is streamed, batch by batch."""
+    import tracemalloc
+
+    from ivr.accounts import demo_data
+
+    peaks = []
+    for count in (1500, 6000):
+        path = tmp_path / f"{count}.jsonl"
+        demo_data.write(path, count)
+        s = SqlAccountStore(f"sqlite:///{tmp_path / f'{count}.db'}", clock=lambda: NOW)
+        s.init_schema()
+        tracemalloc.start()
+        summary = s.import_path(path, batch_size=500)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert summary.inserted == count
+        s.close()
+    assert peaks[1] < 1.5 * peaks[0], peaks
+
+
+TRICKY = {"id": "Q001", "name": 'Quote "and", comma', "phones": ["+86 139 0000 0001"], "id_last4": "0007",
+          "accounts": [{"number": "6222 0200 0000 0001", "currency": "CNY", "balance": "0.5"}],
+          "loans": [{"id": "QL1", "outstanding": 3000, "status": "active",
+                     "schedule": [{"due_date": "2026-10-15", "amount": 1000, "paid": True},
+                                  {"due_date": "2026-11-15", "amount": 1000}]}],
+          "transactions": [{"date": "2026-11-20", "amount": "-1.00", "description": 'a "quoted", multi\nline text',
+                            "account": "6222020000000001"},
+                           {"date": "2026-11-19", "amount": "2", "description": ""},
+                           {"date": "2026-11-18", "amount": "3", "description": "\\N"}]}
+
+
+def test_streamed_import_into_a_real_postgresql(tmp_path: Path, store: SqlAccountStore) -> None:
+    """The COPY path: text with quotes, commas, new lines, an empty text and a literal \\N, NULLs,
+    booleans; the same answers as SQLite; unchanged re-imports; an --atomic failure changes nothing."""
+    import sqlalchemy as sa
+
+    from tests.services import postgres_cluster
+
+    path = write(tmp_path, "mixed.jsonl", as_jsonl([*demo_items(), TRICKY]))
+    assert store.import_path(path).inserted == 1  # the SQLite store (demo already there)
+    with postgres_cluster() as url:
+        pg = SqlAccountStore(url, clock=lambda: NOW)
+        try:
+            pg.init_schema()
+            summary = pg.import_path(path, batch_size=2)
+            assert (summary.inserted, summary.rejected) == (4, [])
+            ids = ["C001", "C002", "C003", "Q001"]
+            assert answers(pg, ids) == answers(store, ids)
+            assert [t.description for t in pg.recent_transactions("Q001")] == ['a "quoted", multi\nline text', "", "\\N"]
+            assert pg.repayment_schedule("Q001", "QL1") == store.repayment_schedule("Q001", "QL1")
+            assert pg.verify_id_last4("Q001", "0007", call_id="c", caller_id="") is VerifyStatus.OK
+            assert pg.import_path(path).unchanged == 4
+            engine = sa.create_engine(url, future=True)
+
+            def count() -> int:
+                with engine.connect() as conn:
+                    return int(conn.exec_driver_sql("SELECT count(*) FROM transactions").scalar_one())
+            before = count()
+            bad = [numbered(n) for n in range(1, 6)] + [numbered(6, phone="13800000001")]
+            with pytest.raises(AccountImportError, match=r"line 6: .*already belongs to customer C001"):
+                pg.import_path(write(tmp_path, "bad.jsonl", as_jsonl(bad)), atomic=True, batch_size=2)
+            assert pg.customer_by_phone("19900000001") is None and count() == before
+            engine.dispose()
+        finally:
+            pg.close()
