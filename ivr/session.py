@@ -395,11 +395,13 @@ class CallSession:
             self._handed_over_at = time.monotonic()
             self.transcript.add("caller", first, keypad=True)
             return UserInput(text=first, keypad=True)
-        if not reply.max_digits:  # an open question: one key is a menu choice (or asks for the menu)
+        menu = self.parts.keypads.keypad(self.call.locale).menu
+        if not reply.max_digits and first in menu:  # an open question: a menu key is that request, at once
             self._handed_over_at = time.monotonic()
-            intent = self.parts.keypads.keypad(self.call.locale).menu.get(first, "")
-            self.transcript.add("caller", first, keypad=True, intent=intent)
-            return UserInput(text=first, keypad=True, intent=intent)
+            self.transcript.add("caller", first, keypad=True, intent=menu[first])
+            return UserInput(text=first, keypad=True, intent=menu[first])
+        # Digits asked for, or keys that are no menu choice (read to their end, so that none of them is
+        # taken for a choice afterwards; the session then reads the menu).
         keys = first
         wanted = reply.max_digits or MAX_KEYPAD_DIGITS
         while keys[-1] != "#" and sum(k.isdigit() for k in keys) < wanted and len(keys) < MAX_KEYPAD_DIGITS:

@@ -358,8 +358,10 @@ async def test_silent_caller_is_prompted_then_put_through_to_a_person(
 ) -> None:
     call, report = placed["silence"].call, placed["silence"].report
     assert report.errors == [] and report.failures(call) == []
-    greet, no_input, transfer = (prompt(robot_settings, n) for n in ("utter_greet", "utter_no_input", "utter_transfer"))
-    assert robot_said(report) == [greet, no_input, greet, no_input, greet, transfer]
+    greet, no_input, menu, transfer = (
+        prompt(robot_settings, n) for n in ("utter_greet", "utter_no_input", "utter_keypad_menu", "utter_transfer"))
+    # the second silence in a row: the question again with the keypad menu; the third: a person
+    assert robot_said(report) == [greet, no_input, greet, greet, menu, transfer]
     assert (report.outcome, report.transfer_reason) == ("transfer", "no_input")
     assert report.answered and report.variables["IVR_RESULT"] == "transfer"
     assert report.agi_status == "SUCCESS" and report.dialplan_prompts == []  # the robot itself handed over
@@ -393,8 +395,8 @@ async def test_keypad_digits_reach_the_robot(placed: dict[str, PlacedCall], robo
     report = placed["keypad"].report
     assert report.errors == []
     said = robot_said(report)
-    # all keys up to '#' arrived as one keypad entry: digits with nothing awaited → "how can I help"
-    assert said == [prompt(robot_settings, n) for n in ("utter_greet", "utter_how_can_i_help", "utter_goodbye")]
+    # all keys up to '#' arrived as one keypad entry; digits where a request was asked: the keypad menu
+    assert said == [prompt(robot_settings, n) for n in ("utter_greet", "utter_keypad_menu", "utter_goodbye")]
     assert [e["text"] for e in report.events if e.get("kind") == "dtmf"] == ["*****"]  # masked in the report
     assert report.outcome == "completed"
     assert robot_record(robot_settings, report)["outcome"] == "completed"
