@@ -209,6 +209,16 @@ class AgiChannel:
     async def set_variable(self, name: str, value: str) -> None:
         await self._agi.execute("SET VARIABLE", name, value)
 
+    async def report(self, outcome: str, reason: str = "") -> None:
+        """The robot's result for the dialplan: ``IVR_RESULT`` (transfer, completed, error) and, with a
+        reason, ``IVR_TRANSFER_REASON``; a completed call is hung up. The dialplan queues a transfer
+        and apologises itself for an error (asterisk_conf/extensions.conf)."""
+        if outcome == "transfer" or reason:
+            await self.set_variable("IVR_TRANSFER_REASON", reason or "unspecified")
+        await self.set_variable("IVR_RESULT", outcome)
+        if outcome == "completed":
+            await self.hangup()
+
     async def exec_app(self, application: str, options: str, *, timeout_s: float) -> AgiResponse:
         """``EXEC`` a dialplan application (e.g. AudioSocket); the reply comes when it returns."""
         return await self._agi.execute("EXEC", application, options, timeout_s=timeout_s)

@@ -30,6 +30,14 @@ END_ENTRY_S = 1.5  # a # keyed this soon after a complete entry only ends that e
 GrammarSource = Callable[[str, Expect], Sequence[str] | None]
 
 
+async def recognizer_serves(recognizer: Recognizer, locale: str, pool: PartPool, timeout_s: float) -> bool:
+    """Whether ``recognizer`` has a model for ``locale`` (it may load it: on the recognition threads)."""
+    available = getattr(recognizer, "available", None)
+    if available is None:
+        return True
+    return bool(await asyncio.wait_for(pool.run(available, locale), timeout_s))
+
+
 class RecordModeChannel:
     def __init__(
         self,
@@ -55,10 +63,7 @@ class RecordModeChannel:
         await self._agi.answer()
 
     async def can_recognize(self, locale: str) -> bool:
-        available = getattr(self._recognizer, "available", None)
-        if available is None:
-            return True
-        return bool(await asyncio.wait_for(self._asr_pool.run(available, locale), self._settings.asr_timeout_s))
+        return await recognizer_serves(self._recognizer, locale, self._asr_pool, self._settings.asr_timeout_s)
 
     async def speak(self, sound: Path, *, interruptible: bool = True) -> Playback:
         escape = KEYS if interruptible else ""
@@ -118,15 +123,7 @@ class RecordModeChannel:
         self._hash_ends_entry_until = time.monotonic() + END_ENTRY_S
 
     async def transfer(self, reason: str) -> None:
-        await self._agi.set_variable("IVR_TRANSFER_REASON", reason or "unspecified")
-        await self._agi.set_variable("IVR_RESULT", "transfer")
+        await self._agi.report("transfer", reason)
 
     async def finish(self, outcome: Outcome, reason: str = "") -> None:
-        if outcome is Outcome.TRANSFER:
-            await self.transfer(reason)
-            return
-        if reason:
-            await self._agi.set_variable("IVR_TRANSFER_REASON", reason)
-        await self._agi.set_variable("IVR_RESULT", outcome.value)
-        if outcome is Outcome.COMPLETED:
-            await self._agi.hangup()
+        await self._agi.report(outcome.value, reason)

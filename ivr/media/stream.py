@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ivr.agi.connection import AgiChannel
+from ivr.agi.record_mode import recognizer_serves
 from ivr.channel import Heard, Playback
 from ivr.config import Settings
 from ivr.media.audiosocket import (
@@ -261,10 +262,7 @@ class StreamChannel:
         """Answered in ``open``, before the AudioSocket leg."""
 
     async def can_recognize(self, locale: str) -> bool:
-        available = getattr(self._recognizer, "available", None)
-        if available is None:
-            return True
-        return bool(await asyncio.wait_for(self._asr_pool.run(available, locale), self._settings.asr_timeout_s))
+        return await recognizer_serves(self._recognizer, locale, self._asr_pool, self._settings.asr_timeout_s)
 
     async def speak(self, sound: Path, *, interruptible: bool = True) -> Playback:
         self._check_gone()
@@ -388,20 +386,11 @@ class StreamChannel:
             self._drop_hash_until = time.monotonic() + END_ENTRY_S
 
     async def transfer(self, reason: str) -> None:
-        await self._end_media()
-        await self._agi.set_variable("IVR_TRANSFER_REASON", reason or "unspecified")
-        await self._agi.set_variable("IVR_RESULT", "transfer")
+        await self.finish(Outcome.TRANSFER, reason)
 
     async def finish(self, outcome: Outcome, reason: str = "") -> None:
-        if outcome is Outcome.TRANSFER:
-            await self.transfer(reason)
-            return
         await self._end_media()
-        if reason:
-            await self._agi.set_variable("IVR_TRANSFER_REASON", reason)
-        await self._agi.set_variable("IVR_RESULT", outcome.value)
-        if outcome is Outcome.COMPLETED:
-            await self._agi.hangup()
+        await self._agi.report(outcome.value, reason)
 
     # ------------------------------------------------------------ ending
     async def _end_media(self) -> None:
