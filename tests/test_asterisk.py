@@ -36,6 +36,7 @@ import time
 import wave
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -70,6 +71,13 @@ def read_wav(path: Path) -> tuple[bytes, int]:
     with wave.open(str(path), "rb") as w:
         assert (w.getnchannels(), w.getsampwidth()) == (1, 2), f"{path}: not mono 16-bit"
         return w.readframes(w.getnframes()), w.getframerate()
+
+
+def without_playback(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Events as both callers report them: the harness adds how each prompt played (interrupted,
+    heard_s), which the AMI test caller does not measure."""
+    return [{k: v for k, v in e.items() if k not in ("interrupted", "heard_s")} for e in events]
+
 
 
 def envelope(frames: bytes, rate: int, step_s: float = 0.02) -> np.ndarray:
@@ -421,7 +429,7 @@ async def test_balance_request_is_verified_by_keypad_then_answered(
     assert said[1] == prompt(robot_settings, "utter_ask_id_last4")  # the robot asks the caller to verify
     assert said[2] == prompt(robot_settings, "utter_verified")  # the keys 6193# arrived intact over DTMF
     # through Asterisk, the call is exactly what the replay harness makes of the same call file
-    assert report.events == harness_events
+    assert without_playback(report.events) == without_playback(harness_events)
     assert robot_record(robot_settings, report)["outcome"] == "completed"
 
 
@@ -439,7 +447,7 @@ async def test_request_for_a_person_is_transferred_to_the_queue(
         {"who": "dialplan", "kind": "to_human", "reason": "caller_request"},
         {"who": "agent", "kind": "answered"},
     ]
-    assert report.events == harness_events
+    assert without_playback(report.events) == without_playback(harness_events)
     assert_heard(report)
 
 
