@@ -18,7 +18,6 @@ from a sidecar text file (``ivr replay --asterisk --text``); everything else on 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import audioop
 import contextlib
@@ -464,10 +463,12 @@ async def test_robot_down_caller_hears_the_apology_and_reaches_a_person(
         port = closed.getsockname()[1]
         url = f"agi://127.0.0.1:{port}/ivr"
         # and, at the same time, `ivr replay --asterisk --server ... --json` with its own AMI login
-        cli = argparse.Namespace(
-            files=[str(CALLS / "text" / LOCALE / "human.yaml")], text=False, json=True,
-            server=f"127.0.0.1:{port}", asterisk=True,
-        )  # fmt: skip
+        from ivr.cli import build_parser
+
+        cli = build_parser().parse_args([
+            "replay", str(CALLS / "text" / LOCALE / "human.yaml"), "--json", "--server", f"127.0.0.1:{port}",
+            "--asterisk",
+        ])  # the same options the command line gives
         async with AsteriskCaller(robot_settings, ami=ami, agi_url=url) as caller:
             korean, unspecified, exit_code = await asyncio.gather(
                 caller.place(call_file("robot-down", Turn("silence", 1)), timeout_s=60),
