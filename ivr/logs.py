@@ -14,7 +14,7 @@ from ivr.masking import mask_text
 # Set by the call session for the duration of a call; asyncio tasks inherit it.
 call_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("call_id", default="-")
 
-_NOISY = ("rasa", "rasa_sdk", "tensorflow", "absl", "sanic", "apscheduler", "matplotlib", "jieba", "urllib3", "asyncio",
+_NOISY = ("rasa", "rasa_sdk", "alembic", "tensorflow", "absl", "sanic", "apscheduler", "matplotlib", "jieba", "urllib3", "asyncio",
           "filelock", "h5py", "numexpr", "aiohttp", "pydub", "comtypes", "py.warnings", "sqlalchemy")
 
 

@@ -80,6 +80,9 @@ def test_a_newcomers_first_run_prints_readable_lines_only(tmp_path: Path) -> Non
         "IVR_TRANSCRIPTS_DIR": str(tmp_path / "transcripts"),
         "RASA_TELEMETRY_ENABLED": "false",
     }
+    # what `make run` does first: the account database at the schema the robot knows
+    subprocess.run([sys.executable, "-m", "ivr", "db", "upgrade"], cwd=tmp_path, env=env, check=True,
+                   capture_output=True, timeout=120)
     master, slave = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "ivr", "serve"], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
