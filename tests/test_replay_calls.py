@@ -21,7 +21,6 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -33,14 +32,6 @@ from tests.conftest import make_demo_db
 
 CALLS = Path(__file__).parent / "calls"
 UPDATE = os.environ.get("IVR_UPDATE_GOLDENS") == "1"
-
-
-def golden_form(report: dict[str, Any]) -> dict[str, Any]:
-    """What a golden keeps: the behaviour. A prompt played to its end keeps no ``heard_s`` (its length:
-    dynamic prompts are rendered afresh each call, and their length can differ by a few ms)."""
-    events = [{k: v for k, v in e.items() if not (k == "heard_s" and e.get("interrupted") is False)}
-              for e in report["events"]]
-    return {**{k: v for k, v in report.items() if k != "call"}, "events": events}
 
 
 def call_files(mode: str) -> list[Path]:
@@ -80,7 +71,7 @@ async def replay_and_compare(path: Path, robot: RobotInThread, *, text_mode: boo
         assert not unheard, "caller speech without what the robot heard"
     assert report.failures(call) == [], json.dumps(report.to_json(), ensure_ascii=False, indent=1)
     golden_path = path.with_suffix(".golden.json")
-    actual = golden_form(report.to_json())
+    actual = report.golden()
     if UPDATE or not golden_path.exists():
         golden_path.write_text(json.dumps(actual, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         if not UPDATE:

@@ -13,7 +13,6 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -42,11 +41,6 @@ def stream_robot(base_settings: Settings, tmp_path_factory: pytest.TempPathFacto
     robot.stop()
 
 
-def without_timing(report: dict[str, Any]) -> dict[str, Any]:
-    events = [{k: v for k, v in e.items() if not (k == "heard_s" and e.get("interrupted"))} for e in report["events"]]
-    return {**{k: v for k, v in report.items() if k != "call"}, "events": events}
-
-
 @pytest.mark.parametrize("path", sorted(CALLS.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
 async def test_stream_call(path: Path, stream_robot: RobotInThread) -> None:
     call = load_call_file(path)
@@ -63,7 +57,7 @@ async def test_stream_call(path: Path, stream_robot: RobotInThread) -> None:
         assert during <= event["heard_s"] <= during + STOP_WITHIN_S, event
     assert all(s <= STOP_WITHIN_S for s in report.barge_in_stops_s), report.barge_in_stops_s
     golden_path = path.with_suffix(".golden.json")
-    actual = without_timing(report.to_json())
+    actual = report.golden(cut_prompts_heard=False)
     if UPDATE or not golden_path.exists():
         golden_path.write_text(json.dumps(actual, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         if not UPDATE:

@@ -105,6 +105,12 @@ def database_leaks(path: Path) -> list[str]:
     found = []
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
         tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        if "customers" in tables and not db.execute(
+            "SELECT 1 FROM customers WHERE id IN ('C001', 'C002', 'C003')"
+        ).fetchone():
+            # generated customers only (`ivr db demo-data`): their random amounts and references may
+            # contain any four digits, and no demo customer's secret can be there
+            return found
         for table in tables:
             for row in db.execute(f'SELECT * FROM "{table}"'):  # table names from the schema itself
                 for cell in row:

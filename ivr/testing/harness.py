@@ -70,6 +70,17 @@ class CallReport:
             out.append(f"expected the transfer reason {call.expect.transfer_reason}, got {self.transfer_reason or 'none'}")
         return out
 
+    def golden(self, *, cut_prompts_heard: bool = True) -> dict[str, Any]:
+        """What a golden transcript keeps: the behaviour. A prompt played to its end keeps no ``heard_s``
+        (its length: dynamic prompts are rendered afresh each call and differ by milliseconds); an
+        interrupted one keeps it unless ``cut_prompts_heard`` is False (real-time stream calls jitter)."""
+        def kept(event: dict[str, Any]) -> dict[str, Any]:
+            cut = event.get("interrupted") is True
+            drop = "heard_s" in event and (not cut or not cut_prompts_heard)
+            return {k: v for k, v in event.items() if not (drop and k == "heard_s")}
+
+        return {**{k: v for k, v in self.to_json().items() if k != "call"}, "events": [kept(e) for e in self.events]}
+
     def to_json(self) -> dict[str, Any]:
         return {
             "call": self.name,
