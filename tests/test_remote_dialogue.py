@@ -275,7 +275,8 @@ def test_forget_conversation_cleans_wrapped_stores_and_refuses_unknown_ones(tmp_
     domain = Domain.empty()
 
     def tracker(sender: str) -> DialogueStateTracker:
-        return DialogueStateTracker.from_events(sender, [UserUttered('/inform_digits{"digits":"7305"}')])
+        # digits of no demo customer: the "kept" conversation stays on disk on purpose
+        return DialogueStateTracker.from_events(sender, [UserUttered('/inform_digits{"digits":"2468"}')])
 
     sql = SQLTrackerStore(domain, host=f"sqlite:///{tmp_path / 'rasa.db'}")
     fallback = InMemoryTrackerStore(domain)

@@ -442,7 +442,7 @@ SLOT_SAMPLES = {
     # values as the actions write them (the README's number conventions), by words in the slot name
     "zh-CN": {"amount": "1,234.56 CNY", "date": "2026-12-15", "digits": "5678", "count": "12"},
     "en-US": {"amount": "2,500.75 USD", "date": "2026-11-16", "digits": "9012", "count": "12"},
-    "ko-KR": {"amount": "1,234,000 KRW", "date": "2026-12-15", "digits": "6193", "count": "12"},
+    "ko-KR": {"amount": "1,234,000 KRW", "date": "2026-12-15", "digits": "4005", "count": "12"},  # an account's tail
 }
 SLOT_KINDS = {
     "amount": ("amount", "balance", "outstanding", "money", "total"),

@@ -137,7 +137,10 @@ def written_by_the_suite(suite: SuiteDirs, settings: Settings) -> tuple[list[Pat
     for path in files_under(base):
         parts = set(path.parts)
         if (
-            path.suffix in (".log", ".jsonl")
+            path.suffix == ".log"
+            # JSON lines the robot writes are transcripts (<transcripts>/<date>/<call>.jsonl); other
+            # JSON lines under pytest's folders are tests' own inputs (generated customer files)
+            or (path.suffix == ".jsonl" and re.fullmatch(r"\d{4}-\d{2}-\d{2}", path.parent.name))
             or parts & {"spool", "transcripts"}
             or (path.suffix == ".txt" and parts & {"dynamic", "prompts"})
         ):
