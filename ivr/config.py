@@ -37,6 +37,8 @@ class Settings:
     spool_dir: Path = PROJECT_ROOT / "var" / "spool"
     transcripts_dir: Path = PROJECT_ROOT / "var" / "transcripts"
     log_dir: Path = PROJECT_ROOT / "var" / "log"  # log files of helper processes (Rasa servers, action server)
+    # the ops console (`ivr console`): its users, audit log and session key (owner-only, never committed)
+    console_dir: Path = PROJECT_ROOT / "var" / "console"
     # privacy: how long transcripts, kept recordings, helper logs and audit rows are kept (`ivr purge`,
     # daily in `ivr serve`); 0 keeps them forever. Recordings are deleted once decoded unless kept.
     retention_days: int = 30
