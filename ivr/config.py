@@ -56,6 +56,16 @@ class Settings:
     releases_keep: int = 10
     reload_token: str = ""
     max_calls: int = 200
+    # several workers on one machine (`ivr serve --workers N`, `ivr pod`; ivr.pod): HAProxy listens on
+    # agi_port and hands each call to the least busy healthy worker; worker i (0, 1, ...) listens for
+    # FastAGI on worker_agi_port + i, HTTP (/metrics, /health) on worker_http_port + i and AudioSocket on
+    # worker_audiosocket_port + i; the supervisor serves every worker's /metrics (label worker="i") and
+    # the pod's /health on http_port. pod_dir: HAProxy's generated config and socket, the pod's state.
+    workers: str = "1"  # a number, or "auto" (one per core)
+    worker_agi_port: int = 4600
+    worker_http_port: int = 8100
+    worker_audiosocket_port: int = 4700
+    pod_dir: Path = PROJECT_ROOT / "var" / "pod"
     stop_grace_s: float = 30.0
     header_timeout_s: float = 5.0
     command_timeout_s: float = 120.0
@@ -193,6 +203,8 @@ def load_settings(
         raise ConfigError(f"setting media: {settings.media!r} is not one of {', '.join(MEDIA)}")
     if settings.endpoint_silence_ms < 20 or settings.endpoint_silence_ms % 20:
         raise ConfigError("setting endpoint_silence_ms: a positive multiple of 20 ms (one audio frame)")
+    if settings.workers != "auto" and not (settings.workers.isdigit() and int(settings.workers) >= 1):
+        raise ConfigError(f"setting workers: {settings.workers!r} is not a number of processes (1 or more) or 'auto'")
     if settings.locale not in LOCALES:
         raise ConfigError(f"setting locale: {settings.locale!r} is not one of {', '.join(LOCALES)}")
     if settings.account_source not in ("own", "sql"):
