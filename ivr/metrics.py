@@ -7,8 +7,9 @@ import hmac
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
+from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -93,9 +94,12 @@ class HealthServer:
             self._server.close()
             await self._server.wait_closed()
 
-    async def health(self) -> tuple[bool, dict[str, str]]:
+    async def health(self, only: Collection[str] | None = None) -> tuple[bool, dict[str, str]]:
+        """Every check (or those named in ``only``): all up, and each one's state."""
         status: dict[str, str] = {}
         for name, probe in self._checks.items():
+            if only is not None and name not in only:
+                continue
             try:
                 work = probe() if inspect.iscoroutinefunction(probe) else asyncio.to_thread(probe)
                 ok = await asyncio.wait_for(work, HEALTH_CHECK_S)
@@ -136,8 +140,11 @@ class HealthServer:
                 body, status, ctype = await self._reload_request(method, reader)
             elif path == "/metrics":
                 body, status, ctype = self._metrics.exposition(), "200 OK", "text/plain; version=0.0.4"
-            elif path == "/health":
-                ok, detail = await self.health()
+            elif path.partition("?")[0] == "/health":
+                # ?part=dialogue: only this process's own parts (HAProxy's check in a pod: a shared
+                # database that is down must not take every worker out of the balancer at once)
+                only = parse_qs(path.partition("?")[2]).get("part")
+                ok, detail = await self.health(only)
                 document: dict[str, Any] = {"status": "ok" if ok else "degraded", "parts": detail}
                 if self._info is not None:
                     document.update(self._info())
