@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "ivr.asterisk.commands",  # asterisk up|down|status
     "ivr.retention",  # purge
     "ivr.releases_commands",  # publish, releases, rollback
+    "ivr.console.commands",  # console, console adduser
 )
 
 
