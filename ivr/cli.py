@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "ivr.tts.commands",  # say, prompts build
     "ivr.asr.commands",  # models list|pull|verify, asr transcribe|eval
     "ivr.asterisk.commands",  # asterisk up|down|status
+    "ivr.pod.commands",  # pod config|up|down|status
     "ivr.retention",  # purge
     "ivr.releases_commands",  # publish, releases, rollback
     "ivr.console.commands",  # console, console adduser

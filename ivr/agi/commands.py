@@ -6,8 +6,12 @@ import argparse
 import asyncio
 import logging
 import signal
+from typing import TYPE_CHECKING
 
 from ivr.config import Settings
+
+if TYPE_CHECKING:
+    from ivr.parts import Recognizer
 
 log = logging.getLogger(__name__)
 
@@ -21,17 +25,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="development only: take the caller's words from <recording>.txt instead of Vosk",
     )
+    p.add_argument(
+        "--workers",
+        help="robot processes: a number or 'auto' (one per core; default: $IVR_WORKERS or 1). More than one: "
+        "HAProxy on the FastAGI port in front of them, supervised (see `ivr pod`)",
+    )
     p.set_defaults(handler=serve)
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
+    from ivr.pod.supervisor import run_pod, worker_count
+
+    workers = worker_count(args.workers or settings.workers)
+    if workers > 1:
+        return run_pod(settings, workers, host=args.host, port=args.port, text_input=args.text_input)
     return asyncio.run(_serve(settings, args.host, args.port, args.text_input))
 
 
-async def _serve(settings: Settings, host: str | None, port: int | None, text_input: bool) -> int:
+async def _serve(
+    settings: Settings, host: str | None, port: int | None, text_input: bool, *,
+    recognizer: Recognizer | None = None, purge: bool = True,
+) -> int:
+    """One robot process until SIGTERM/SIGINT. A pod's worker (ivr.pod) passes the speech models its
+    supervisor loaded before forking, and only one worker runs the retention purge."""
     from ivr.app import build_robot
 
-    robot = build_robot(settings, text_input=text_input, releases=True)
+    robot = build_robot(settings, text_input=text_input, releases=True, recognizer=recognizer)
     await robot.warm_up()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -39,7 +58,8 @@ async def _serve(settings: Settings, host: str | None, port: int | None, text_in
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, robot.request_reload)  # load the current releases, calls go on
     await robot.start(host, port)
-    robot.start_purging()  # retention: transcripts, recordings, audit rows past retention_days, daily
+    if purge:
+        robot.start_purging()  # retention: transcripts, recordings, audit rows past retention_days, daily
     log.info("the robot answers calls; /metrics and /health on %s:%d", settings.http_host, settings.http_port)
     await stop.wait()
     log.info("stopping: no new calls, live calls get up to %.0f s", settings.stop_grace_s)
