@@ -1,0 +1,230 @@
+"""The ops console in a real browser (Playwright driving Debian's chromium), end to end against a running
+robot (issue #14): an editor changes the greeting and listens to it, a publisher publishes it (``ivr
+publish`` trains the draft: ~30 s), a replayed call to ``ivr serve`` hears the new greeting; a rollback
+from the releases list and the next call hears the old one. A viewer has no edit controls and a POST
+from their session is refused. Screenshots of each page go to tests/console/screenshots/ (the README
+shows them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import http.client
+import io
+import json
+import shutil
+import subprocess
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ivr.config import PROJECT_ROOT, Settings
+from ivr.dialogue.prompts import PromptBook
+from ivr.dialogue.train import training_lock
+from ivr.releases import ReleaseAudit, ReleaseStore
+from ivr.testing.callfile import CallFile, Turn
+from ivr.testing.harness import CallReport, ScriptedAsterisk
+
+from .conftest import make_demo_db
+from .console_helpers import IVR, PASSWORDS, ConsoleWorkspace, make_workspace, running_console
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+LOCALE = "en-US"
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = Path(__file__).parent / "console" / "screenshots"
+NEW_GREETING = "Hello from the ops console! Ask me for your balance, repayments or transactions."
+REPO_MODELS = PROJECT_ROOT / "models"
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is missing (make setup)")]
+
+
+@pytest.fixture(scope="module")
+def ws(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> ConsoleWorkspace:
+    """The dialogs and the demo customers; release 1 of en-US published (the repository's model reused)."""
+    root = tmp_path_factory.mktemp("console-e2e")
+    ws = make_workspace(base_settings, root, make_demo_db(root / "accounts.db"))
+    if (REPO_MODELS / "rasa" / LOCALE).is_dir():  # reused when it was trained from these very files
+        shutil.copytree(REPO_MODELS / "rasa" / LOCALE, ws.settings.models_dir / "rasa" / LOCALE)
+    audit = ReleaseAudit(ws.settings.database_url)
+    with training_lock(REPO_MODELS):  # one training at a time on this machine
+        ReleaseStore(ws.settings).publish(LOCALE, author="alice", message="as shipped", audit=audit)
+    audit.close()
+    return ws
+
+
+@dataclasses.dataclass(frozen=True)
+class Robot:
+    agi_port: int
+    http_port: int
+
+    def release(self) -> int | None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=5)
+        try:
+            conn.request("GET", "/health")
+            return int(json.loads(conn.getresponse().read())["releases"][LOCALE]["current"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        finally:
+            conn.close()
+
+    def call(self, tmp: Path) -> list[str]:
+        """A replayed call (text mode): what the robot said."""
+        call = CallFile(tmp / "hello.yaml", "15550000002", LOCALE, (Turn("say", "no thanks, goodbye"),))
+
+        async def place() -> CallReport:
+            return await ScriptedAsterisk(call, locale=LOCALE, text_mode=True).run("127.0.0.1", self.agi_port)
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # off Playwright's own loop
+            report = pool.submit(asyncio.run, place()).result(timeout=120)
+        return [e["text"] for e in report.events if e["who"] == "robot" and e["text"]]
+
+
+@pytest.fixture(scope="module")
+def robot(ws: ConsoleWorkspace) -> Iterator[Robot]:
+    from ivr.dialogue.servers import free_ports
+
+    agi_port, http_port = free_ports(2)
+    env = ws.env()
+    env.update(IVR_AGI_PORT=str(agi_port), IVR_HTTP_PORT=str(http_port), IVR_RETENTION_DAYS="0")
+    log_path = ws.root / "serve.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen([*IVR, "--log-format", "json", "serve", "--text-input"], env=env, cwd=ws.root,
+                                  stdout=log, stderr=subprocess.STDOUT)
+        robot = Robot(agi_port, http_port)
+        try:
+            until(lambda: robot.release() == 1, 240, lambda: server.poll() is None, log_path)
+            yield robot
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+
+
+def until(predicate: Any, timeout_s: float, alive: Any = lambda: True, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        tail = log.read_text()[-3000:] if log else ""
+        assert alive(), tail
+        assert time.monotonic() < deadline, tail
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def console(ws: ConsoleWorkspace) -> Iterator[str]:
+    with running_console(ws, ws.root / "console.log") as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM))
+        yield chromium
+        chromium.close()
+
+
+def login(browser: Any, url: str, name: str) -> Any:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{url}/login")
+    page.fill("input[name=name]", name)
+    page.fill("input[name=password]", PASSWORDS[name])
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{url}/prompts/*")
+    return page
+
+
+def shot(page: Any, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def test_edit_listen_publish_a_call_hears_it_rollback_and_the_next_call_hears_the_old_one(
+    ws: ConsoleWorkspace, robot: Robot, console: str, browser: Any, tmp_path: Path
+) -> None:
+    old_greeting = PromptBook(ws.settings.dialogs_dir).text("utter_greet", LOCALE)
+    assert old_greeting in robot.call(tmp_path)
+
+    # an editor changes the greeting in the draft and listens to it
+    page = login(browser, console, "eddie")
+    page.goto(f"{console}/prompts/{LOCALE}")
+    row = page.locator("#row-utter_greet-0")
+    row.locator("textarea").fill(NEW_GREETING)
+    row.locator("button.save").click()
+    page.locator("#row-utter_greet-0 .msg.ok").wait_for()
+    assert "saved in the draft" in page.locator("#row-utter_greet-0 .msg").inner_text()
+    page.locator("#row-utter_greet-0 button.listen").click()
+    page.wait_for_function("document.querySelector('#row-utter_greet-0 audio').duration > 0", timeout=60_000)
+    duration = page.evaluate("document.querySelector('#row-utter_greet-0 audio').duration")
+    src = page.evaluate("document.querySelector('#row-utter_greet-0 audio').src")
+    wav_bytes = page.request.get(src).body()
+    with wave.open(io.BytesIO(wav_bytes)) as wav:
+        assert wav.getframerate() == 8000 and wav.getnchannels() == 1
+        assert abs(wav.getnframes() / 8000 - duration) < 0.05
+    assert 3.0 < duration < 20.0, duration  # a long sentence, not a beep nor the old text's length
+    shot(page, "prompts")
+    page.close()
+    assert robot.call(tmp_path)[0] == old_greeting  # the draft is not live
+
+    # a viewer: no edit controls, and a POST with their own session and token is refused
+    page = login(browser, console, "vera")
+    page.goto(f"{console}/prompts/{LOCALE}")
+    assert page.locator("textarea").count() == 0 and page.locator("button.save").count() == 0
+    token = page.locator("input[name=csrf]").first.get_attribute("value")
+    refused = page.request.post(f"{console}/prompts/{LOCALE}/save", form={
+        "csrf": token, "name": "utter_greet", "index": "0", "text": "hacked", "version": "x"})
+    assert refused.status == 403
+    shot(page, "prompts-viewer")
+    page.close()
+
+    # a publisher sees the diff, publishes (progress while it trains), and the robot reloads
+    page = login(browser, console, "paula")
+    page.goto(f"{console}/publish/{LOCALE}")
+    assert NEW_GREETING in page.locator("#diff").inner_text()
+    page.fill("input[name=message]", "friendlier greeting")
+    page.click("#publish")
+    page.locator("#job .progress").wait_for(timeout=30_000)
+    shot(page, "publish-progress")
+    page.locator("#job-done, #job-failed").wait_for(timeout=300_000)
+    assert page.locator("#job-done").count() == 1, page.locator("#job").inner_text()
+    assert "reload done" in page.locator("#job").inner_text()
+    until(lambda: robot.release() == 2, 60)
+    said = robot.call(tmp_path)
+    assert said[0] == NEW_GREETING and old_greeting not in said, said
+    page.goto(f"{console}/publish/{LOCALE}")
+    assert "no difference" in page.locator("#diff").inner_text()
+    shot(page, "publish")
+
+    # roll back from the releases list
+    page.locator("#releases tr", has_text="as shipped").locator("button.rollback").click()
+    page.locator("#notice").wait_for()
+    assert "release 1 is current again (was 2)" in page.locator("#notice").inner_text()
+    until(lambda: robot.release() == 1, 60)
+    said = robot.call(tmp_path)
+    assert said[0] == old_greeting and NEW_GREETING not in said, said
+
+    page.goto(f"{console}/audit")
+    audit = page.locator("#audit").inner_text()
+    for what in ("draft edit", "publish started", "publish done", "rollback"):
+        assert what in audit, audit
+    events = page.locator("#release-events").inner_text()
+    assert "paula" in events and "friendlier greeting" in events
+    shot(page, "audit")
+    page.close()
+
+    page = login(browser, console, "ada")
+    page.goto(f"{console}/users")
+    shot(page, "users")
+    page.goto(f"{console}/login")
+    page.close()
+    anonymous = browser.new_page(viewport={"width": 1280, "height": 900})
+    anonymous.goto(f"{console}/prompts/{LOCALE}")
+    assert anonymous.url.endswith("/login")
+    shot(anonymous, "login")
+    anonymous.close()
