@@ -42,7 +42,8 @@ class ConsoleWorkspace:
 def make_workspace(base: Settings, root: Path, database_url: str) -> ConsoleWorkspace:
     shutil.copytree(PROJECT_ROOT / "dialogs", root / "dialogs", ignore=shutil.ignore_patterns("server"))
     settings = dataclasses.replace(base, dialogs_dir=root / "dialogs", models_dir=root / "models",
-                                   console_dir=root / "console", database_url=database_url)
+                                   console_dir=root / "console", database_url=database_url,
+                                   transcripts_dir=root / "transcripts")
     ws = ConsoleWorkspace(root, settings)
     for name, password in PASSWORDS.items():
         done = ws.ivr("console", "adduser", name, "--role", ROLES[name], stdin=password + "\n")

@@ -352,3 +352,109 @@ def test_a_publish_without_a_message_is_refused(ws: ConsoleWorkspace, port: int)
     _, page = paula.get(f"/publish/{LOCALE}")
     status, body = paula.post(f"/publish/{LOCALE}", {"csrf": csrf_of(page), "message": "  "})
     assert status == 422 and "say what changed and why" in body
+
+
+# ---------------------------------------------------------------- calls and dashboard
+def write_call(folder: Path, day: str, call_id: str, start: float, lines: list[dict[str, object]]) -> None:
+    import json
+
+    (folder / day).mkdir(parents=True, exist_ok=True)
+    with (folder / day / f"{call_id}.jsonl").open("w", encoding="utf-8") as out:
+        for offset, line in enumerate(lines):
+            out.write(json.dumps({"t": start + 2 * offset, **line}, ensure_ascii=False) + "\n")
+
+
+@pytest.fixture
+def some_calls(ws: ConsoleWorkspace) -> Iterator[Path]:
+    """Four transcripts as the robot writes them: two days, two locales, a transfer, a verification failure."""
+    folder = ws.settings.transcripts_dir
+    greet = {"who": "robot", "text": "Welcome."}
+    end = {"who": "system", "text": "", "served_by": "voice", "caller": "*******0002"}
+    write_call(folder, "2026-11-30", "c1", 1_796_000_000, [
+        greet, {"who": "caller", "text": "my balance please", "intent": "ask_balance", "intent_confidence": 0.91},
+        {"who": "caller", "text": "****", "keypad": True, "masked": True, "secret": True},
+        {"who": "robot", "text": "Your balance is 2,500.75 USD, account ending 12345678."},
+        {**end, "outcome": "completed", "reason": "", "locale": "en-US"}])
+    write_call(folder, "2026-12-01", "c2", 1_796_100_000, [
+        greet, {"who": "caller", "text": "purple <b>elephant</b> tuesday", "intent": "nlu_fallback",
+                "intent_confidence": 0.21},
+        {"who": "caller", "text": "agent", "intent": "human", "intent_confidence": 0.88},
+        {**end, "outcome": "transfer", "reason": "caller_request", "locale": "en-US"}])
+    write_call(folder, "2026-12-01", "c3", 1_796_100_100, [
+        greet, {"who": "caller", "text": "****", "keypad": True, "masked": True, "secret": True},
+        {**end, "outcome": "transfer", "reason": "verification_failed", "locale": "en-US"}])
+    write_call(folder, "2026-12-01", "c4", 1_796_100_200, [
+        greet, {"who": "caller", "text": "再见", "intent": "goodbye", "intent_confidence": 0.95},
+        {**end, "outcome": "completed", "reason": "", "locale": "zh-CN"}])
+    yield folder
+    shutil.rmtree(folder)
+
+
+def test_calls_are_listed_filtered_and_shown_masked_with_intents(some_calls: Path, port: int) -> None:
+    vera = Client(port).login("vera")
+    status, page = vera.get("/calls")
+    assert status == 200
+    rows = re.findall(r'<a href="/calls/(c\d)">', page)
+    assert rows == ["c4", "c3", "c2", "c1"]  # newest first
+    for query, expected in (("?outcome=transfer", ["c3", "c2"]), ("?locale=zh-CN", ["c4"]),
+                            ("?intent=ask_balance", ["c1"]), ("?from=2026-12-01&to=2026-12-01", ["c4", "c3", "c2"]),
+                            ("?to=2026-11-30", ["c1"]), ("?locale=xx&from=notadate", ["c4", "c3", "c2", "c1"])):
+        assert re.findall(r'<a href="/calls/(c\d)">', vera.get("/calls" + query)[1]) == expected, query
+    status, page = vera.get("/calls/c1")
+    assert status == 200 and "ask_balance" in page and "0.91" in page
+    assert "12345678" not in page and "****5678" in page  # masked again, whatever the transcript held
+    status, page = vera.get("/calls/c2")
+    assert "&lt;b&gt;elephant&lt;/b&gt;" in page and "<b>elephant" not in page
+    assert "not understood" in page and "add-phrasing" not in page  # a viewer cannot add it
+    assert vera.get("/calls/nope")[0] == 404
+
+
+def test_the_dashboard_counts_per_day_and_locale(some_calls: Path, port: int) -> None:
+    vera = Client(port).login("vera")
+    status, page = vera.get("/dashboard")
+    assert status == 200 and "<svg" in page
+
+    def row(day: str, locale: str) -> dict[str, str]:
+        match = re.search(rf'<tr data-day="{day}" data-locale="{locale}">(.*?)</tr>', page, re.S)
+        assert match, (day, locale)
+        return dict(re.findall(r'<td class="([a-z-]+)">(.*?)</td>', match.group(1), re.S))
+
+    assert row("2026-12-01", "en-US") == {
+        "calls": "2", "containment": "0%", "transfer-rate": "100%",
+        "transfers": "caller_request: 1, verification_failed: 1", "verification-failures": "1",
+        "avg-turns": "1.5", "avg-duration": "5.0 s"}
+    assert row("2026-12-01", "zh-CN")["containment"] == "100%"
+    assert row("2026-11-30", "en-US")["calls"] == "1" and row("2026-11-30", "en-US")["avg-duration"] == "8.0 s"
+
+
+def test_a_not_understood_turn_is_added_as_a_phrasing_into_the_draft(
+    ws: ConsoleWorkspace, some_calls: Path, port: int
+) -> None:
+    from ivr.asr.grammar import load_nlu_examples
+
+    eddie = Client(port).login("eddie")
+    _, page = eddie.get("/calls/c2")
+    assert "add-phrasing" in page
+    form = {"csrf": csrf_of(page), "locale": LOCALE, "intent": "human", "text": "purple elephant tuesday"}
+    status, body = eddie.post("/calls/c2/phrasing", form)
+    assert status == 200 and "added to human in the draft" in body
+    examples = load_nlu_examples(ws.settings.dialogs_dir, LOCALE)
+    assert "purple elephant tuesday" in examples["human"]
+    status, body = eddie.post("/calls/c2/phrasing", form)  # twice: refused, not duplicated
+    assert status == 422 and "already a phrasing of human" in body
+    nlu = ws.settings.dialogs_dir / LOCALE / "data" / "nlu.yml"
+    before = nlu.read_bytes()
+    heldout = yaml.safe_load((ws.settings.dialogs_dir / LOCALE / "heldout.yml").read_text())["nlu"][0]
+    held = heldout["examples"].splitlines()[0][2:]
+    for text, message in ((held, "repeats the held-out phrasing"), ("my ****5678", "masked digits"),
+                          ("x" * 300, "at most 200")):
+        status, body = eddie.post("/calls/c2/phrasing", {**form, "text": text, "intent": heldout["intent"]})
+        assert status == 422 and message in body, (text, body)
+    status, body = eddie.post("/calls/c2/phrasing", {**form, "intent": "no_such_intent", "text": "hi again"})
+    assert status == 422 and "no intent &#39;no_such_intent&#39;" in body
+    assert nlu.read_bytes() == before
+    vera = Client(port).login("vera")
+    _, page = vera.get("/calls/c2")
+    assert vera.post("/calls/c2/phrasing", {**form, "csrf": csrf_of(page), "text": "vera was here"})[0] == 403
+    _, audit = eddie.get("/audit")
+    assert "phrasing added" in audit and "purple elephant tuesday" in audit

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import re
 import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup, escape
 from sanic import Sanic, response
 from sanic.exceptions import NotFound, PayloadTooLarge
 from sanic.request import Request
@@ -313,6 +315,69 @@ def build_app(settings: Settings, *, secure_cookies: bool = False, config: Path 
         state = await asyncio.to_thread(publish_state, locale)
         return console.render(request, "publish.html", status, locale=locale,
                               job=console.publisher.running(locale), notice=notice, **state)
+
+    # ------------------------------------------------------------ calls and dashboard
+    def filters_of(request: Request) -> Any:
+        from ivr.console.calls import Filters
+
+        def arg(name: str) -> str:
+            return str(request.args.get(name) or "")[:40]
+
+        day = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+        return Filters(day_from=arg("from") if day.match(arg("from")) else "",
+                       day_to=arg("to") if day.match(arg("to")) else "", outcome=arg("outcome"),
+                       intent=arg("intent"), locale=arg("locale") if arg("locale") in LOCALES else "")
+
+    @app.get("/calls")
+    @page()
+    async def calls(request: Request, user: User) -> HTTPResponse:
+        from ivr.console.calls import OUTCOMES, list_views
+
+        filters = filters_of(request)
+        views = await asyncio.to_thread(list_views, settings.transcripts_dir, filters)
+        return console.render(request, "calls.html", views=views, filters=filters, outcomes=OUTCOMES)
+
+    @app.get("/calls/<call_id>")
+    @page()
+    async def call(request: Request, user: User, call_id: str) -> HTTPResponse:
+        from ivr.console.calls import call_view, intents
+        from ivr.testing.export import ExportError, find_call
+
+        try:
+            path = await asyncio.to_thread(find_call, settings.transcripts_dir, call_id)
+            view = await asyncio.to_thread(call_view, path)
+        except ExportError as exc:
+            return console.render(request, "error.html", 404, message=str(exc))
+        locale = view.summary.locale if view.summary.locale in LOCALES else settings.locale
+        names = await asyncio.to_thread(intents, settings.dialogs_dir, locale)
+        return console.render(request, "call.html", view=view, locale=locale, intents=names, notice="")
+
+    @app.post("/calls/<call_id>/phrasing")
+    @page("editor")
+    async def add_phrasing(request: Request, user: User, call_id: str) -> HTTPResponse:
+        from ivr.console.calls import add_phrasing as add
+
+        locale, intent, text = field(request, "locale", 10), field(request, "intent", 100), field(request, "text", 500)
+        try:
+            phrase = await asyncio.to_thread(add, settings.dialogs_dir, locale, intent, text,
+                                             lock_dir=settings.console_dir)
+        except drafts.DraftError as exc:
+            return response.html(f'<span class="err" role="status">not added: {escape(str(exc))}</span>', status=422)
+        await asyncio.to_thread(console.store.record, user.name, "phrasing added",
+                                f"{locale} {intent}: {phrase!r} (from call {call_id})")
+        return response.html(f'<span class="ok" role="status">added to {escape(intent)} in the draft '
+                             '(not live until published)</span>')
+
+    @app.get("/dashboard")
+    @page()
+    async def dashboard(request: Request, user: User) -> HTTPResponse:
+        from ivr.console.calls import dashboard as stats
+        from ivr.console.calls import list_views, svg_bars
+
+        filters = filters_of(request)
+        views = await asyncio.to_thread(list_views, settings.transcripts_dir, filters, 100_000)
+        rows = stats(views)
+        return console.render(request, "dashboard.html", rows=rows, chart=Markup(svg_bars(rows)), filters=filters)
 
     # ------------------------------------------------------------ audit and users
     @app.get("/audit")
