@@ -144,7 +144,8 @@ class Pod:
 
     def all_up(self) -> bool:
         document = self.health()
-        return document["front_door"]["running"] and all(w["state"] == "up" for w in document["workers"])
+        return document["front_door"]["running"] and all(w["state"] == "up" and w["haproxy"] == "UP"
+                                                         for w in document["workers"])
 
 
 def _demo_into(url: str) -> None:
@@ -305,7 +306,7 @@ def test_a_hung_worker_is_cut_out_its_calls_reach_a_person_and_it_is_replaced(po
 
 @pytest.mark.slow
 def test_haproxy_killed_its_calls_reach_a_person_and_it_is_started_again(pod: Pod) -> None:
-    pod.wait_for(lambda: sum(w["state"] == "up" for w in pod.health()["workers"]) >= 2, "two workers up", 300)
+    pod.wait_for(lambda: sum(w["haproxy"] == "UP" for w in pod.health()["workers"]) >= 2, "two workers up", 300)
     old = pod.health()["front_door"]["haproxy_pid"]
 
     def kill() -> None:
@@ -333,8 +334,8 @@ def _wrong_digits(name: str) -> CallFile:
 def test_the_lockout_holds_across_workers_on_postgresql(pod: Pod) -> None:
     """Two callers' wrong digits at once land on two workers (leastconn); together they pass the limit
     (5): the right digits are then refused whichever worker takes the next call."""
-    pod.wait_for(lambda: sum(w["state"] == "up" for w in pod.health()["workers"]) >= 2, "two workers up", 300)
-    before = pod.samples("ivr_verification_failures_total")
+    pod.wait_for(lambda: sum(w["haproxy"] == "UP" for w in pod.health()["workers"]) >= 2, "two workers up", 300)
+    before = pod.samples("ivr_calls_answered_total")
 
     async def both() -> list[CallReport]:
         return list(await asyncio.gather(*(ScriptedAsterisk(_wrong_digits(n), locale="en-US", text_mode=True,
@@ -343,13 +344,14 @@ def test_the_lockout_holds_across_workers_on_postgresql(pod: Pod) -> None:
 
     reports = asyncio.run(both())
     assert [r.outcome for r in reports] == ["transfer", "transfer"], [r.errors for r in reports]
-    after = pod.samples("ivr_verification_failures_total")
-    counted = {w: after.get(w, 0) - before.get(w, 0) for w in after if after.get(w, 0) > before.get(w, 0)}
-    assert len(counted) == 2, counted  # the two calls were on two workers
+    after = pod.samples("ivr_calls_answered_total")
+    answered = {w: after[w] - before.get(w, 0) for w in after if after[w] > before.get(w, 0)}
+    assert list(answered.values()) == [1, 1], answered  # the two calls were on two workers
     right = CallFile(Path("right.yaml"), "15550000002", "en-US",
                      (Turn("say", "I'd like to know my account balance"), Turn("dtmf", "7305#"),
                       Turn("say", "no thanks, goodbye")))
     for _ in range(WORKERS):  # whichever worker takes it
         report = asyncio.run(ScriptedAsterisk(right, locale="en-US", text_mode=True,
                                               timeout_s=CALL_TIMEOUT_S).run("127.0.0.1", pod.front_port))
-        assert "2,500.75" not in report.robot_text and report.outcome == "transfer", report.robot_text
+        assert "2,500.75" not in report.robot_text, report.robot_text
+        assert (report.outcome, report.transfer_reason) == ("transfer", "locked"), report.robot_text

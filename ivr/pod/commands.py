@@ -112,7 +112,7 @@ def pod_up(args: argparse.Namespace, settings: Settings) -> int:
             print(f"ivr pod up: the pod exited ({process.returncode}); see {log_path}", file=sys.stderr)
             return 1
         got = pod_health(settings, 2.0)
-        if got is not None and all(w["state"] == "up" for w in got[1]["workers"]) and got[1]["front_door"]["running"]:
+        if got is not None and all(w["state"] == "up" and w["haproxy"] == "UP" for w in got[1]["workers"]):
             _print_status(got[1])
             return 0
         time.sleep(1.0)  # polling a starting server
@@ -155,8 +155,8 @@ def _print_status(document: dict[str, Any]) -> None:
           f"{'running' if front['running'] else 'NOT RUNNING'}, restarted {front['restarts']} times")
     for w in document["workers"]:
         memory = f"RSS {w.get('rss_kb', 0) / 1024:.0f} MB, PSS {w.get('pss_kb', 0) / 1024:.0f} MB" if w.get("rss_kb") else ""
-        print(f"worker {w['worker']}: {w['state']:<10} PID {w['pid']:<7} FastAGI :{w['agi_port']} HTTP :{w['http_port']}"
-              f"  restarts {w['restarts']}  {memory}")
+        print(f"worker {w['worker']}: {w['state']:<10} (HAProxy: {w.get('haproxy') or '?'}) PID {w['pid']:<7} "
+              f"FastAGI :{w['agi_port']} HTTP :{w['http_port']}  restarts {w['restarts']}  {memory}")
 
 
 def pod_status(args: argparse.Namespace, settings: Settings) -> int:

@@ -314,8 +314,14 @@ class Supervisor:
     # ------------------------------------------------------------ HTTP: /metrics, /health
     def health(self) -> tuple[bool, dict[str, Any]]:
         haproxy_up = self.haproxy is not None and self.haproxy.returncode is None  # reaped by _reap
-        workers = [w.to_json() for w in self.workers]
-        ok = haproxy_up and any(w.state == "up" for w in self.workers)
+        seen: dict[str, str] = {}  # HAProxy's own view of each worker (UP, DOWN, ...)
+        if haproxy_up:
+            try:
+                seen = {row.get("svname", ""): row.get("status", "") for row in haproxy.stats(self.settings.pod_dir / "haproxy.sock")}
+            except OSError:
+                haproxy_up = False
+        workers = [{**w.to_json(), "haproxy": seen.get(f"worker{w.index}", "")} for w in self.workers]
+        ok = haproxy_up and any(w["state"] == "up" and w["haproxy"] == "UP" for w in workers)
         document = {
             "status": "ok" if ok else "degraded", "supervisor_pid": os.getpid(),
             "front_door": {"host": self.host, "port": self.port, "haproxy_pid": self.haproxy.pid if self.haproxy else 0,
