@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import http.client
 import json
+import logging
 import os
 import signal
 import socket
@@ -35,6 +36,7 @@ from ivr.testing.callfile import CallFile, Expectation, Turn, load_call_file
 from ivr.testing.harness import CallReport, ScriptedAsterisk
 from tests.conftest import FIXED_DATE, SuiteDirs
 
+log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 BALANCE = load_call_file(ROOT / "tests" / "calls" / "text" / "zh-CN" / "balance.yaml")
 WORKERS = 3
@@ -245,6 +247,14 @@ def _run_with_fault(pod: Pod, fault: Callable[[], None], *, slow: int, hold_s: f
     return asyncio.run(scenario())
 
 
+def _process_state(pid: int) -> str:
+    """The state letter of /proc/<pid>/stat (T: stopped), "" when the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def _active(pod: Pod, index: int) -> float:
     return pod.samples("ivr_calls_active").get(str(index), 0.0)
 
@@ -289,6 +299,10 @@ def test_a_hung_worker_is_cut_out_its_calls_reach_a_person_and_it_is_replaced(po
 
     try:
         reports = _run_with_fault(pod, stop, slow=4, hold_s=2.0, before=lambda: _active(pod, 1) >= 1)
+        # the calls ended while the worker was still there, stopped: HAProxy cut them (~2-3 s), not the
+        # supervisor's kill (~6-9 s), which would also end them
+        assert _process_state(victim["pid"]) == "T", "the stuck calls ended only when the hung worker was killed"
+        log.info("hung worker: its calls were cut %.1f s after SIGSTOP", time.monotonic() - stopped_at[0])
         endings = [ending(r) for r in reports]
         # the stuck calls are cut when HAProxy marks the worker down (on-marked-down shutdown-sessions):
         # the dialplan puts them through; without that they would hang (CALL_TIMEOUT_S: "silent")
@@ -298,7 +312,7 @@ def test_a_hung_worker_is_cut_out_its_calls_reach_a_person_and_it_is_replaced(po
         fresh = asyncio.run(_calls(pod.front_port, 3))
         assert [ending(r) for r in fresh] == ["served"] * 3, [r.errors for r in fresh]
         pod.wait_for(lambda: pod.worker(1)["pid"] not in (0, victim["pid"]), "the hung worker replaced", 20)
-        assert not Path(f"/proc/{victim['pid']}").exists() or "Z" in Path(f"/proc/{victim['pid']}/stat").read_text()
+        assert _process_state(victim["pid"]) in ("", "Z"), "the hung worker was not killed"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim["pid"], signal.SIGCONT)
