@@ -369,3 +369,19 @@ def test_the_lockout_holds_across_workers_on_postgresql(pod: Pod) -> None:
                                               timeout_s=CALL_TIMEOUT_S).run("127.0.0.1", pod.front_port))
         assert "2,500.75" not in report.robot_text, report.robot_text
         assert (report.outcome, report.transfer_reason) == ("transfer", "locked"), report.robot_text
+
+
+def test_ivr_pod_config_prints_the_config_and_status_says_when_nothing_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from ivr.cli import main
+
+    for name in [k for k in os.environ if k.startswith("IVR_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("IVR_POD_DIR", str(tmp_path / "pod"))
+    monkeypatch.setenv("IVR_HTTP_PORT", str(_free_block(1)))
+    assert main(["pod", "config", "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "server worker1 127.0.0.1:4601 check port 8101" in out and "worker2" not in out
+    assert main(["pod", "status", "--json"]) == 3
+    assert "pod: not running" in capsys.readouterr().out
+    assert main(["pod", "down"]) == 0
