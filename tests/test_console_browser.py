@@ -75,15 +75,19 @@ class Robot:
         finally:
             conn.close()
 
-    def call(self, tmp: Path) -> list[str]:
-        """A replayed call (text mode): what the robot said."""
-        call = CallFile(tmp / "hello.yaml", "15550000002", LOCALE, (Turn("say", "no thanks, goodbye"),))
+    def place(self, tmp: Path, *turns: Turn) -> CallReport:
+        """A replayed call (text mode, the demo customer 15550000002, ID digits 7305)."""
+        call = CallFile(tmp / "call.yaml", "15550000002", LOCALE, turns)
 
         async def place() -> CallReport:
             return await ScriptedAsterisk(call, locale=LOCALE, text_mode=True).run("127.0.0.1", self.agi_port)
 
         with concurrent.futures.ThreadPoolExecutor(1) as pool:  # off Playwright's own loop
-            report = pool.submit(asyncio.run, place()).result(timeout=120)
+            return pool.submit(asyncio.run, place()).result(timeout=120)
+
+    def call(self, tmp: Path) -> list[str]:
+        """What the robot said in a short call."""
+        report = self.place(tmp, Turn("say", "no thanks, goodbye"))
         return [e["text"] for e in report.events if e["who"] == "robot" and e["text"]]
 
 
@@ -143,6 +147,53 @@ def login(browser: Any, url: str, name: str) -> Any:
 def shot(page: Any, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def test_calls_and_dashboard_show_what_replayed_calls_did(
+    ws: ConsoleWorkspace, robot: Robot, console: str, browser: Any, tmp_path: Path
+) -> None:
+    """Runs first in this module: the robot's transcripts hold exactly these calls."""
+    import re
+
+    balance, goodbye = Turn("say", "I'd like to know my account balance"), Turn("say", "no thanks, goodbye")
+    reports = [
+        robot.place(tmp_path, goodbye),
+        robot.place(tmp_path, Turn("say", "i want to talk to a person")),
+        robot.place(tmp_path, balance, Turn("dtmf", "7305#"), goodbye),
+        robot.place(tmp_path, balance, Turn("dtmf", "1111#"), Turn("dtmf", "2222#"), Turn("dtmf", "3333#")),
+        robot.place(tmp_path, Turn("say", "purple elephant tuesday"), goodbye),
+    ]
+    outcomes = [(r.outcome, r.transfer_reason if r.outcome == "transfer" else "") for r in reports]
+    assert ("transfer", "caller_request") in outcomes and ("completed", "") in outcomes, outcomes
+
+    page = login(browser, console, "vera")
+    page.goto(f"{console}/calls?locale={LOCALE}")
+    rows = page.locator("#calls tr").all_inner_texts()[1:]
+    assert len(rows) == len(reports), rows
+    listed = sorted((cells[2], cells[3]) for cells in (row.split("\t") for row in rows))
+    assert listed == sorted(outcomes)
+    assert "7305" not in page.content() and "1111" not in page.content()
+    shot(page, "calls")
+    page.locator("#calls a").last.click()  # the oldest: the goodbye call
+    page.wait_for_url(f"{console}/calls/*")
+    assert "goodbye" in page.locator("#transcript").inner_text()
+    shot(page, "call")
+
+    page.goto(f"{console}/dashboard?locale={LOCALE}")
+    html = page.content()
+    row = page.locator(f"#dashboard tr[data-locale='{LOCALE}']")
+    assert row.count() == 1
+    calls = len(reports)
+    completed = sum(o == "completed" for o, _ in outcomes)
+    transfers = sorted(f"{r}: {outcomes.count(('transfer', r))}" for r in {r for o, r in outcomes if o == "transfer"})
+    assert row.locator(".calls").inner_text() == str(calls)
+    assert row.locator(".containment").inner_text() == f"{100 * completed / calls:.0f}%"
+    assert row.locator(".transfers").inner_text() == ", ".join(transfers)
+    assert row.locator(".verification-failures").inner_text() == str(
+        outcomes.count(("transfer", "verification_failed")))
+    assert re.search(r"<svg[^>]*aria-label=\"containment", html)
+    shot(page, "dashboard")
+    page.close()
 
 
 def test_edit_listen_publish_a_call_hears_it_rollback_and_the_next_call_hears_the_old_one(
