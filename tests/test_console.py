@@ -458,3 +458,36 @@ def test_a_not_understood_turn_is_added_as_a_phrasing_into_the_draft(
     assert vera.post("/calls/c2/phrasing", {**form, "csrf": csrf_of(page), "text": "vera was here"})[0] == 403
     _, audit = eddie.get("/audit")
     assert "phrasing added" in audit and "purple elephant tuesday" in audit
+
+
+# ---------------------------------------------------------------- understanding
+def test_phrasings_are_added_and_removed_in_the_draft_but_never_the_last_one(ws: ConsoleWorkspace, port: int) -> None:
+    from ivr.asr.grammar import load_nlu_examples
+
+    eddie = Client(port).login("eddie")
+    status, page = eddie.get(f"/understanding/{LOCALE}")
+    assert status == 200 and 'id="intent-human"' in page and "speak to an agent" in page
+    url = f"/understanding/{LOCALE}/phrasing"
+    form = {"csrf": csrf_of(page), "intent": "human", "action": "add", "text": "get me a <real> person"}
+    status, body = eddie.post(url, form)
+    assert status == 200 and "phrasing added" in body and "&lt;real&gt;" in body
+    assert "get me a <real> person" in load_nlu_examples(ws.settings.dialogs_dir, LOCALE)["human"]
+    _, page = eddie.get(f"/understanding/{LOCALE}")
+    assert "get me a &lt;real&gt; person" in page and "<real>" not in page
+    status, body = eddie.post(url, {**form, "action": "remove"})
+    assert status == 200 and "phrasing removed" in body
+    assert "get me a <real> person" not in load_nlu_examples(ws.settings.dialogs_dir, LOCALE)["human"]
+    # an intent is never left without a phrasing
+    nlu = ws.settings.dialogs_dir / LOCALE / "data" / "nlu.yml"
+    examples = load_nlu_examples(ws.settings.dialogs_dir, LOCALE)["goodbye"]
+    for text in examples[:-1]:
+        assert eddie.post(url, {**form, "intent": "goodbye", "action": "remove", "text": text})[0] == 200
+    before = nlu.read_bytes()
+    status, body = eddie.post(url, {**form, "intent": "goodbye", "action": "remove", "text": examples[-1]})
+    assert status == 422 and "the last phrasing of goodbye" in body
+    assert nlu.read_bytes() == before and load_nlu_examples(ws.settings.dialogs_dir, LOCALE)["goodbye"] == examples[-1:]
+    vera = Client(port).login("vera")
+    _, page = vera.get(f"/understanding/{LOCALE}")
+    assert 'class="remove"' not in page and "measure the held-out accuracy" not in page
+    assert vera.post(url, {**form, "csrf": csrf_of(page)})[0] == 403
+    assert vera.post(f"/understanding/{LOCALE}/accuracy", {"csrf": csrf_of(page)})[0] == 403

@@ -292,7 +292,7 @@ def build_app(settings: Settings, *, secure_cookies: bool = False, config: Path 
         job = console.publisher.jobs.get(number)
         if job is None:
             return response.text(f"no publish job {number}", status=404)
-        if not job.running and not getattr(job, "audited", False):
+        if job.kind == "publish" and not job.running and not getattr(job, "audited", False):
             job.audited = True  # type: ignore[attr-defined]
             await asyncio.to_thread(console.store.record, job.user, "publish " + ("done" if job.ok else "failed"),
                                     f"{job.locale}: {job.lines[-1] if job.lines else ''}")
@@ -315,6 +315,52 @@ def build_app(settings: Settings, *, secure_cookies: bool = False, config: Path 
         state = await asyncio.to_thread(publish_state, locale)
         return console.render(request, "publish.html", status, locale=locale,
                               job=console.publisher.running(locale), notice=notice, **state)
+
+    # ------------------------------------------------------------ understanding
+    @app.get("/understanding/<locale>")
+    @page()
+    async def understanding(request: Request, user: User, locale: str) -> HTTPResponse:
+        from ivr.console.calls import phrasings
+
+        if locale not in LOCALES:
+            return console.render(request, "error.html", 404, message=f"unknown locale {locale!r}")
+        try:
+            examples, error = await asyncio.to_thread(phrasings, settings.dialogs_dir, locale), ""
+        except drafts.DraftError as exc:
+            examples, error = {}, str(exc)
+        return console.render(request, "understanding.html", locale=locale, examples=examples, error=error,
+                              job=console.publisher.running(locale, "accuracy"), notice="")
+
+    @app.post("/understanding/<locale>/phrasing")
+    @page("editor")
+    async def edit_phrasing(request: Request, user: User, locale: str) -> HTTPResponse:
+        from ivr.console.calls import add_phrasing as add
+        from ivr.console.calls import remove_phrasing
+
+        action, intent, text = field(request, "action", 10), field(request, "intent", 100), field(request, "text", 500)
+        try:
+            if action == "remove":
+                await asyncio.to_thread(remove_phrasing, settings.dialogs_dir, locale, intent, text,
+                                        lock_dir=settings.console_dir)
+                what = "phrasing removed"
+            else:
+                text = await asyncio.to_thread(add, settings.dialogs_dir, locale, intent, text,
+                                               lock_dir=settings.console_dir)
+                what = "phrasing added"
+        except drafts.DraftError as exc:
+            return response.html(f'<p class="err" role="status" id="notice">nothing changed: {escape(str(exc))}</p>',
+                                 status=422)
+        await asyncio.to_thread(console.store.record, user.name, what, f"{locale} {intent}: {text!r}")
+        return response.html(f'<p class="ok" role="status" id="notice">{what} ({escape(intent)}: '
+                             f'{escape(text)}) in the draft; reload to see the list</p>')
+
+    @app.post("/understanding/<locale>/accuracy")
+    @page("editor")
+    async def accuracy(request: Request, user: User, locale: str) -> HTTPResponse:
+        if locale not in LOCALES:
+            return response.text(f"unknown locale {locale!r}", status=404)
+        job, _started = console.publisher.start(locale, user.name, "held-out accuracy", kind="accuracy")
+        return console.render(request, "job.html", job=job, notice="")
 
     # ------------------------------------------------------------ calls and dashboard
     def filters_of(request: Request) -> Any:

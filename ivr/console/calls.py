@@ -269,3 +269,45 @@ def _examples_node(root: yaml.Node | None, intent: str) -> yaml.ScalarNode | Non
 
 
 OUTCOMES = ("completed", "transfer", "caller_hangup", "error", "unfinished")
+
+
+def remove_phrasing(dialogs_dir: Path, locale: str, intent: str, text: str, *, lock_dir: Path) -> None:
+    """Remove one example line of ``intent`` from the draft's ``data/nlu.yml``, in place; never its last."""
+    check_locale(locale)
+    path = dialogs_dir / locale / "data" / "nlu.yml"
+    with draft_lock(lock_dir, locale):
+        content = path.read_text(encoding="utf-8")
+        try:
+            root = yaml.compose(content, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as exc:
+            raise DraftError(f"{path}: not valid YAML: {exc}") from None
+        node = _examples_node(root, intent)
+        if node is None or node.style != "|":
+            raise DraftError(f"no intent {intent!r} with a '|' block of examples in {path}")
+        lines = content.splitlines(keepends=True)
+        block = range(node.start_mark.line + 1, node.end_mark.line)
+        examples = [i for i in block if i < len(lines) and lines[i].strip().startswith("- ")]
+        found = [i for i in examples if lines[i].strip()[2:].strip() == text.strip()]
+        if not found:
+            raise DraftError(f"{text!r} is not a phrasing of {intent} in the draft (removed by someone else?)")
+        if len(examples) == 1:
+            raise DraftError(f"{text!r} is the last phrasing of {intent}: an intent needs at least one (add "
+                             "another first)")
+        del lines[found[0]]
+        updated = "".join(lines)
+        try:
+            yaml.safe_load(updated)
+        except yaml.YAMLError:
+            raise DraftError(f"{path}: the phrasing could not be removed safely; nothing was changed") from None
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(updated, encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def phrasings(dialogs_dir: Path, locale: str) -> dict[str, list[str]]:
+    from ivr.asr.grammar import GrammarError, load_nlu_examples
+
+    try:
+        return load_nlu_examples(dialogs_dir, check_locale(locale))
+    except GrammarError as exc:
+        raise DraftError(str(exc)) from None

@@ -31,9 +31,11 @@ class PublishJob:
     locale: str
     user: str
     message: str
+    kind: str = "publish"  # publish | accuracy
     started: float = field(default_factory=time.time)
     lines: list[str] = field(default_factory=list)
     returncode: int | None = None
+    result: str = ""  # the accuracy run's RESULT line (JSON)
     task: asyncio.Task[None] | None = None
 
     @property
@@ -73,25 +75,29 @@ class Publisher:
         self.config = config
         self.jobs: dict[int, PublishJob] = {}
 
-    def running(self, locale: str) -> PublishJob | None:
-        return next((j for j in self.jobs.values() if j.locale == locale and j.running), None)
+    def running(self, locale: str, kind: str = "publish") -> PublishJob | None:
+        return next((j for j in self.jobs.values() if j.locale == locale and j.kind == kind and j.running), None)
 
-    def start(self, locale: str, user: str, message: str) -> tuple[PublishJob, bool]:
-        """A new publish job, or the one of this locale already running (``False``: not started now)."""
-        busy = self.running(locale)
+    def start(self, locale: str, user: str, message: str, kind: str = "publish") -> tuple[PublishJob, bool]:
+        """A new job (a publish, or an accuracy measure), or the one of this kind and locale already running
+        (``False``: not started now)."""
+        busy = self.running(locale, kind)
         if busy is not None:
             return busy, False
-        job = PublishJob(next(_ids), locale, user, message)
+        job = PublishJob(next(_ids), locale, user, message, kind)
         self.jobs[job.id] = job
         job.task = asyncio.get_running_loop().create_task(self._run(job))
         return job, True
 
     async def _run(self, job: PublishJob) -> None:
-        command = [sys.executable, "-m", "ivr"]
-        if self.config is not None:
-            command += ["--config", str(self.config)]
-        command += ["--log-level", "WARNING", "--log-format", "json", "publish", "--locale", job.locale,
-                    "--author", job.user, "--message", job.message]
+        if job.kind == "accuracy":
+            command = [sys.executable, "-m", "ivr.console.accuracy", "--locale", job.locale]
+        else:
+            command = [sys.executable, "-m", "ivr"]
+            if self.config is not None:
+                command += ["--config", str(self.config)]
+            command += ["--log-level", "WARNING", "--log-format", "json", "publish", "--locale", job.locale,
+                        "--author", job.user, "--message", job.message]
         try:
             proc = await asyncio.create_subprocess_exec(
                 *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -103,7 +109,10 @@ class Publisher:
         assert proc.stdout is not None
         async for raw in proc.stdout:
             line = raw.decode("utf-8", errors="replace").rstrip()
-            if line and not line.startswith("{"):  # JSON log records stay out of the page
+            if line.startswith("RESULT "):
+                job.result = line[len("RESULT "):]
+            elif line and not line.startswith("{") and (job.kind == "publish" or line.startswith(
+                    (f"{job.locale}:", "draft", "release ", "  draft missed", "cannot"))):
                 job.lines.append(mask_text(line))
                 del job.lines[:-MAX_LINES]
         job.returncode = await proc.wait()
