@@ -1,4 +1,4 @@
-"""A pod (#16): ``ivr serve --workers N`` behind a real HAProxy, on a real PostgreSQL, with faults.
+"""A pod (#16): ``ivr pod up`` (``ivr serve --workers N``) behind a real HAProxy, on a real PostgreSQL, with faults.
 
 The pod is a real process tree (supervisor, HAProxy, 3 workers with text input) shared by the module's
 tests; calls are the replay harness playing Asterisk's side of FastAGI against HAProxy's port. What
@@ -96,7 +96,7 @@ def _free_block(count: int) -> int:
 
 @dataclasses.dataclass
 class Pod:
-    process: subprocess.Popen[bytes]
+    pid: int  # the supervisor's
     front_port: int
     http_port: int
     pod_dir: Path
@@ -137,7 +137,7 @@ class Pod:
         """Polls the pod (a separate process tree) until ``predicate`` holds."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"the pod exited ({self.process.returncode}):\n{self.log_tail()}"
+            assert _process_state(self.pid) not in ("", "Z"), f"the pod exited:\n{self.log_tail()}"
             with contextlib.suppress(OSError, ValueError, KeyError, http.client.HTTPException):
                 if predicate():
                     return
@@ -163,7 +163,8 @@ def _demo_into(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def pod(suite_dirs: SuiteDirs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pod]:
-    """HAProxy + 3 workers (``ivr serve --workers 3 --text-input``) sharing one private PostgreSQL."""
+    """HAProxy + 3 workers sharing one private PostgreSQL, started by ``ivr pod up --workers 3 --text-input
+    --no-asterisk`` (which returns once HAProxy sees every worker UP), stopped by ``ivr pod down``."""
     from tests.services import postgres_cluster
 
     work = tmp_path_factory.mktemp("pod")
@@ -182,27 +183,32 @@ def pod(suite_dirs: SuiteDirs, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "IVR_TTS_DYNAMIC_SIDECARS": "true", "IVR_FIXED_DATE": FIXED_DATE, "IVR_STOP_GRACE_S": "5",
             "IVR_RETENTION_DAYS": "0",
         })
-        log = suite_dirs.log_file.parent / "pod.jsonl"  # scanned by test_zz_privacy.py
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "ivr", "--log-format", "json", "serve", "--workers", str(WORKERS), "--text-input"],
-                cwd=work, env=env, stdout=out, stderr=out, start_new_session=True)
-        running = Pod(process, front, http_port, work / "pod", log)
+        log = suite_dirs.log_file.parent / "pod.log"  # the supervisor's and workers' JSON lines (`ivr pod up`)
+
+        def ivr(*argv: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "ivr", *argv], cwd=work, env=env, capture_output=True,
+                                  text=True, timeout=timeout_s, check=False)
+
+        up = ivr("pod", "up", "--workers", str(WORKERS), "--text-input", "--no-asterisk", "--timeout", "600",
+                 timeout_s=700)
+        pid_file = work / "pod" / "pod.pid"
+        pid = int(pid_file.read_text().strip()) if pid_file.exists() else 0
+        running = Pod(pid, front, http_port, work / "pod", log)
         try:
-            running.wait_for(running.all_up, f"HAProxy and {WORKERS} workers up", 600)
+            assert up.returncode == 0, f"{up.stdout}{up.stderr}\n{running.log_tail()}"
+            assert all(f"worker {i}: up" in up.stdout for i in range(WORKERS)), up.stdout
+            status = ivr("pod", "status")
+            assert status.returncode == 0 and status.stdout.count("(HAProxy: UP)") == WORKERS, status.stdout
             yield running
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                code = process.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-                raise AssertionError(f"the pod did not stop on SIGTERM:\n{running.log_tail()}") from None
-            assert code == 0, running.log_tail()
-            assert not (work / "pod" / "pod.pid").exists()
-            leftover = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True, check=False)
-            assert leftover.stdout.strip() == "", f"processes of the pod left running: {leftover.stdout}"
+            down = ivr("pod", "down")
+            if _process_state(pid) not in ("", "Z"):
+                os.killpg(pid, signal.SIGKILL)
+            assert down.returncode == 0 and "pod stopped" in down.stdout, f"{down.stdout}{down.stderr}\n{running.log_tail()}"
+            assert not pid_file.exists()
+            group = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True, check=False).stdout.split()
+            leftover = [p for p in group if _process_state(int(p)) not in ("", "Z")]
+            assert leftover == [], f"processes of the pod left running: {leftover}"
 
 
 class SlowCaller(ScriptedAsterisk):
