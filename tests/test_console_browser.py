@@ -279,3 +279,27 @@ def test_edit_listen_publish_a_call_hears_it_rollback_and_the_next_call_hears_th
     assert anonymous.url.endswith("/login")
     shot(anonymous, "login")
     anonymous.close()
+
+
+def test_held_out_accuracy_of_the_draft_and_of_the_current_release_on_demand(
+    ws: ConsoleWorkspace, console: str, browser: Any
+) -> None:
+    """After the test above: the draft is release 2's wording (its model trained by that publish), release 1
+    is current; both models classify the held-out phrasings."""
+    import re
+
+    page = login(browser, console, "eddie")
+    page.goto(f"{console}/understanding/{LOCALE}")
+    assert page.locator("#intent-ask_balance .phrasing").count() >= 15
+    page.click("#measure")
+    page.locator("#job .progress").wait_for(timeout=30_000)
+    page.locator("#job-done, #job-failed").wait_for(timeout=300_000)
+    text = page.locator("#job").inner_text()
+    assert page.locator("#job-done").count() == 1, text
+    draft = re.search(r"draft: (\d+)/(\d+) held-out phrasings right", text)
+    release = re.search(r"release 1: (\d+)/(\d+) held-out phrasings right", text)
+    assert draft and release, text
+    assert int(draft.group(2)) == int(release.group(2)) >= 6 * 14  # the same yardstick for both
+    assert int(draft.group(1)) == int(release.group(1))  # a wording change does not move the NLU
+    shot(page, "understanding")
+    page.close()
