@@ -66,7 +66,6 @@ class Console:
 
 
 def build_app(settings: Settings, *, secure_cookies: bool = False, config: Path | None = None) -> Sanic:
-    Sanic.test_mode = False
     app = Sanic(f"ivr_console_{next(_app_numbers)}", configure_logging=False)
     app.config.REQUEST_MAX_SIZE = REQUEST_MAX_BYTES
     app.config.KEEP_ALIVE_TIMEOUT = 30

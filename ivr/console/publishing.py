@@ -23,6 +23,7 @@ from ivr.masking import mask_text
 
 _ids = itertools.count(1)
 MAX_LINES = 400
+KEEP_JOBS = 50  # finished jobs whose page can still be polled
 
 
 @dataclass
@@ -85,6 +86,8 @@ class Publisher:
         if busy is not None:
             return busy, False
         job = PublishJob(next(_ids), locale, user, message, kind)
+        for old in [j for j in self.jobs.values() if not j.running][:-KEEP_JOBS]:  # finished ones, oldest first
+            del self.jobs[old.id]
         self.jobs[job.id] = job
         job.task = asyncio.get_running_loop().create_task(self._run(job))
         return job, True
