@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -518,6 +519,72 @@ async def test_closed_calls_are_forgotten(engine: RasaEngine) -> None:
     for call in calls:
         await engine.close(call)
     assert engine.conversations("en-US") == before
+
+
+async def test_a_conversation_is_kept_as_its_json_would_rebuild_it(engine: RasaEngine) -> None:
+    """The engine keeps each conversation's tracker object (``ivr.dialogue.lean.ObjectTrackerStore``,
+    issue #16) instead of Rasa's JSON copy: what the next turn starts from is exactly what Rasa's own
+    in-memory store would rebuild from that JSON (events, slots, the states the policies read)."""
+    from rasa.core.tracker_store import InMemoryTrackerStore
+    from rasa.shared.core.trackers import EventVerbosity
+
+    from ivr.dialogue.engine import _memory_store
+
+    c = CALLERS["en-US"]
+    call = new_call("en-US", c.phone)
+    await engine.start(call)
+    await say(engine, call, c.ask_balance)
+    await say(engine, call, c.digits, keypad=True)
+    runner = engine._agents["en-US"]
+    kept = await runner.agent.tracker_store.retrieve(call.call_id)
+    json_store = InMemoryTrackerStore(runner.agent.domain)
+    await json_store.save(kept)
+    rebuilt = await json_store.retrieve(call.call_id)
+    assert rebuilt is not None and kept is _memory_store(runner).store[call.call_id]
+    # as JSON: the kept parse data holds its token spans as tuples, the JSON copy as lists
+    as_json = [json.loads(json.dumps(t.current_state(EventVerbosity.ALL))) for t in (kept, rebuilt)]
+    assert as_json[0] == as_json[1] and len(as_json[0]["events"]) > 10
+    assert kept.current_slot_values() == rebuilt.current_slot_values() and kept.get_slot("verified") is True
+    domain = runner.agent.domain
+    assert kept.past_states(domain) == rebuilt.past_states(domain)
+    reply = await say(engine, call, c.ask_loan)  # the next turn goes on from the kept state: no new check
+    assert reply.verified and prompt("utter_ask_id_last4", "en-US") not in reply.texts
+    await engine.close(call)
+
+
+def test_action_answers_are_checked_as_rasa_checks_them() -> None:
+    """Rasa validates every custom action's answer against its JSON schema; the engine's cached check
+    (``ivr.dialogue.lean``, issue #16) accepts and refuses exactly what ``jsonschema.validate`` does."""
+    import jsonschema
+    from rasa.core.actions.action import RemoteAction
+
+    from ivr.dialogue.lean import cache_action_response_validation
+
+    cache_action_response_validation()
+    schema = RemoteAction.action_response_format_spec()
+    check = RemoteAction("action_x", None)._validate_action_result
+    answers: list[Any] = [
+        {"events": [{"event": "slot", "name": "verified", "value": True}], "responses": [{"response": "utter_x"}]},
+        {"events": [], "responses": []},
+        {},
+        {"events": [{"event": "slot", "name": "awaiting", "value": None, "timestamp": None}]},
+        {"events": "not a list"},
+        {"events": [{"event": "no_such_event"}]},
+        {"events": [{"event": "slot", "value": 1}]},  # a slot event without a name
+        {"responses": ["not an object"]},
+        [],
+    ]
+    refused = 0
+    for answer in answers:
+        try:
+            jsonschema.validate(answer, schema)
+        except jsonschema.ValidationError:
+            refused += 1
+            with pytest.raises(jsonschema.ValidationError, match="Failed to validate Action server response"):
+                check(answer)
+        else:
+            assert check(answer) is True
+    assert 3 <= refused < len(answers)
 
 
 async def test_classify(engine: RasaEngine) -> None:

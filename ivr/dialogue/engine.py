@@ -203,9 +203,11 @@ class _LocaleAgent:
         from rasa.core.agent import Agent
 
         from ivr.dialogue.actions import build_executor
+        from ivr.dialogue.lean import ObjectTrackerStore, cache_action_response_validation
 
+        cache_action_response_validation()
         self.endpoint = in_process_endpoint(build_executor(self._store, self._settings, self._lookups))
-        self.agent = Agent.load(str(self.model), action_endpoint=self.endpoint)
+        self.agent = Agent.load(str(self.model), action_endpoint=self.endpoint, tracker_store=ObjectTrackerStore())
         await self.agent.parse_message("hello")
         log.info("dialogue model for %s loaded from %s", self.locale, self.model)
 
@@ -429,7 +431,7 @@ async def _parse(runner: _LocaleAgent, text: str) -> dict[str, Any]:
 def _memory_store(runner: _LocaleAgent) -> Any:
     assert runner.agent is not None
     store = runner.agent.tracker_store
-    return getattr(store, "_tracker_store", store)  # FailSafeTrackerStore wraps the in-memory one
+    return getattr(store, "_tracker_store", store)  # FailSafeTrackerStore wraps the ObjectTrackerStore
 
 
 async def _forget(runner: _LocaleAgent, call_id: str) -> None:
