@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import sync_playwright
 
 from ivr.config import PROJECT_ROOT, Settings
 from ivr.dialogue.prompts import PromptBook
@@ -34,16 +35,13 @@ from ivr.testing.harness import CallReport, ScriptedAsterisk
 from .conftest import make_demo_db
 from .console_helpers import IVR, PASSWORDS, ConsoleWorkspace, make_workspace, running_console
 
-playwright = pytest.importorskip("playwright.sync_api")
-
 LOCALE = "en-US"
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).parent / "console" / "screenshots"
 NEW_GREETING = "Hello from the ops console! Ask me for your balance, repayments or transactions."
 REPO_MODELS = PROJECT_ROOT / "models"
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is missing (make setup)")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +126,9 @@ def console(ws: ConsoleWorkspace) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with playwright.sync_playwright() as p:
+    # chromium is in the Makefile's DEBIAN_PACKAGES and playwright in the dev dependencies: missing = failing
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: `make setup` installs Debian's chromium"
+    with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM))
         yield chromium
         chromium.close()
