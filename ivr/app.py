@@ -342,7 +342,7 @@ def build_robot(
         else:
             from ivr.asr.recognizer import VoskRecognizer
 
-            recognizer = VoskRecognizer(settings)
+            recognizer = VoskRecognizer(settings, reuse=True)  # grammar recognizers kept for the next turn
     metrics = Metrics()
     live: LiveReleases | None = None
     prompts = PromptBook(settings.dialogs_dir)

@@ -615,6 +615,29 @@ def test_parallel_decoding_on_the_shared_model_matches_sequential(
 
 
 @pytest.mark.audio
+def test_a_reused_recognizer_hears_what_a_new_one_hears(
+    recognizer: VoskRecognizer, clips: Clips, ko_grammars: dict[Expect, list[str]]
+) -> None:
+    """The robot's recognizer keeps grammar recognizers for later utterances (issue #16): the same words
+    and confidences as a new recognizer every time, word times from the file's start (within the
+    microseconds of Vosk's single-precision offset), one recognizer per grammar when decodes come one
+    after another, none kept for free recognition."""
+    reusing = VoskRecognizer(Settings(asr_dither=False), reuse=True)
+    reusing._loaded = recognizer._loaded  # the session's loaded model (~530 MB), not a second copy
+    jobs = [(wav, ko_grammars[e]) for e in (Expect.SPEECH, Expect.YES_NO) for wav in clips.speech()]
+    for _ in range(3):
+        for wav, grammar in jobs:
+            new, reused = recognizer.transcribe(wav, "ko-KR", grammar), reusing.transcribe(wav, "ko-KR", grammar)
+            assert (reused.text, reused.confidence) == (new.text, new.confidence), wav.name
+            assert [(w.word, w.confidence) for w in reused.words] == [(w.word, w.confidence) for w in new.words]
+            for r, n in zip(reused.words, new.words, strict=True):
+                assert r.start_s == pytest.approx(n.start_s, abs=1e-4) and r.end_s == pytest.approx(n.end_s, abs=1e-4)
+    assert sorted(len(idle) for idle in reusing._idle.values()) == [1, 1]  # one per grammar, reused 15 times
+    reusing.transcribe(clips.yes, "ko-KR")
+    assert len(reusing._idle) == 2  # free recognition: a new recognizer each time (its graph is large)
+
+
+@pytest.mark.audio
 def test_model_word_lookup_agrees_with_the_vocabulary(
     recognizer: VoskRecognizer, ko_vocabulary: set[str]
 ) -> None:

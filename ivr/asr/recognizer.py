@@ -1,8 +1,18 @@
 """Speech in: Vosk behind ``ivr.parts.Recognizer``.
 
 One ``vosk.Model`` per locale per process, shared read-only by every call (loading the Korean model
-takes ~2 s and ~500 MB); one ``KaldiRecognizer`` per listen, never shared. ``transcribe`` blocks
-(Vosk releases the GIL while decoding), so the session runs it in a worker thread.
+takes ~2 s and ~500 MB); one ``KaldiRecognizer`` per listen, never used by two listens at once.
+``transcribe`` blocks (Vosk releases the GIL while decoding), so the session runs it in a worker thread.
+
+With ``reuse`` (the robot's recognizer, ``ivr.app.build_robot``), a grammar recognizer is kept after its
+utterance and reused by a later listen with the same grammar: Vosk composes the grammar with the model's
+graph lazily, and a new recognizer pays for that composition again at every utterance (a third of the
+decoding of a turn, ``python -m ivr.testing.turncpu``). After ``FinalResult`` Vosk starts the next
+utterance with fresh features and decoder state on the same graph, so the words and confidences are
+those of a new recognizer. Only the word times differ: Vosk counts them from the recognizer's first
+sample, in single precision, and ``transcribe`` shifts them back, which leaves them within a few
+microseconds of a new recognizer's (a recognizer is retired after ``_REUSE_MAX_S`` of audio, so the
+error stays that small).
 
 Kaldi dithers the audio features by default, so the same audio gives different words and confidences
 from run to run. With ``settings.asr_dither`` off (tests, replays) the model is loaded through a
@@ -41,6 +51,8 @@ _UNK_TOKENS = frozenset({"<UNK>", "<unk>", "[unk]", "<SPOKEN_NOISE>", "[noise]",
 _HAN = re.compile(r"[\u3400-\u9fff]")
 _CHUNK_FRAMES = 4000
 _GRAMMAR_CACHE_SIZE = 32
+_IDLE_PER_GRAMMAR = 8  # reused recognizers kept per grammar: enough for the decodes that run at once
+_REUSE_MAX_S = 600  # audio a reused recognizer decodes before it is retired (see the module doc)
 MIN_RATE_HZ = 8000
 MAX_RATE_HZ = 48000
 
@@ -67,7 +79,8 @@ class VoskRecognizer:
     """``ivr.parts.Recognizer`` on Vosk. Thread-safe; create one per process and share it.
 
     ``model_dirs`` overrides where a locale's model is (tests, ``ivr asr transcribe --model``);
-    ``dither`` overrides ``settings.asr_dither``.
+    ``dither`` overrides ``settings.asr_dither``; ``reuse`` keeps grammar recognizers for later
+    utterances (see the module doc).
     """
 
     def __init__(
@@ -76,13 +89,18 @@ class VoskRecognizer:
         *,
         model_dirs: Mapping[str, Path] | None = None,
         dither: bool | None = None,
+        reuse: bool = False,
     ) -> None:
         self._settings = settings
+        self._reuse = reuse
         self._model_dirs = dict(model_dirs or {})
         self.dither = settings.asr_dither if dither is None else dither
         self._lock = threading.Lock()
         self._loaded: dict[str, _Loaded] = {}
         self._grammars: dict[tuple[str, tuple[str, ...]], _Grammar | None] = {}
+        # Recognizers that finished an utterance, per (locale, grammar, rate), for the next one (see
+        # ``transcribe``); never shared by two decodes at once.
+        self._idle: dict[tuple[str, str, int], list[_Reusable]] = {}
 
     # ------------------------------------------------------------ models
     def load(self, locale: str) -> None:
@@ -201,21 +219,28 @@ class VoskRecognizer:
         with _open_wav(wav) as wf:
             rate = wf.rate
             frames = wf.frames
-            try:
-                if compiled is None:
-                    rec = vosk.KaldiRecognizer(model, float(rate))
-                else:
-                    rec = vosk.KaldiRecognizer(model, float(rate), compiled.json)
-                rec.SetWords(True)
-            except Exception as exc:
-                raise RecognizerError(f"{wav}: cannot create a {locale} recognizer: {exc}") from exc
+            key = (locale, compiled.json, rate) if compiled is not None and self._reuse else None
+            reused = self._take(key)
+            if reused is None:
+                try:
+                    if compiled is None:
+                        rec = vosk.KaldiRecognizer(model, float(rate))
+                    else:
+                        rec = vosk.KaldiRecognizer(model, float(rate), compiled.json)
+                    rec.SetWords(True)
+                except Exception as exc:
+                    raise RecognizerError(f"{wav}: cannot create a {locale} recognizer: {exc}") from exc
+                reused = _Reusable(rec)
+            rec = reused.rec
             started = time.perf_counter()
             raw: list[dict[str, Any]] = []
+            fed = 0
             try:
                 while True:
                     data = wf.read(_CHUNK_FRAMES)
                     if not data:
                         break
+                    fed += len(data) // 2
                     if rec.AcceptWaveform(data):  # an endpoint: a pause inside the recording
                         raw.extend(json.loads(rec.Result()).get("result", []))
                 raw.extend(json.loads(rec.FinalResult()).get("result", []))
@@ -223,6 +248,10 @@ class VoskRecognizer:
                 raise RecognizerError(f"{wav}: the audio data is unreadable: {exc}") from exc
             except Exception as exc:
                 raise RecognizerError(f"{wav}: decoding failed: {exc}") from exc
+            _shift_times(raw, reused.fed_samples / rate)
+            reused.fed_samples += fed
+            if key is not None and reused.fed_samples < _REUSE_MAX_S * rate:
+                self._give_back(key, reused)
         elapsed = time.perf_counter() - started
         duration = frames / rate if rate else 0.0
         logger.debug(
@@ -233,6 +262,20 @@ class VoskRecognizer:
             "grammar" if compiled else "free",
         )
         return _recognition(raw, compiled.joins if compiled else None)
+
+    def _take(self, key: tuple[str, str, int] | None) -> _Reusable | None:
+        """An idle recognizer for this grammar and rate, or None (then a new one is made)."""
+        if key is None:
+            return None
+        with self._lock:
+            idle = self._idle.get(key)
+            return idle.pop() if idle else None
+
+    def _give_back(self, key: tuple[str, str, int], reused: _Reusable) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < _IDLE_PER_GRAMMAR:
+                idle.append(reused)
 
     def _grammar(self, locale: str, grammar: Sequence[str]) -> _Grammar | None:
         """The compiled grammar, cached: a dialogue has a handful, used again at every turn."""
@@ -246,8 +289,27 @@ class VoskRecognizer:
         with self._lock:
             if len(self._grammars) >= _GRAMMAR_CACHE_SIZE:
                 self._grammars.clear()
+                self._idle.clear()
             self._grammars[key] = compiled
         return compiled
+
+
+@dataclass
+class _Reusable:
+    """A grammar recognizer kept for the next utterance, and how much audio it has been fed so far:
+    Vosk counts its word times from the recognizer's first sample, ``transcribe`` from the file's."""
+
+    rec: Any
+    fed_samples: int = 0
+
+
+def _shift_times(raw: list[dict[str, Any]], offset_s: float) -> None:
+    if not offset_s:
+        return
+    for item in raw:
+        for field in ("start", "end"):
+            if field in item:
+                item[field] = round(float(item[field]) - offset_s, 6)  # Vosk writes 6 decimals
 
 
 @dataclass(frozen=True)
