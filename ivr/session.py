@@ -183,7 +183,8 @@ class CallSession:
             metrics.calls_served_by.labels(input=self.result.served_by).inc()
             self.transcript.add("system", "", outcome=self.result.outcome.value, reason=self.result.reason,
                                 served_by=self.result.served_by, menu_reason=self.result.menu_reason,
-                                locale=self.call.locale, caller=mask_phone(self.call.caller_id))
+                                locale=self.call.locale, caller=mask_phone(self.call.caller_id),
+                                release=self._release())
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.parts.file_pool.run(self.transcript.write), 10.0)
             if (end_call := getattr(self.parts.synthesizer, "end_call", None)) is not None:
@@ -191,6 +192,11 @@ class CallSession:
             log.info("call ended", extra={"outcome": self.result.outcome.value, "reason": self.result.reason})
             call_id_var.reset(token)
         return self.result
+
+    def _release(self) -> int | None:
+        """The release number that served the call's locale (``ivr serve``'s pinned dialogue); None otherwise."""
+        numbers = getattr(self.parts.dialogue, "numbers", None)
+        return numbers().get(self.call.locale) if callable(numbers) else None
 
     def _count(self, result: SessionResult) -> None:
         m = self.parts.metrics
@@ -453,13 +459,16 @@ class CallSession:
                 "tts", self.parts.synthesizer.render(text, self.call.locale), self.settings.tts_timeout_s
             )
             self._timing.tts_s += time.monotonic() - started
+            compute_ms = None  # on the turn's first reply line: the caller's input handed over → this reply ready
             if self._handed_over_at is not None:
                 self._timing.compute_s = time.monotonic() - self._handed_over_at
                 self.parts.metrics.turn_latency.observe(self._timing.compute_s)
                 self.result.turns.append(self._timing)
                 self._handed_over_at = None
+                compute_ms = round(self._timing.compute_s * 1000)
             playback = await self.channel.speak(sound)
-            self.transcript.add("robot", mask_text(text), interrupted=playback.interrupted_by or None)
+            self.transcript.add("robot", mask_text(text), interrupted=playback.interrupted_by or None,
+                                compute_ms=compute_ms)
             if playback.interrupted_by:
                 return  # the caller is already answering: the rest of the reply is not read out
 
