@@ -30,7 +30,7 @@ class JsonFormatter(logging.Formatter):
             "call_id": getattr(record, "call_id", None) or call_id_var.get(),
             "msg": record.getMessage(),
         }
-        for key in ("event", "outcome", "reason", "part", "intent"):
+        for key in ("event", "outcome", "reason", "part", "intent", "worker"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
         if record.exc_info:

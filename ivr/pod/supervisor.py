@@ -207,6 +207,9 @@ class Supervisor:
         os.close(self._wake_w)
         from ivr.agi.commands import _serve
 
+        tag = _WorkerTag(worker.index)  # every log line of this process says which worker wrote it
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(tag)
         settings = worker_settings(self.settings, worker.index)
         return asyncio.run(_serve(settings, None, None, self.text_input, recognizer=self.recognizer,
                                   purge=worker.index == 0))
@@ -414,6 +417,18 @@ def run_pod(settings: Settings, count: int, *, host: str | None = None, port: in
 
 
 # ------------------------------------------------------------ small helpers
+class _WorkerTag(logging.Filter):
+    """Adds ``worker`` (its index) to every record: the JSON log lines carry it."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
 def _signal(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
