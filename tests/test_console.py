@@ -373,15 +373,18 @@ def some_calls(ws: ConsoleWorkspace) -> Iterator[Path]:
     write_call(folder, "2026-11-30", "c1", 1_796_000_000, [
         greet, {"who": "caller", "text": "my balance please", "intent": "ask_balance", "intent_confidence": 0.91},
         {"who": "caller", "text": "****", "keypad": True, "masked": True, "secret": True},
-        {"who": "robot", "text": "Your balance is 2,500.75 USD, account ending 12345678."},
-        {**end, "outcome": "completed", "reason": "", "locale": "en-US"}])
+        {"who": "robot", "text": "Your balance is 2,500.75 USD, account ending 12345678.", "compute_ms": 90},
+        {**end, "outcome": "completed", "reason": "", "locale": "en-US", "release": 3}])
     write_call(folder, "2026-12-01", "c2", 1_796_100_000, [
         greet, {"who": "caller", "text": "purple <b>elephant</b> tuesday", "intent": "nlu_fallback",
                 "intent_confidence": 0.21},
+        {"who": "robot", "text": "Sorry?", "compute_ms": 120}, {"who": "robot", "text": "Say it again."},
         {"who": "caller", "text": "agent", "intent": "human", "intent_confidence": 0.88},
+        {"who": "robot", "text": "A person will help you.", "compute_ms": 400},
         {**end, "outcome": "transfer", "reason": "caller_request", "locale": "en-US"}])
     write_call(folder, "2026-12-01", "c3", 1_796_100_100, [
         greet, {"who": "caller", "text": "****", "keypad": True, "masked": True, "secret": True},
+        {"who": "robot", "text": "Let me pass you on.", "compute_ms": 60},
         {**end, "outcome": "transfer", "reason": "verification_failed", "locale": "en-US"}])
     write_call(folder, "2026-12-01", "c4", 1_796_100_200, [
         greet, {"who": "caller", "text": "再见", "intent": "goodbye", "intent_confidence": 0.95},
@@ -396,6 +399,8 @@ def test_calls_are_listed_filtered_and_shown_masked_with_intents(some_calls: Pat
     assert status == 200
     rows = re.findall(r'<a href="/calls/(c\d)">', page)
     assert rows == ["c4", "c3", "c2", "c1"]  # newest first
+    releases = re.findall(r'<a href="/calls/(c\d)">.*?<td class="release">(.*?)</td>', page, re.S)
+    assert releases == [("c4", "working copy"), ("c3", "working copy"), ("c2", "working copy"), ("c1", "3")]
     for query, expected in (("?outcome=transfer", ["c3", "c2"]), ("?locale=zh-CN", ["c4"]),
                             ("?intent=ask_balance", ["c1"]), ("?from=2026-12-01&to=2026-12-01", ["c4", "c3", "c2"]),
                             ("?to=2026-11-30", ["c1"]), ("?locale=xx&from=notadate", ["c4", "c3", "c2", "c1"])):
@@ -422,8 +427,12 @@ def test_the_dashboard_counts_per_day_and_locale(some_calls: Path, port: int) ->
     assert row("2026-12-01", "en-US") == {
         "calls": "2", "containment": "0%", "transfer-rate": "100%",
         "transfers": "caller_request: 1, verification_failed: 1", "verification-failures": "1",
-        "avg-turns": "1.5", "avg-duration": "5.0 s"}
-    assert row("2026-12-01", "zh-CN")["containment"] == "100%"
+        "avg-turns": "1.5", "avg-duration": "9.0 s",
+        # one compute latency per caller turn (the reply's first line; "Say it again." has none):
+        # 60, 120, 400 ms -> nearest-rank p50 120, p95 400
+        "compute-latency": "120 / 400 ms (3 turns)"}
+    assert row("2026-12-01", "zh-CN")["containment"] == "100%" and row("2026-12-01", "zh-CN")["compute-latency"] == "—"
+    assert row("2026-11-30", "en-US")["compute-latency"] == "90 / 90 ms (1 turns)"
     assert row("2026-11-30", "en-US")["calls"] == "1" and row("2026-11-30", "en-US")["avg-duration"] == "8.0 s"
 
 

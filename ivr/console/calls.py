@@ -3,13 +3,16 @@ read with ``ivr calls list``'s functions), and "add as a phrasing of intent X" i
 
 Figures per day and locale: calls, containment (calls completed without a person), transfers by reason,
 verification failures (calls that ended on ``verification_failed``), average caller turns and duration
-(first to last transcript line). What the transcripts do not hold (per-turn compute latency, the release
-that served a call) is not shown here: see the robot's /metrics.
+(first to last transcript line), compute latency percentiles (``compute_ms`` on the robot's first line of
+each reply: the caller's input handed over -> the reply ready to play). A call's release is the ``release``
+of its last (system) line. Perceived latency (end of speech -> first sound) is not in the transcripts: see
+the robot's /metrics.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import re
 from collections import Counter, defaultdict
@@ -46,6 +49,8 @@ class CallView:
     summary: CallSummary
     duration_s: float
     turns: list[Turn]
+    release: int | None = None  # the release that served the call (ivr serve); None: the working copy
+    compute_ms: tuple[int, ...] = ()  # per caller turn: input handed over -> reply ready
 
 
 def _not_understood(entry: dict[str, Any]) -> bool:
@@ -72,7 +77,19 @@ def call_view(path: Path) -> CallView:
                           str(e.get("intent") or ""), float(confidence) if confidence is not None else None,
                           bool(e.get("keypad")), _not_understood(e)))
     end = float(entries[-1].get("t", start)) if entries else start
-    return CallView(summarize(path), end - start, turns)
+    release = next((e.get("release") for e in reversed(entries) if e.get("who") == "system"), None)
+    compute = tuple(int(e["compute_ms"]) for e in entries
+                    if e.get("who") == "robot" and isinstance(e.get("compute_ms"), int | float))
+    return CallView(summarize(path), end - start, turns, release if isinstance(release, int) else None, compute)
+
+
+def percentile(values: list[int], q: float) -> int | None:
+    """The nearest-rank percentile (``q`` in 0..100) of ``values``; None when there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
 
 
 @dataclass(frozen=True)
@@ -119,6 +136,15 @@ class DayStats:
     verification_failures: int = 0
     turns: int = 0
     duration_s: float = 0.0
+    compute_ms: list[int] = field(default_factory=list)
+
+    @property
+    def compute_p50_ms(self) -> int | None:
+        return percentile(self.compute_ms, 50)
+
+    @property
+    def compute_p95_ms(self) -> int | None:
+        return percentile(self.compute_ms, 95)
 
     @property
     def containment(self) -> float:
@@ -153,6 +179,7 @@ def dashboard(views: Iterable[CallView]) -> list[DayStats]:
         row.verification_failures += s.reason == "verification_failed"
         row.turns += s.caller_turns
         row.duration_s += v.duration_s
+        row.compute_ms.extend(v.compute_ms)
     return sorted(stats.values(), key=lambda r: (r.day, r.locale), reverse=False)[::-1]
 
 
