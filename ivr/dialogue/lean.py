@@ -16,7 +16,10 @@ Measured with ``python -m ivr.testing.turncpu`` (README, "CPU per turn"), two co
   ``ObjectTrackerStore`` is a Rasa ``TrackerStore`` (the documented extension point, given to
   ``Agent.load``) that keeps each conversation's tracker object. Rasa handles one message per
   conversation at a time (its lock store), and a call is one conversation, so the object Rasa saved is
-  the state the next turn starts from, exactly as the JSON copy would rebuild it.
+  the state the next turn starts from, exactly as the JSON copy would rebuild it. One difference: a
+  turn that fails half-way (an action raised, the dialogue timed out) leaves its events on the kept
+  tracker, where the JSON store would have kept the state before the turn; such a turn ends the call
+  (the session apologises and transfers, and ``close`` forgets the conversation), so nothing reads it.
 """
 
 from __future__ import annotations
