@@ -172,7 +172,7 @@ class Supervisor:
         if not self.text_input:
             from ivr.asr.recognizer import VoskRecognizer
 
-            recognizer = VoskRecognizer(self.settings)
+            recognizer = VoskRecognizer(self.settings, reuse=True)  # as build_robot makes the robot's
             started = time.monotonic()
             recognizer.warm_up()
             log.info("pod: speech models %s loaded in %.1f s, shared by the workers",
