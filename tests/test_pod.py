@@ -407,3 +407,39 @@ def test_ivr_pod_config_prints_the_config_and_status_says_when_nothing_runs(
     assert main(["pod", "status", "--json"]) == 3
     assert "pod: not running" in capsys.readouterr().out
     assert main(["pod", "down"]) == 0
+
+
+def test_the_supervisors_probe_replaces_only_a_worker_that_stops_answering_or_stays_degraded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decision alone (no processes): a starting worker's refusals do not count; once it has answered,
+    3 unanswered probes in a row replace it, a 200 in between resets the count; 503s replace it only
+    after DEGRADED_LIMIT_S."""
+    from ivr.pod import supervisor as sup
+
+    answers: list[int | None] = []
+    killed: list[tuple[int, int]] = []
+    now = [1000.0]
+    monkeypatch.setattr(sup, "_get_status", lambda port, path, timeout_s: answers.pop(0))
+    monkeypatch.setattr(sup, "_signal", lambda pid, sig: killed.append((pid, sig)))
+    monkeypatch.setattr(sup.time, "monotonic", lambda: now[0])
+    pod = sup.Supervisor(load_settings(environ={}), 1)
+    worker = pod.workers[0]
+    worker.pid, worker.started, worker.state = 42, now[0], "starting"
+
+    def probe(*got: int | None) -> None:
+        answers.extend(got)
+        for _ in got:
+            now[0] += 1
+            pod._probe(worker)
+
+    probe(None, None, None, None)  # still loading its models: not counted
+    assert killed == [] and worker.state == "starting"
+    probe(200, None, None, 200, None, None)  # answered, then never 3 in a row
+    assert killed == [] and worker.state == "unanswered"
+    probe(None)
+    assert (42, signal.SIGKILL) in killed
+    killed.clear()
+    probe(200, *[503] * int(sup.DEGRADED_LIMIT_S))  # 503s for DEGRADED_LIMIT_S - 1 seconds
+    assert killed == [] and worker.state == "degraded"
+    probe(503)
+    assert (42, signal.SIGKILL) in killed
