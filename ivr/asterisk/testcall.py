@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 SpeechRenderer = Callable[[str, str], Awaitable[Path]]
 CALLER_CONTEXT = "ivr-test-caller"
+STREAM_CALLER_CONTEXT = "ivr-test-caller-stream"
+UNKNOWN_AUDIO_MARGIN_S = 1.0  # AMI's AGIExecEnd arrives after the dialplan's audio has begun (by this at most)
+STREAM_KEY_TONE_MS = 100  # a key's tone in a stream call (the robot hears each as one AudioSocket DTMF frame)
 HOTLINE_CONTEXT = "ivr-hotline"
 IDLE_SILENCE_S = 10.0
 KEY_TONE_MS = 200  # each key's tone ...
@@ -195,16 +198,18 @@ class _Call:
             variables["IVR_AGI_PARAMS"] = query
         if self.agi_url:  # a channel variable hides the global of the same name, for this call only
             variables["IVR_AGI_URL"] = self.agi_url
+        variables.update(self.caller_variables())
         variables.update(extra or {})  # e.g. IVR_QUEUE, IVR_OPEN_HOURS for this call only
         # AMI splits an Originate variable at commas ("a=1,b=2") unless escaped (e.g. a GotoIfTime spec)
         variables = {k: v.replace("\\", "\\\\").replace(",", "\\,") for k, v in variables.items()}
         caller_id = f'"test caller" <{self.call.caller_id}>' if self.call.caller_id else ""
         try:
             await ami.aoriginate_local(
-                "s", CALLER_CONTEXT, context=HOTLINE_CONTEXT, caller_id=caller_id, variables=variables,
+                "s", self.caller_context, context=HOTLINE_CONTEXT, caller_id=caller_id, variables=variables,
                 channel_id=self.robot_uid, other_channel_id=self.caller_uid,
             )
             await asyncio.wait_for(self._follow(ami, sub), timeout_s)
+            await self._caller_finished()
         except asyncio.TimeoutError:
             self.report.errors.append(f"the call did not end within {timeout_s:.0f} s")
             for channel in (self.caller_uid, self.robot_uid):
@@ -219,6 +224,15 @@ class _Call:
         self._decide_outcome()
         self._measure_recordings()
         return self.report
+
+    caller_context = CALLER_CONTEXT
+
+    def caller_variables(self) -> dict[str, str]:
+        """Channel variables the caller's half needs beyond the common ones."""
+        return {}
+
+    async def _caller_finished(self) -> None:
+        """Both halves have hung up: anything of the caller's still to collect."""
 
     async def _follow(self, ami: AmiClient, sub: AsyncSubscription) -> None:
         while not (self._caller_done and self._robot_gone):
@@ -432,9 +446,107 @@ class _Call:
             self.report.call_wav = mixed
 
 
+class _StreamCall(_Call):
+    """A stream-mode call (the call file's ``agi_params.media: stream``). The robot's half runs the hotline
+    as always (the robot sends ``EXEC AudioSocket`` to its own media server); the caller's half is in
+    [ivr-test-caller-stream]: its audio goes both ways over AudioSocket to this runner's ``MediaPeer``,
+    which speaks the turns in real time (``during_prompt`` too) and hears the robot after Asterisk's
+    bridging. So what the robot said, which prompts were cut, the perceived latency and the barge-in stop
+    are measured at the caller's ear; keys go by AMI ``PlayDTMF``."""
+
+    caller_context = STREAM_CALLER_CONTEXT
+
+    def __init__(self, caller: AsteriskCaller, call: CallFile, tag: str, work: Path, agi_url: str | None) -> None:
+        from ivr.testing.audiosocket_peer import MediaPeer
+
+        super().__init__(caller, call, tag, work, agi_url)
+        if caller.media is None or caller.sounds_dir is None or caller.speech is None:
+            raise TestCallError("a stream-mode test call needs the caller's media server, the robot's sounds and speech")
+        self.media_uuid = uuid.uuid4()
+        self._connected = caller.media.server.expect(self.media_uuid)
+        self._robot_media_up = asyncio.Event()
+        self._robot_media_ended_at: float | None = None
+        self.report.media = "stream"
+        self.peer = MediaPeer(
+            self.report, [t for _, t in self._turns], call.locale or caller.settings.locale, caller.sounds_dir,
+            caller.speech, send_key=self._send_key, media_up=self._robot_media_up,
+        )
+        self._peer_task = asyncio.ensure_future(self._serve_media())
+
+    async def prepare(self, speech: SpeechRenderer | None, locale: str) -> None:
+        """The peer renders each turn as it takes it (with the robot's synthesizer, cached)."""
+
+    def caller_variables(self) -> dict[str, str]:
+        assert self.caller.media is not None
+        return {"IVR_TEST_UUID": str(self.media_uuid), "IVR_TEST_MEDIA": self.caller.media.address}
+
+    async def _serve_media(self) -> None:
+        reader, writer, parser = await self._connected
+        try:
+            await self.peer.serve(reader, writer, parser)
+        finally:
+            writer.close()
+        self._caller_hung_up = self.peer.hung_up
+
+    async def _caller_finished(self) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(self._peer_task), 5.0)
+        except asyncio.TimeoutError:
+            self.report.errors.append("the caller's AudioSocket did not end with the call")
+        else:
+            # Audio that is no prompt of the robot's is the dialplan's once the robot's leg has ended (the
+            # queue, the agent); AMI tells that end a little late, so only audio well before it counts.
+            ended = self._robot_media_ended_at or float("inf")
+            if any(at < ended - UNKNOWN_AUDIO_MARGIN_S for at in self.peer.unknown_audio_at):
+                self.report.errors.append("the robot played audio that is no known prompt")
+        finally:
+            self._peer_task.cancel()
+            assert self.caller.media is not None
+            self.caller.media.server.forget(self.media_uuid)
+
+    async def _send_key(self, key: str) -> None:
+        try:
+            await self.caller.ami.aaction("PlayDTMF", Channel=self.caller_uid, Digit=key, Duration=STREAM_KEY_TONE_MS)
+        except AmiError as exc:  # the caller may already be gone (the robot hung up meanwhile)
+            log.debug("test caller %s: key not sent: %s", self.tag, exc)
+        await asyncio.sleep(STREAM_KEY_TONE_MS / 1000)
+
+    async def _robot_command(self, ami: AmiClient, command: str) -> None:
+        args = parse_arguments(command)
+        name = " ".join(args[:2]).upper()
+        if name.startswith("ANSWER") and not self.report.answered:
+            self.report.answered = True
+            self.report.time_to_answer_s = time.monotonic() - self._started
+        elif name == "EXEC AUDIOSOCKET":
+            self._robot_media_up.set()
+        elif name.startswith("HANGUP"):
+            self.peer.robot_ended()
+            self.report.events.append({"who": "robot", "text": "", "action": "hangup"})
+        elif name.startswith("RECORD FILE") or any(name.startswith(c) for c in PLAY_COMMANDS):
+            if self.report.media == "stream":
+                self.report.media = "record"
+                self.report.errors.append("the robot fell back to record mode (its AudioSocket leg did not come up)")
+
+    async def _handle(self, ami: AmiClient, event: AmiEvent) -> None:
+        if event.name == "AGIExecEnd" and event.uniqueid == self.robot_uid:
+            if " ".join(parse_arguments(event.get("Command"))[:2]).upper() == "EXEC AUDIOSOCKET":
+                self._robot_media_ended_at = time.monotonic()
+                self.peer.robot_ended()  # later audio is the dialplan's (the queue, the agent)
+            return
+        await super()._handle(ami, event)
+
+
 def _write_sidecar(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
     os.chmod(path, 0o644)
+
+
+@dataclass
+class _CallerMedia:
+    """The test callers' AudioSocket server: Asterisk connects each stream-mode caller's half to it."""
+
+    server: Any  # ivr.media.stream.AudioSocketServer
+    address: str  # host:port, as the caller's dialplan gives it to AudioSocket()
 
 
 class AsteriskCaller:
@@ -461,6 +573,8 @@ class AsteriskCaller:
         self.text_mode = text_mode
         self.base = settings.spool_dir.resolve() / "testcalls"
         self.idle_file = self.base / "idle-10s.wav"
+        self.sounds_dir: Path | None = settings.sounds_dir  # stream calls: the robot's prompts, to tell them apart
+        self.media: _CallerMedia | None = None  # stream calls: the callers' AudioSocket server (started on first use)
         self._ami = ami
         self._own_ami = ami is None
 
@@ -491,6 +605,9 @@ class AsteriskCaller:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.media is not None:
+            await self.media.server.stop()
+            self.media = None
         if self._ami is None:
             return
         if self._own_ami:
@@ -508,7 +625,16 @@ class AsteriskCaller:
         work = self.base / tag
         work.mkdir(parents=True)
         os.chmod(work, 0o777)  # Asterisk's user writes the recordings here
-        one = _Call(self, call, tag, work, agi_url or self.agi_url)
+        if call.agi_params.get("media") == "stream":
+            if self.media is None:
+                from ivr.media.stream import AudioSocketServer
+
+                server = AudioSocketServer()
+                port = await server.start("127.0.0.1", 0)  # Asterisk (chroot) shares this machine's network
+                self.media = _CallerMedia(server, f"127.0.0.1:{port}")
+            one: _Call = _StreamCall(self, call, tag, work, agi_url or self.agi_url)
+        else:
+            one = _Call(self, call, tag, work, agi_url or self.agi_url)
         await one.prepare(self.speech, call.locale or self.settings.locale)
         sub = self.ami.subscribe_async(one.mine)
         try:

@@ -22,6 +22,7 @@ caller hanging up. A ``PacedWriter`` sends prompts in real time and silence betw
 from __future__ import annotations
 
 import asyncio
+import audioop
 import contextlib
 import logging
 import time
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 PRE_ROLL_MS = 1000  # caller audio kept while nobody speaks: the onset is declared some 200-400 ms in
 LEAD_MS = 140  # the recognizer gets this much before the speech's first frame (the Korean model misreads
 #               words after long leading silence: 140 ms measured best, ivr/media/listen.py)
+SPEECH_RMS = 256  # frames below this (Asterisk's default silence threshold, 16-bit) are not speech
+QUIET_FRAMES_IN_SPEECH = 3  # quiet frames a word's onset may hold (stops, short pauses)
 READ_CHUNK = 4096
 UUID_TIMEOUT_S = 3.0
 END_ENTRY_S = 1.5  # a # keyed this soon after a complete entry ends it, and is not a new input
@@ -240,8 +243,9 @@ class StreamChannel:
             if isinstance(event, SpeechStarted) and self._utterance is None:
                 self.speech_onsets += 1
                 self._utterance = asyncio.Queue()
+                begins_ms = _loud_run_start_ms(self._pre_roll, event.at_ms)
                 for at_ms, frame in self._pre_roll:
-                    if at_ms + len(frame) / 16 > event.at_ms - LEAD_MS:
+                    if at_ms + len(frame) / 16 > begins_ms - LEAD_MS:
                         self._utterance.put_nowait(frame)
                 self._pre_roll.clear()
                 self._ended.clear()
@@ -416,6 +420,22 @@ class StreamChannel:
     def _check_gone(self) -> None:
         if self._gone.is_set():
             raise MediaStreamClosed("the caller hung up")
+
+
+def _loud_run_start_ms(pre_roll: deque[tuple[float, bytes]], onset_ms: float) -> float:
+    """Where the speech the VAD found at ``onset_ms`` begins: the first frame of the run of frames above
+    the silence level that leads up to the onset. The VAD decides on windows of its own size, so its onset
+    moves by a frame or two with the phase of the caller's audio; the recognizer's lead must not (the
+    Korean model reads the same words differently when their leading silence changes by 20 ms)."""
+    begins, quiet = onset_ms, 0
+    for at_ms, frame in reversed(pre_roll):  # from the declaration back; short pauses stay inside the run
+        if audioop.rms(frame, 2) >= SPEECH_RMS:
+            begins, quiet = min(begins, at_ms), 0
+        else:
+            quiet += 1
+            if quiet > QUIET_FRAMES_IN_SPEECH:
+                break
+    return begins
 
 
 def _read_pcm(sound: Path) -> bytes:

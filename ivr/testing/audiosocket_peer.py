@@ -17,10 +17,12 @@ Figures: ``perceived_latencies_s`` (end of the caller's speech → the robot's n
 from __future__ import annotations
 
 import asyncio
+import audioop
 import contextlib
 import time
 import uuid
 import wave
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +39,14 @@ from ivr.media.audiosocket import (
     asterisk_audio_frame,
     asterisk_dtmf_frame,
     asterisk_uuid_frame,
+    hangup_frame,
     split_frames,
 )
 from ivr.testing.callfile import Turn
+from ivr.testing.harness import SILENCE_THRESHOLD
 
 QUIET_S = 0.6  # the robot silent this long after a prompt: it is listening
+REPLY_WAIT_S = 10.0  # after a turn the caller waits this long at most for the robot to answer it
 KEY_GAP_S = 0.12
 FRAME_S = FRAME_MS / 1000
 
@@ -91,14 +96,30 @@ class PromptIndex:
             self._by_frame.setdefault(frames[first], []).append(_Prompt(text, frames, first))
 
 
+KeySender = Callable[[str], Awaitable[None]]
+
+
 class MediaPeer:
-    def __init__(self, report: Any, turns: list[Turn], locale: str, sounds_dir: Path, speech: Any) -> None:
+    """The caller's side of a stream-mode call. In the harness it plays Asterisk (``run``: it connects to
+    the robot and sends the UUID). Through the real Asterisk it is the test caller's own AudioSocket
+    server (``serve``): Asterisk connects, the robot's audio arrives as Asterisk passed it on, keys go
+    by ``send_key`` (AMI PlayDTMF: AudioSocket carries no keys towards Asterisk), and ``media_up`` says
+    when the robot's leg is up (the caller waits for the robot before its first turn)."""
+
+    def __init__(
+        self, report: Any, turns: list[Turn], locale: str, sounds_dir: Path, speech: Any,
+        *, send_key: KeySender | None = None, media_up: asyncio.Event | None = None,
+    ) -> None:
         self.report = report
         self.turns = turns
         self.locale = locale
         self.prompts = PromptIndex(sounds_dir)
         self.speech = speech  # renders a ``say`` turn to a WAV (the robot's own synthesizer)
         self.hung_up = False
+        self.robot_gone = False  # the robot's leg ended: later audio is the dialplan's (queue, agent)
+        self.unknown_audio_at: list[float] = []  # when audio that is no known prompt began (monotonic)
+        self._send_key = send_key
+        self._media_up = media_up
         self._outgoing: list[bytes] = []  # the caller's frames (audio or keys), encoded, waiting to be sent
         self._current: list[_Prompt] = []  # the prompt the robot is playing: those it may still be
         self._position = 0  # next expected frame index of the current prompt
@@ -109,6 +130,8 @@ class MediaPeer:
         self._unknown = False  # inside audio that matches no prompt (reported once)
         self._barge_at: float | None = None
         self._playing = asyncio.Event()  # the robot is playing a prompt
+        self._prompts_started = 0  # prompts the robot has begun so far
+        self._reply_after = -1  # the caller's last turn came after this many prompts (-1: no turn yet)
         self._quiet = asyncio.Event()  # the robot is not playing a prompt
         self._quiet.set()
 
@@ -117,7 +140,12 @@ class MediaPeer:
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(asterisk_uuid_frame(uuid.UUID(call_uuid)))
         await writer.drain()
-        receiving = asyncio.create_task(self._receive(reader))
+        return await self.serve(reader, writer, AudioSocketParser(peer=Peer.SERVER))
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, parser: AudioSocketParser) -> str:
+        """The session on an open connection (the UUID already exchanged); "200 result=-1" when the caller
+        hung up, "200 result=0" when the other side ended it."""
+        receiving = asyncio.create_task(self._receive(reader, parser))
         sending = asyncio.create_task(self._send(writer))
         caller = asyncio.create_task(self._caller())
         try:
@@ -125,6 +153,9 @@ class MediaPeer:
             if caller.done() and self.hung_up:
                 self._barge_at = None  # a hang-up is no barge-in
                 self._close_prompt()  # the prompt the caller hung up on: how much of it was heard
+                if self._send_key is not None:  # towards Asterisk: its AudioSocket() returns, the caller hangs up
+                    with contextlib.suppress(OSError):
+                        writer.write(hangup_frame())
                 return "200 result=-1\n"
             await receiving
         finally:
@@ -137,8 +168,7 @@ class MediaPeer:
         return "200 result=0\n"
 
     # ------------------------------------------------------------ the robot's audio
-    async def _receive(self, reader: asyncio.StreamReader) -> None:
-        parser = AudioSocketParser(peer=Peer.SERVER)
+    async def _receive(self, reader: asyncio.StreamReader, parser: AudioSocketParser) -> None:
         while True:
             data = await reader.read(4096)
             if data:
@@ -151,7 +181,14 @@ class MediaPeer:
                 elif isinstance(event, Hangup | Eof):
                     return
 
+    def robot_ended(self) -> None:
+        """The robot's leg ended (through Asterisk: its ``EXEC AudioSocket`` returned)."""
+        self._close_prompt()
+        self.robot_gone = True
+
     def _robot_frame(self, frame: bytes) -> None:
+        if self.robot_gone:
+            return
         now = time.monotonic()
         if self._current:
             going_on = [p for p in self._current if self._position < len(p.frames) and p.frames[self._position] == frame]
@@ -167,7 +204,9 @@ class MediaPeer:
         found = self.prompts.candidates(frame)
         if not found:
             if not self._unknown:
-                self.report.errors.append("the robot played audio that is no known prompt")
+                self.unknown_audio_at.append(now)
+                if self._send_key is None:  # through Asterisk it may be the dialplan's: see robot_ended_at
+                    self.report.errors.append("the robot played audio that is no known prompt")
             self._unknown = True
             return
         self._unknown = False
@@ -179,6 +218,7 @@ class MediaPeer:
             self._speech_ended_at = None
         self._event = {"who": "robot", "text": prompt.text, "interrupted": False, "heard_s": 0.0}
         self.report.events.append(self._event)
+        self._prompts_started += 1
         self._quiet.clear()
         self._playing.set()
 
@@ -211,6 +251,9 @@ class MediaPeer:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     async def _caller(self) -> None:
+        if self._media_up is not None:
+            await self._media_up.wait()
+            self._robot_quiet_since = time.monotonic()
         while self.turns:
             turn = self.turns[0]
             if turn.during_prompt is not None:
@@ -225,13 +268,20 @@ class MediaPeer:
                 self.hung_up = True
                 return
             await self._take(turn)
+            if not self._playing.is_set():
+                self._reply_after = self._prompts_started  # the robot answers this turn before the next
+            elif turn.during_prompt is not None and self.report.events[-1].get("who") == "caller":
+                self.report.events[-1]["taken"] = False  # the prompt played on: the robot did not take it (noise)
 
     async def _take(self, turn: Turn) -> None:
         if turn.kind == "dtmf":
             keys: str = turn.value
             self.report.events.append({"who": "caller", "text": mask_secret(keys), "kind": "dtmf"})
             for key in keys:
-                self._outgoing.append(asterisk_dtmf_frame(key))
+                if self._send_key is not None:
+                    await self._send_key(key)
+                else:
+                    self._outgoing.append(asterisk_dtmf_frame(key))
                 await asyncio.sleep(KEY_GAP_S)
             return
         if turn.kind == "silence":
@@ -246,21 +296,40 @@ class MediaPeer:
             wav = turn.value
         pcm = await asyncio.to_thread(_pcm_8k, Path(wav))
         frames = list(split_frames(pcm))
+        lead, tail = quiet_edges(frames)
+        if self._barge_at is not None:  # the interruption begins with the first word, not the file
+            self._barge_at += lead * FRAME_S
         self._outgoing.extend(asterisk_audio_frame(f) for f in frames)
         await asyncio.sleep(len(frames) * FRAME_S)
-        self._speech_ended_at = time.monotonic()
+        self._speech_ended_at = time.monotonic() - tail * FRAME_S  # the last word, not the file's quiet end
 
     async def _wait_for_prompt(self) -> None:
         await self._playing.wait()
 
     async def _wait_until_robot_listens(self) -> None:
-        """The robot has been quiet for ``QUIET_S`` (a prompt starting meanwhile starts the wait again)."""
+        """The robot has answered the caller's last turn (a prompt began since; at most ``REPLY_WAIT_S``)
+        and has been quiet for ``QUIET_S`` since (a prompt starting meanwhile starts the wait again)."""
+        waited_until = time.monotonic() + REPLY_WAIT_S
+        while self._prompts_started <= self._reply_after and time.monotonic() < waited_until:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._playing.wait(), max(0.0, waited_until - time.monotonic()))
+            if self._prompts_started <= self._reply_after:
+                await asyncio.sleep(FRAME_S)  # a prompt began and ended between two looks
         while True:
             await self._quiet.wait()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._playing.wait(), max(0.0, self._robot_quiet_since + QUIET_S - time.monotonic()))
             if not self._playing.is_set():
                 return
+
+
+def quiet_edges(frames: list[bytes]) -> tuple[int, int]:
+    """How many frames the audio starts and ends with below Asterisk's silence threshold (the recordings
+    and espeak-ng's speech have quiet edges: the caller's speech starts after them and ends before them)."""
+    loud = [i for i, f in enumerate(frames) if audioop.rms(f, 2) >= SILENCE_THRESHOLD]
+    if not loud:
+        return len(frames), 0
+    return loud[0], len(frames) - 1 - loud[-1]
 
 
 def _pcm_8k(path: Path) -> bytes:
@@ -271,7 +340,5 @@ def _pcm_8k(path: Path) -> bytes:
     if channels != 1 or width != 2:
         raise ValueError(f"{path}: the harness streams 16-bit mono audio")
     if rate != 8000:
-        import audioop
-
         pcm, _ = audioop.ratecv(pcm, 2, 1, rate, 8000, None)
     return pcm[: len(pcm) // 2 * 2]

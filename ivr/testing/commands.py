@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 
@@ -22,6 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--asterisk",
         action="store_true",
         help="place each call as a real call through the local Asterisk (`ivr asterisk up` first)",
+    )
+    p.add_argument(
+        "--media",
+        choices=["record", "stream"],
+        help="how every call's audio goes: record (RECORD FILE / STREAM FILE) or stream (AudioSocket, full "
+        "duplex); default: each call file's agi_params.media, else the robot's IVR_MEDIA",
     )
     p.add_argument(
         "--compare-releases",
@@ -81,19 +88,22 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
     from ivr.testing.replay import load_all, parse_server, replay_calls
 
     calls = load_all(call_file_paths(args.files))
+    if args.media == "stream" and args.text:
+        print("ivr replay: --media stream streams the caller's audio: leave out --text", file=sys.stderr)
+        return 2
     if args.compare_releases:
         return compare(args, settings, calls)
     if args.asterisk:
         from ivr.asterisk.testcall import TestCallError
 
         try:
-            reports = asyncio.run(_replay_through_asterisk(settings, calls, args.server, args.text))
+            reports = asyncio.run(_replay_through_asterisk(settings, calls, args.server, args.text, args.media))
         except TestCallError as exc:
             print(f"ivr replay --asterisk: {exc}", file=sys.stderr)
             return 1
     else:
         server = parse_server(args.server) if args.server else None
-        reports = asyncio.run(replay_calls(settings, calls, text_mode=args.text, server=server))
+        reports = asyncio.run(replay_calls(settings, calls, text_mode=args.text, server=server, media=args.media))
     failed = 0
     for call, report in zip(calls, reports, strict=True):
         failures = report.failures(call)
@@ -101,7 +111,8 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             print(json.dumps({**report.to_json(), "failures": failures}, ensure_ascii=False))
             continue
-        print(f"== {call.path}: {report.outcome}" + (f" ({report.transfer_reason})" if report.transfer_reason else ""))
+        reason = f" ({report.transfer_reason})" if report.transfer_reason else ""
+        print(f"== {call.path}: {report.outcome}{reason} [{report.media}]")
         for event in report.events:
             label = event.get("kind") or event.get("action") or ""
             text = event["text"] if event["text"] or not label else f"({label})"
@@ -117,17 +128,21 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _replay_through_asterisk(
-    settings: Settings, calls: list[CallFile], server: str | None, text_mode: bool
+    settings: Settings, calls: list[CallFile], server: str | None, text_mode: bool, media: str | None = None
 ) -> list[CallReport]:
     """Each call placed through the local Asterisk, to a server given by --server or started here.
 
     The caller's ``say`` turns are spoken with the robot's own synthesizer (as in the replay harness).
     With ``--text`` the robot started here takes the words from the sidecar text, not from Vosk.
+    ``media`` puts every call in that mode (stream calls: the caller's audio over its own AudioSocket).
     """
     from ivr.asterisk.testcall import replay_via_asterisk
-    from ivr.testing.replay import parse_server, replay_settings, running_robot
+    from ivr.testing.replay import parse_server, replay_settings, running_robot, with_media
 
     settings = replay_settings(settings)
+    calls = with_media(calls, media)
+    if media is not None:
+        settings = dataclasses.replace(settings, media=media)
     if server:
         from ivr.tts.synth import PromptSynthesizer
 

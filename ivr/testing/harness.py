@@ -49,6 +49,8 @@ class CallReport:
     errors: list[str] = field(default_factory=list)
     # agi_uniqueid the harness gave the call: the robot names the call (and its transcript) after it
     unique_id: str = ""
+    # how the call's audio went: "stream" once the robot's AudioSocket leg carried it, else "record"
+    media: str = "record"
 
     @property
     def robot_text(self) -> str:
@@ -79,11 +81,14 @@ class CallReport:
             drop = "heard_s" in event and (not cut or not cut_prompts_heard)
             return {k: v for k, v in event.items() if not (drop and k == "heard_s")}
 
-        return {**{k: v for k, v in self.to_json().items() if k != "call"}, "events": [kept(e) for e in self.events]}
+        # the media is checked by the tests of each mode, not kept: one behaviour, two transports
+        kept_keys = {k: v for k, v in self.to_json().items() if k not in ("call", "media")}
+        return {**kept_keys, "events": [kept(e) for e in self.events]}
 
     def to_json(self) -> dict[str, Any]:
         return {
             "call": self.name,
+            "media": self.media,
             "outcome": self.outcome,
             "transfer_reason": self.transfer_reason,
             "answered": self.answered,
@@ -346,9 +351,11 @@ class ScriptedAsterisk:
         call_uuid, _, address = options.partition(",")
         host, _, port = address.rpartition(":")
         peer = MediaPeer(self.report, self._turns, self.locale, self.sounds_dir, self.speech)
+        self.report.media = "stream"
         try:
             reply = await peer.run(call_uuid, host, int(port))
         except (OSError, ValueError) as exc:
+            self.report.media = "record"  # the leg never carried the call
             self.report.errors.append(f"AudioSocket: {exc}")
             return "200 result=-1\n"
         if peer.hung_up:

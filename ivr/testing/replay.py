@@ -46,14 +46,28 @@ def replay_settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, asr_dither=False, tts_dynamic_sidecars=True)
 
 
+def with_media(calls: list[CallFile], media: str | None) -> list[CallFile]:
+    """The calls in ``media`` ("record" or "stream"), whatever their files ask (``agi_params.media``);
+    None keeps each call's own choice, and the robot's default (``IVR_MEDIA``) for the others."""
+    if media is None:
+        return calls
+    return [dataclasses.replace(c, agi_params={**c.agi_params, "media": media}) for c in calls]
+
+
 async def replay_calls(
     settings: Settings,
     calls: list[CallFile],
     *,
     text_mode: bool,
     server: tuple[str, int] | None = None,
+    media: str | None = None,
 ) -> list[CallReport]:
+    """Each call against the robot, one after the other. ``media`` puts every call in that mode (and is
+    the in-process robot's default); stream-mode calls need audio, not ``text_mode``."""
     settings = replay_settings(settings)
+    if media is not None:
+        settings = dataclasses.replace(settings, media=media)
+    calls = with_media(calls, media)
     if server is not None:
         from ivr.tts.synth import PromptSynthesizer
 
@@ -78,7 +92,10 @@ async def _one(
     render: SpeechRenderer,
     transcripts_dir: Path | None = None,
 ) -> CallReport:
-    peer = ScriptedAsterisk(call, locale=call.locale or settings.locale, text_mode=text_mode, speech=render)
+    peer = ScriptedAsterisk(
+        call, locale=call.locale or settings.locale, text_mode=text_mode, speech=render,
+        sounds_dir=settings.sounds_dir,  # stream mode: the robot's prompts, to tell them apart in its audio
+    )
     report = await peer.run(*server)
     if transcripts_dir is not None:
         add_heard(report, transcripts_dir)
@@ -105,15 +122,19 @@ def add_heard(report: CallReport, transcripts_dir: Path) -> None:
     ``intent`` (the dialogue's reading, when the turn went to the dialogue).
 
     Only an in-process robot's transcript can be read; the call file's own words stay in ``text``.
-    Every caller event but a hang-up is one turn the robot listened to, so the two lists pair up in
-    order; if they do not, that is reported as an error of the replay.
+    Every caller event but a hang-up (and, in stream mode, sound over a prompt that played on:
+    ``"taken": false``) is one turn the robot listened to, so the two lists pair up in order; if they
+    do not, that is reported as an error of the replay.
     """
     entries = robot_transcript(transcripts_dir, report.unique_id)
     if entries is None:
         report.errors.append(f"no transcript of the robot for call {report.unique_id} in {transcripts_dir}")
         return
     heard = [e for e in entries if e.get("who") == "caller"]
-    turns = [e for e in report.events if e.get("who") == "caller" and e.get("kind") != "hangup"]
+    turns = [
+        e for e in report.events
+        if e.get("who") == "caller" and e.get("kind") != "hangup" and e.get("taken") is not False
+    ]
     if len(heard) != len(turns):
         report.errors.append(f"the robot logged {len(heard)} caller turns, the caller took {len(turns)}")
         return
