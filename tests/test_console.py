@@ -354,6 +354,22 @@ def test_a_publish_without_a_message_is_refused(ws: ConsoleWorkspace, port: int)
     assert status == 422 and "say what changed and why" in body
 
 
+# ---------------------------------------------------------------- try it (the chat itself: the browser test)
+def test_try_it_is_for_editors_and_shows_the_demo_callers_masked(ws: ConsoleWorkspace, port: int) -> None:
+    vera = Client(port).login("vera")
+    status, prompts = vera.get(f"/prompts/{LOCALE}")
+    assert status == 200 and "/try/" not in prompts  # no link for a viewer
+    assert vera.get(f"/try/{LOCALE}")[0] == 403
+    assert vera.post(f"/try/{LOCALE}/start", {"csrf": csrf_of(prompts), "customer": "1"})[0] == 403
+    eddie = Client(port).login("eddie")
+    status, page = eddie.get(f"/try/{LOCALE}")
+    assert status == 200 and "C002 · *******0002" in page and "15550000002" not in page
+    assert eddie.get("/try/chat/nope")[0] == 404
+    assert eddie.post("/try/chat/nope/turn", {"csrf": csrf_of(page), "say": "hi"})[0] == 404
+    assert eddie.get("/try/chat/nope/audio/0")[0] == 404
+    assert eddie.get("/try/xx-XX")[0] == 404
+
+
 # ---------------------------------------------------------------- calls and dashboard
 def write_call(folder: Path, day: str, call_id: str, start: float, lines: list[dict[str, object]]) -> None:
     import json
@@ -368,8 +384,8 @@ def write_call(folder: Path, day: str, call_id: str, start: float, lines: list[d
 def some_calls(ws: ConsoleWorkspace) -> Iterator[Path]:
     """Four transcripts as the robot writes them: two days, two locales, a transfer, a verification failure."""
     folder = ws.settings.transcripts_dir
-    greet = {"who": "robot", "text": "Welcome."}
-    end = {"who": "system", "text": "", "served_by": "voice", "caller": "*******0002"}
+    greet: dict[str, object] = {"who": "robot", "text": "Welcome."}
+    end: dict[str, object] = {"who": "system", "text": "", "served_by": "voice", "caller": "*******0002"}
     write_call(folder, "2026-11-30", "c1", 1_796_000_000, [
         greet, {"who": "caller", "text": "my balance please", "intent": "ask_balance", "intent_confidence": 0.91},
         {"who": "caller", "text": "****", "keypad": True, "masked": True, "secret": True},

@@ -14,6 +14,7 @@ import itertools
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from ivr.console import drafts
 from ivr.console.publishing import Publisher, rollback
 from ivr.console.security import Session, Signer, load_key
 from ivr.console.users import ROLES, ConsoleStore, User, UserError
-from ivr.masking import mask_text
+from ivr.masking import mask_phone, mask_text
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class Console:
     secure_cookies: bool
     templates: jinja2.Environment
     synth: Any = None  # PromptSynthesizer, started on the first "listen"
+    chats: Any = None  # ivr.console.chats.Chats: the Try-it chats
 
     def render(self, request: Request, name: str, status: int = 200, **values: Any) -> HTTPResponse:
         ctx = getattr(request.ctx, "console", None)
@@ -244,6 +246,102 @@ def build_app(settings: Settings, *, secure_cookies: bool = False, config: Path 
     async def close_synth(app: Sanic, loop: Any) -> None:
         if console.synth is not None:
             await asyncio.to_thread(console.synth.close)
+
+    # ------------------------------------------------------------ try it
+    from ivr.console.chats import Chats
+    from ivr.console.tryit import demo_callers
+
+    console.chats = Chats(settings)
+    callers = [(cid, mask_phone(phone)) for cid, phone in demo_callers()]  # shown: the id and a masked number
+
+    def editor_only(request: Request, user: User) -> HTTPResponse | None:
+        if user.can("editor"):
+            return None
+        return console.render(request, "error.html", 403, message=(
+            f"{user.name} is a {user.role}; trying the draft needs the editor role or a stronger one"))
+
+    def chat_of(request: Request, user: User, chat_id: str) -> Any:
+        chat = console.chats.get(chat_id, user.name)
+        if chat is not None:
+            chat.last_used = time.monotonic()
+        return chat
+
+    @app.get("/try/<locale>")
+    @page()
+    async def try_page(request: Request, user: User, locale: str) -> HTTPResponse:
+        if (refused := editor_only(request, user)) is not None:
+            return refused
+        if locale not in LOCALES:
+            return console.render(request, "error.html", 404, message=f"unknown locale {locale!r}")
+        await console.chats.sweep()
+        return console.render(request, "try.html", locale=locale, callers=callers,
+                              chat=console.chats.of(user.name, locale), notice="")
+
+    @app.post("/try/<locale>/start")
+    @page("editor")
+    async def try_start(request: Request, user: User, locale: str) -> HTTPResponse:
+        if locale not in LOCALES:
+            return response.text(f"unknown locale {locale!r}", status=404)
+        try:
+            customer = int(field(request, "customer", 4) or "-1")
+        except ValueError:
+            customer = -1
+        customer = customer if 0 <= customer < len(callers) else -1
+        who = callers[customer][0] if customer >= 0 else "withheld"
+        chat = await console.chats.start(user.name, locale, customer, who)
+        if chat is None:
+            return console.render(request, "chat.html", 503, chat=None, notice=(
+                "too many chats are running on this console: try again in a few minutes"))
+        await asyncio.to_thread(console.store.record, user.name, "try it", f"{locale}: a chat as customer {who}")
+        return console.render(request, "chat.html", chat=chat, notice="")
+
+    @app.get("/try/chat/<chat_id>")
+    @page("editor")
+    async def try_chat(request: Request, user: User, chat_id: str) -> HTTPResponse:
+        if (refused := editor_only(request, user)) is not None:
+            return refused
+        chat = chat_of(request, user, chat_id)
+        if chat is None:
+            return response.text("no such chat (it ended after idle time): start a new one", status=404)
+        await console.chats.wait(chat, 10.0)  # long poll while it loads
+        return console.render(request, "chat.html", chat=chat, notice="")
+
+    @app.post("/try/chat/<chat_id>/turn")
+    @page("editor")
+    async def try_turn(request: Request, user: User, chat_id: str) -> HTTPResponse:
+        chat = chat_of(request, user, chat_id)
+        if chat is None:
+            return response.text("no such chat (it ended after idle time): start a new one", status=404)
+        keys, say = field(request, "keys", 40), field(request, "say", 500)
+        if keys.strip():
+            act = {"keys": keys.strip()}
+        elif request.form.get("hangup"):
+            act = {"hangup": "1"}
+        else:
+            act = {"say": say}
+        await console.chats.turn(chat, act)
+        return console.render(request, "chat.html", chat=chat, notice="")
+
+    @app.get("/try/chat/<chat_id>/audio/<number:int>")
+    @page("editor")
+    async def try_audio(request: Request, user: User, chat_id: str, number: int) -> HTTPResponse:
+        from ivr.parts import SynthesisError
+
+        if (refused := editor_only(request, user)) is not None:
+            return refused
+        chat = chat_of(request, user, chat_id)
+        if chat is None or not 0 <= number < len(chat.lines) or chat.lines[number]["who"] != "robot":
+            return response.text("no such reply", status=404)
+        try:
+            wav = await synthesizer().render(chat.lines[number]["text"], chat.locale)
+            data = await asyncio.to_thread(wav.read_bytes)
+        except (SynthesisError, OSError) as exc:
+            return response.text(f"cannot render the reply: {exc}", status=500)
+        return response.raw(data, content_type="audio/wav", headers={"Cache-Control": "no-store"})
+
+    @app.after_server_stop
+    async def close_chats(app: Sanic, loop: Any) -> None:
+        await console.chats.close()
 
     # ------------------------------------------------------------ publish
     def publish_state(locale: str) -> dict[str, Any]:
