@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 PRE_ROLL_MS = 1000  # caller audio kept while nobody speaks: the onset is declared some 200-400 ms in
 LEAD_MS = 140  # the recognizer gets this much before the speech's first frame (the Korean model misreads
 #               words after long leading silence: 140 ms measured best, ivr/media/listen.py)
+QUIET_DBFS = -55.0  # frames quieter than this are never speech: the VAD model is not even run on them
+#                    (an idle line costs next to nothing; speech is 20 dB and more above it)
 SPEECH_RMS = 256  # frames below this (Asterisk's default silence threshold, 16-bit) are not speech
 QUIET_FRAMES_IN_SPEECH = 3  # quiet frames a word's onset may hold (stops, short pauses)
 READ_CHUNK = 4096
@@ -146,7 +148,7 @@ class StreamChannel:
         self._recognizer = recognizer
         self._grammar = grammar
         self._asr_pool = asr_pool
-        self._endpointer = Endpointer(vad, stop_ms=settings.endpoint_silence_ms)
+        self._endpointer = Endpointer(vad, stop_ms=settings.endpoint_silence_ms, min_dbfs=QUIET_DBFS)
         self._player = PacedWriter(writer)
         self._keys: asyncio.Queue[str] = asyncio.Queue()
         self._key_event = asyncio.Event()  # set when a key arrives (a prompt playing stops for it)

@@ -56,6 +56,19 @@ BENCH_CALLS: dict[str, tuple[str, tuple[Turn, ...]]] = {
 }
 
 
+BARGE_IN_S = 2.0  # stream calls say their first words this far into the greeting
+
+
+def bench_call(locale: str, media: str) -> CallFile:
+    """The bench's call in ``media``: in stream mode the caller interrupts the greeting with its first
+    words (full duplex); in record mode it waits for the greeting to end (keys are the only barge-in)."""
+    caller_id, turns = BENCH_CALLS[locale]
+    if media == "stream":
+        first = dataclasses.replace(turns[0], during_prompt=BARGE_IN_S)
+        turns = (first, *turns[1:])
+    return CallFile(Path(f"bench-{locale}.yaml"), caller_id, locale, turns, Expectation(), {"media": media})
+
+
 def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
@@ -155,6 +168,7 @@ class Variant:
     grammars: bool = True  # per-state grammars (settings.asr_grammars) or free recognition
     dialogue: str = "in-process"  # or "http": the Rasa servers of dialogs/server/ on loopback
     prompts: str = "cached"  # or "uncached": every prompt synthesized when it is played
+    media: str | None = None  # "record" or "stream"; None: the bench's --media
 
 
 DEFAULT = Variant("default")
@@ -163,7 +177,21 @@ COMPARISONS = (
     Variant("http-rasa", "in-process vs HTTP Rasa", dialogue="http"),
     Variant("uncached-prompts", "cached vs uncached prompts", prompts="uncached"),
 )
-VARIANTS = {v.name: v for v in (DEFAULT, *COMPARISONS)}
+# the default's calls in the other media mode (--compare runs the one that differs from --media)
+MEDIA_VARIANTS = (
+    Variant("stream", "record vs stream (full duplex)", media="stream"),
+    Variant("record", "stream vs record", media="record"),
+)
+VARIANTS = {v.name: v for v in (DEFAULT, *COMPARISONS, *MEDIA_VARIANTS)}
+
+
+def media_of(args: argparse.Namespace, variant: Variant) -> str:
+    return variant.media or args.media
+
+
+def compared(args: argparse.Namespace) -> tuple[Variant, ...]:
+    """The variants --compare measures against the default, the other media mode first."""
+    return (*(v for v in MEDIA_VARIANTS if v.media != args.media), *COMPARISONS)
 
 
 class BenchError(RuntimeError):
@@ -192,11 +220,13 @@ async def bench_once(
     helpers: dict[str, int] | None = None,
     variant: Variant = DEFAULT,
     transport: str = "harness",
+    media: str = "record",
 ) -> dict[str, Any]:
     """``calls`` callers for ``duration_s`` against ``robot``; ``place`` places one call (default: the
-    real-time harness on the robot's port); ``helpers``: processes beside the robot whose CPU and RSS count."""
-    caller_id, turns = BENCH_CALLS[locale]
-    call = CallFile(Path(f"bench-{locale}.yaml"), caller_id, locale, turns, Expectation())
+    real-time harness on the robot's port); ``helpers``: processes beside the robot whose CPU and RSS count.
+    ``media``: "stream" calls barge in on the greeting with their first words (full duplex)."""
+    call = bench_call(locale, media)
+    turns = call.turns
     render = robot.parts.synthesizer.render
     # Render the callers' utterances once, before measuring (the caller's side is not the robot's cost).
     for turn in turns:
@@ -205,7 +235,10 @@ async def bench_once(
     if place is None:
 
         async def place(one: CallFile) -> CallReport:
-            peer = ScriptedAsterisk(one, locale=locale, text_mode=text, speech=render, realtime=True, timeout_s=180)
+            peer = ScriptedAsterisk(
+                one, locale=locale, text_mode=text, speech=render, realtime=True, timeout_s=180,
+                sounds_dir=robot.settings.sounds_dir,
+            )
             return await peer.run("127.0.0.1", robot.server.port)
 
     helpers = {**(helpers or {})}
@@ -240,12 +273,15 @@ async def bench_once(
     compute = [x * 1000 for r in reports for x in r.compute_latencies_s]
     silence = [x * 1000 for r in reports for x in r.silence_waits_s]
     perceived = [x * 1000 for r in reports for x in r.perceived_latencies_s]
+    barge_in_stops = [x * 1000 for r in reports for x in r.barge_in_stops_s]
     stats_after = synth_stats(robot)
     outcomes = [r.outcome for r in reports]
     placed = max(1, len(reports))
     return {
         "variant": variant.name,
         "transport": transport,
+        "media": media,
+        "calls_in_stream_mode": sum(r.media == "stream" for r in reports),
         "calls": calls,
         "duration_s": duration_s,
         "ramp_s": ramp_s,
@@ -268,7 +304,11 @@ async def bench_once(
         "served_by": {by: sum(r.served_by == by for r in robot.results) for by in sorted({r.served_by for r in robot.results})},
         "keypad_share": round(sum(r.served_by in ("keypad", "mixed") for r in robot.results) / max(1, len(robot.results)), 3),
         "compute_latency_ms": percentiles(compute),
+        # stream: end of the caller's speech (its last loud frame) → the robot's first audio, at the caller;
+        # record: the recorder's silence wait + compute (the caller's last word → the reply starts)
         "perceived_latency_ms": percentiles(perceived),
+        # stream: the caller's first word during a prompt → that prompt's audio stops, at the caller
+        "barge_in_stop_ms": percentiles(barge_in_stops),
         "silence_wait_ms": percentiles(silence),
         # the same span measured inside the robot (no transport, no event delivery)
         "server_compute_ms": percentiles([t.compute_s * 1000 for t in turns_]),
@@ -291,6 +331,95 @@ async def bench_once(
         "helpers": helper_figures,
         "errors": sorted({e for r in reports for e in r.errors})[:10],
     }
+
+
+IDLE_SILENCE_S = 4.0  # an idle caller's silence (the robot's listen timeout is 5 s: it stays listening)
+IDLE_WINDOW_S = 3.0  # the robot's CPU is read over this much of it, once every idle caller is silent
+
+
+async def _idle_calls(port: int, sounds_dir: Path, calls: int, locale: str, media: str, robot_pid: int) -> dict[str, Any]:
+    """``calls`` callers at once who, after the greeting, say nothing: the robot listens to silence. Its
+    process's CPU over a window inside that silence, per call: what an idle call costs (in stream mode the
+    caller's audio still arrives 50 frames a second, through the VAD)."""
+
+    async def never(text: str, locale: str) -> Path:
+        raise RuntimeError("idle callers say nothing")
+
+    caller_id, _ = BENCH_CALLS[locale]
+    turns = (Turn("silence", IDLE_SILENCE_S), Turn("hangup", True))
+    call = CallFile(Path("bench-idle.yaml"), caller_id, locale, turns, Expectation(), {"media": media})
+    peers = [
+        ScriptedAsterisk(call, locale=locale, text_mode=False, speech=never, realtime=True, timeout_s=120,
+                         sounds_dir=sounds_dir)
+        for _ in range(calls)
+    ]
+    # the robot's own idling (timers, health, its threads) without any call: not a call's cost
+    cpu_before, started = process_cpu_s(robot_pid), time.monotonic()
+    await asyncio.sleep(IDLE_WINDOW_S)
+    baseline = (process_cpu_s(robot_pid) - cpu_before) / (time.monotonic() - started)
+    placed = [asyncio.create_task(peer.run("127.0.0.1", port)) for peer in peers]
+    deadline = time.monotonic() + 60
+    while not all(any(e.get("kind") == "silence" for e in peer.report.events) for peer in peers):
+        if time.monotonic() > deadline or all(t.done() for t in placed):
+            break
+        await asyncio.sleep(0.05)
+    silent = sum(any(e.get("kind") == "silence" for e in peer.report.events) for peer in peers)
+    await asyncio.sleep(0.3)  # the last caller's silence has begun
+    cpu_before, started = process_cpu_s(robot_pid), time.monotonic()
+    await asyncio.sleep(IDLE_WINDOW_S)
+    used, window = process_cpu_s(robot_pid) - cpu_before, time.monotonic() - started
+    reports = await asyncio.gather(*placed)
+    return {
+        "idle_calls": calls,
+        "idle_calls_silent_together": silent,
+        "idle_calls_in_stream_mode": sum(r.media == "stream" for r in reports),
+        "idle_window_s": round(window, 2),
+        "idle_cpu_s": round(used, 3),
+        "robot_without_calls_core_share": round(baseline, 4),
+        # share of one core each idle call adds to the robot's process (its own process: no caller in it)
+        "idle_core_share_per_call": round(max(0.0, used / window - baseline) / calls, 4),
+        "idle_errors": sorted({e for r in reports for e in r.errors})[:5],
+    }
+
+
+def idle_figures(args: argparse.Namespace, settings: Settings, media: str) -> dict[str, Any]:
+    """An ``ivr serve`` of its own (so that its CPU is the robot's alone), ``args.calls`` idle calls to it."""
+    from ivr.dialogue.servers import free_ports
+
+    agi, http, audio = free_ports(3)
+    env = {
+        **os.environ, "IVR_MEDIA": media, "IVR_AGI_HOST": "127.0.0.1", "IVR_AGI_PORT": str(agi),
+        "IVR_HTTP_PORT": str(http), "IVR_AUDIOSOCKET_PORT": str(audio),
+        "IVR_MAX_CALLS": str(max(args.calls, settings.max_calls)), "IVR_ASR_DITHER": "false",
+    }
+    argv = [sys.executable, "-m", "ivr", *(["--config", args.config] if args.config else []), "serve"]
+    print(f"bench [idle, {media}]: starting a robot of its own for {args.calls} idle calls ...", file=sys.stderr)
+    with tempfile.TemporaryFile() as log:
+        robot = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                                 start_new_session=True)
+        try:
+            _wait_listening(robot, agi)
+            return asyncio.run(_idle_calls(agi, settings.sounds_dir, args.calls, args.locale, media, robot.pid))
+        finally:
+            robot.terminate()
+            try:
+                robot.wait(60)
+            except subprocess.TimeoutExpired:
+                robot.kill()
+                robot.wait()
+
+
+def _wait_listening(robot: subprocess.Popen[bytes], port: int, timeout_s: float = 300.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if robot.poll() is not None:
+            raise BenchError(f"the idle robot exited with {robot.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.5)
+    raise BenchError(f"the idle robot did not listen on port {port} within {timeout_s:.0f} s")
 
 
 @contextlib.contextmanager
@@ -360,7 +489,7 @@ async def _steps(
             print(f"bench [{variant.name}, {transport}]: {count} simultaneous calls for {args.duration:.0f} s ...", file=sys.stderr)
             run = await bench_once(
                 robot, settings, count, args.duration, locale, args.text, args.ramp,
-                place=place, helpers=helpers, variant=variant, transport=transport,
+                place=place, helpers=helpers, variant=variant, transport=transport, media=media_of(args, variant),
             )
             runs.append(run)
             print(json.dumps(_summary(run)), file=sys.stderr)
@@ -371,7 +500,7 @@ def _comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each variant's run against the default run with the same call count, figure by figure."""
     base = {r["calls"]: r for r in runs if r["variant"] == DEFAULT.name}
     out = []
-    for variant in COMPARISONS:
+    for variant in (*MEDIA_VARIANTS, *COMPARISONS):
         for run in (r for r in runs if r["variant"] == variant.name and r["calls"] in base):
             ref = base[run["calls"]]
             out.append({
@@ -381,8 +510,14 @@ def _comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "variant": variant.name,
                 **{
                     f"{figure}_p95": {"default": ref[figure]["p95"], variant.name: run[figure]["p95"]}
-                    for figure in ("compute_latency_ms", "perceived_latency_ms", "asr_ms", "dialogue_ms", "tts_ms",
-                                   "lookup_ms")
+                    for figure in ("compute_latency_ms", "perceived_latency_ms", "barge_in_stop_ms", "asr_ms",
+                                   "dialogue_ms", "tts_ms", "lookup_ms", "server_compute_ms")
+                },
+                "media": {"default": ref.get("media"), variant.name: run.get("media")},
+                "cpu_s_per_call": {"default": ref["cpu_s_per_call"], variant.name: run["cpu_s_per_call"]},
+                "idle_core_share_per_call": {
+                    "default": ref.get("idle", {}).get("idle_core_share_per_call"),
+                    variant.name: run.get("idle", {}).get("idle_core_share_per_call"),
                 },
                 "cpu_s_per_call_with_helpers": {
                     "default": ref["cpu_s_per_call_with_helpers"], variant.name: run["cpu_s_per_call_with_helpers"]
@@ -411,7 +546,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     counts = [int(c) for c in args.sweep.split(",")] if args.sweep else [args.calls]
     if args.compare:
         runs = []
-        for variant in (DEFAULT, *COMPARISONS):
+        for variant in (DEFAULT, *compared(args)):
             runs += _variant_in_child(args, variant)
     else:
         runs = _variant_here(args, settings, VARIANTS[args.variant], counts)
@@ -428,12 +563,19 @@ def _run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 def _variant_here(args: argparse.Namespace, settings: Settings, variant: Variant, counts: list[int]) -> list[dict[str, Any]]:
     # The bench's callers are all the same demo customer: the cross-call lockout would end their
     # calls after a few misrecognized answers, which is not what is being measured.
+    # The AudioSocket listener on a port of its own (another robot may hold the default one).
     settings = dataclasses.replace(
-        settings, max_calls=max(max(counts), settings.max_calls), lockout_failures=1_000_000
+        settings, max_calls=max(max(counts), settings.max_calls), lockout_failures=1_000_000,
+        media=media_of(args, variant), audiosocket_port=0,
     )
     with tempfile.TemporaryDirectory(prefix="ivr-bench-") as work:
         with _variant_settings(settings, variant, args.locale, Path(work)) as (variant_settings, helpers):
-            return asyncio.run(_steps(args, variant_settings, variant, counts, helpers))
+            runs = asyncio.run(_steps(args, variant_settings, variant, counts, helpers))
+    if variant.name in (DEFAULT.name, *(v.name for v in MEDIA_VARIANTS)) and not args.text and not args.no_idle:
+        idle = idle_figures(args, settings, media_of(args, variant))
+        for run in runs:
+            run["idle"] = idle
+    return runs
 
 
 def _variant_in_child(args: argparse.Namespace, variant: Variant) -> list[dict[str, Any]]:
@@ -447,7 +589,8 @@ def _variant_in_child(args: argparse.Namespace, variant: Variant) -> list[dict[s
         argv += ["bench", "--variant", variant.name, "--json", str(out), "--locale", args.locale]
         argv += ["--calls", str(args.calls), "--duration", str(args.duration), "--ramp", str(args.ramp)]
         argv += ["--sweep", args.sweep] if args.sweep else []
-        argv += [flag for flag, on in (("--text", args.text), ("--asterisk", args.asterisk)) if on]
+        argv += ["--media", args.media]
+        argv += [flag for flag, on in (("--text", args.text), ("--asterisk", args.asterisk), ("--no-idle", args.no_idle)) if on]
         done = subprocess.run(argv, check=False)  # its progress and logs go to our stderr
         if not out.exists():
             raise BenchError(f"the {variant.name} variant failed (exit {done.returncode}); see its output above")
@@ -462,7 +605,10 @@ def _summary(run: dict[str, Any]) -> dict[str, Any]:
         "placed": run["calls_placed"],
         "unanswered": run["calls_unanswered"],
         "compute_p95_ms": run["compute_latency_ms"]["p95"],
+        "media": run["media"],
+        "perceived_p50_ms": run["perceived_latency_ms"]["p50"],
         "perceived_p95_ms": run["perceived_latency_ms"]["p95"],
+        "barge_in_stop_p95_ms": run["barge_in_stop_ms"]["p95"],
         "peak_rss_mb": run["peak_rss_mb"],
     }
 
@@ -503,6 +649,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     args.locale = args.locale or "ko-KR"
+    args.media = args.media or settings.media
     problem = None
     if args.calls < 1 or args.duration <= 0 or args.ramp < 0:
         problem = "--calls must be >= 1, --duration > 0 and --ramp >= 0"
@@ -512,6 +659,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         problem = f"--locale must be one of {', '.join(BENCH_CALLS)}, got {args.locale!r}"
     elif args.compare and args.variant != DEFAULT.name:
         problem = "--compare runs every variant; leave out --variant"
+    elif args.media == "stream" and args.text:
+        problem = "--media stream streams the callers' audio: leave out --text"
     elif args.plot and not args.sweep:
         problem = "--plot needs --sweep (it plots figures against the number of calls)"
     elif args.asterisk:

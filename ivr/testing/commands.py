@@ -61,8 +61,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--variant",
         default="default",
-        choices=["default", "free-recognition", "http-rasa", "uncached-prompts"],
+        choices=["default", "free-recognition", "http-rasa", "uncached-prompts", "stream", "record"],
         help="run the robot one of --compare's other ways (default: the production configuration)",
+    )
+    b.add_argument(
+        "--media",
+        choices=["record", "stream"],
+        help="how the calls' audio goes (default: IVR_MEDIA): record (RECORD FILE / STREAM FILE) or stream "
+        "(AudioSocket, full duplex; the callers interrupt the greeting); --compare also runs the other one",
+    )
+    b.add_argument(
+        "--no-idle", action="store_true",
+        help="skip the idle-call figure (a robot process of its own with callers who say nothing)",
     )
     b.set_defaults(handler=bench)
 
