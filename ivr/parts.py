@@ -124,6 +124,9 @@ class Reply:
     secret: bool = False  # the next caller input is a secret (digits): mask it in transcripts
     max_digits: int = 0  # keypad entries accepted for the next input (0: no keypad expected)
     verified: bool = False  # the dialogue has verified the caller (what was disclosed depends on it)
+    # texts the caller must hear in full (a legal notice): neither speech nor keys stop them. Ops staff
+    # mark a response in domain.yml with `metadata: {interruptible: false}`
+    must_hear: tuple[str, ...] = ()
 
 
 class DialogueEngine(Protocol):

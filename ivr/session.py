@@ -466,7 +466,7 @@ class CallSession:
                 self.result.turns.append(self._timing)
                 self._handed_over_at = None
                 compute_ms = round(self._timing.compute_s * 1000)
-            playback = await self.channel.speak(sound)
+            playback = await self.channel.speak(sound, interruptible=text not in reply.must_hear)
             self.transcript.add("robot", mask_text(text), interrupted=playback.interrupted_by or None,
                                 compute_ms=compute_ms)
             if playback.interrupted_by:

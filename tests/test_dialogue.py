@@ -792,3 +792,18 @@ async def test_locked_customer_is_transferred_without_a_reason(trained_models: P
     finally:
         await eng.aclose()
         real.close()
+
+
+async def test_responses_marked_not_interruptible_reach_the_reply() -> None:
+    """``metadata: {interruptible: false}`` on a response in domain.yml: Rasa hands the metadata to the
+    output channel with the text, and the reply lists that text as one the caller must hear in full."""
+    from ivr.dialogue.engine import _prompt_output, build_reply
+
+    output = _prompt_output()
+    await output.send_response("call", {"text": "Calls are recorded.", "metadata": {"interruptible": False},
+                                        "utter_action": "utter_notice"})
+    await output.send_response("call", {"text": "Hello.", "metadata": {"interruptible": True}})
+    await output.send_response("call", {"text": "Anything else?", "utter_action": "utter_more"})
+    assert [m["text"] for m in output.messages] == ["Calls are recorded.", "Hello.", "Anything else?"]
+    reply = build_reply([m["text"] for m in output.messages], {}, "greet", 1.0, output.must_hear)
+    assert reply.must_hear == ("Calls are recorded.",)

@@ -252,6 +252,19 @@ async def test_keys_typed_during_a_prompt_are_kept_as_the_answer(settings: Setti
     assert c.result.outcome is Outcome.COMPLETED
 
 
+async def test_a_prompt_marked_not_interruptible_is_heard_in_full(settings: Settings) -> None:
+    """A notice the dialog marks ``interruptible: false`` plays on through a key; the key is kept as the
+    next input (nothing lost), and the prompt after it can be interrupted as usual."""
+    notice = Reply(texts=("Calls are recorded.", "Your balance is 1,234.56 CNY."), intent="ask_balance",
+                   confidence=0.9, must_hear=("Calls are recorded.",))
+    replies = {**REPLIES, "4821": notice}
+    c = await call(settings, [say("balance"), CallerAct.keys("4821"), CallerAct.keys("0", during_prompt=True)],
+                   dialogue=ScriptedDialogue(replies))
+    assert "Calls are recorded." not in c.channel.interrupted
+    assert c.channel.interrupted == ["Your balance is 1,234.56 CNY."]  # the key stopped the next prompt
+    assert c.result.outcome is Outcome.TRANSFER and c.result.reason == "caller_request"
+
+
 async def test_a_key_during_a_long_reply_stops_the_rest_of_it(settings: Settings) -> None:
     replies = {**REPLIES, "4821": BALANCE}
     c = await call(settings, [say("balance"), CallerAct.keys("4821"), CallerAct.keys("0", during_prompt=True)],

@@ -102,8 +102,10 @@ def call_metadata(call: CallInfo) -> dict[str, str]:
     return {"call_id": call.call_id, "caller_id": call.caller_id, "locale": call.locale}
 
 
-def build_reply(texts: Sequence[str], slots: Mapping[str, Any], intent: str, confidence: float) -> Reply:
-    """The session's view of one dialogue step."""
+def build_reply(
+    texts: Sequence[str], slots: Mapping[str, Any], intent: str, confidence: float, must_hear: Sequence[str] = ()
+) -> Reply:
+    """The session's view of one dialogue step (``must_hear``: those texts marked not interruptible)."""
     awaiting = slots.get("awaiting") or ""
     expect, secret, max_digits = Expect.SPEECH, False, 0
     if awaiting == "id_last4":
@@ -126,7 +128,32 @@ def build_reply(texts: Sequence[str], slots: Mapping[str, Any], intent: str, con
         secret=secret,
         max_digits=max_digits,
         verified=slots.get("verified") is True,
+        must_hear=tuple(t for t in spoken if t in must_hear),
     )
+
+
+def not_interruptible(message: Mapping[str, Any]) -> bool:
+    """A response the domain marks ``metadata: {interruptible: false}`` (Rasa passes a response's metadata
+    along with its text to the output channel)."""
+    metadata = message.get("metadata")
+    return isinstance(metadata, Mapping) and metadata.get("interruptible") is False
+
+
+def _prompt_output() -> Any:
+    """Rasa's collecting output channel that also keeps which texts must be heard in full."""
+    from rasa.core.channels.channel import CollectingOutputChannel
+
+    class PromptOutput(CollectingOutputChannel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.must_hear: list[str] = []
+
+        async def send_response(self, recipient_id: str, message: dict[str, Any]) -> None:
+            if message.get("text") and not_interruptible(message):
+                self.must_hear.append(str(message["text"]))
+            await super().send_response(recipient_id, message)
+
+    return PromptOutput()
 
 
 # ---------------------------------------------------------------- in-process actions
@@ -404,11 +431,11 @@ class RasaEngine(TurnEngine):
 
 # ---------------------------------------------------------------- on the agent's loop
 async def _process(runner: _LocaleAgent, call: CallInfo, text: str) -> Reply:
-    from rasa.core.channels.channel import CollectingOutputChannel, UserMessage
+    from rasa.core.channels.channel import UserMessage
 
     agent = runner.agent
     assert agent is not None
-    output = CollectingOutputChannel()
+    output = _prompt_output()
     message = UserMessage(text, output, sender_id=call.call_id, input_channel="ivr", metadata=call_metadata(call))
     await agent.handle_message(message)
     failure = runner.endpoint.failures.pop(call.call_id, None)
@@ -420,7 +447,9 @@ async def _process(runner: _LocaleAgent, call: CallInfo, text: str) -> Reply:
     latest = tracker.latest_message.intent if tracker.latest_message else {}
     slots = {name: tracker.get_slot(name) for name in STATE_SLOTS}
     texts = [str(m["text"]) for m in output.messages if m.get("text")]
-    return build_reply(texts, slots, str(latest.get("name") or ""), float(latest.get("confidence") or 0.0))
+    return build_reply(
+        texts, slots, str(latest.get("name") or ""), float(latest.get("confidence") or 0.0), output.must_hear
+    )
 
 
 async def _parse(runner: _LocaleAgent, text: str) -> dict[str, Any]:
