@@ -38,6 +38,8 @@ from ivr.pools import PartPool
 from ivr.retention import PURGE_EVERY_S, AuditStore, private_dir, purge_daily
 from ivr.session import CallSession, Parts, SessionResult
 
+ASR_NICE = 5  # decoding threads run nicer than the event loop: pacing and barge-in stay prompt under load
+
 if TYPE_CHECKING:
     from ivr.live import LiveReleases
 
@@ -368,7 +370,7 @@ def build_robot(
         metrics=metrics,
         keypads=KeypadBook(settings.dialogs_dir),
         grammar=grammar,
-        asr_pool=PartPool("asr", settings.max_calls),
+        asr_pool=PartPool("asr", settings.max_calls, nice=ASR_NICE),
         file_pool=PartPool("files", settings.max_calls),
     )
     closers += [parts.asr_pool, parts.file_pool]

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -20,9 +22,13 @@ T = TypeVar("T")
 
 
 class PartPool:
-    def __init__(self, name: str, size: int) -> None:
+    def __init__(self, name: str, size: int, *, nice: int = 0) -> None:
+        """``nice``: how much lower than the rest of the process this part's threads run (Linux thread
+        niceness): bulk work such as decoding yields the cores to the event loop, which paces the calls'
+        audio and stops prompts on a barge-in."""
         self.name = name
         self.size = max(1, size)
+        self.nice = nice
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -34,7 +40,9 @@ class PartPool:
     def _threads(self) -> concurrent.futures.ThreadPoolExecutor:
         with self._lock:  # callers on several event loops (the server's, each dialogue locale's)
             if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(self.size, thread_name_prefix=f"ivr-{self.name}")
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    self.size, thread_name_prefix=f"ivr-{self.name}", initializer=_lower_priority, initargs=(self.nice,)
+                )
             return self._executor
 
     def close(self) -> None:
@@ -44,3 +52,11 @@ class PartPool:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _lower_priority(nice: int) -> None:
+    """Make the calling thread ``nice`` steps nicer (lower priority); raising niceness needs no privilege."""
+    if nice > 0 and hasattr(os, "setpriority"):
+        with contextlib.suppress(OSError):
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)

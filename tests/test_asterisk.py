@@ -573,22 +573,29 @@ def robot_environment(s: Settings) -> dict[str, str]:
 
 
 @pytest.mark.asterisk
-def test_bench_through_asterisk_writes_valid_json(robot_settings: Settings, tmp_path: Path) -> None:
+@pytest.mark.parametrize("media", ["record", "stream"])
+def test_bench_through_asterisk_writes_valid_json(robot_settings: Settings, tmp_path: Path, media: str) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "ivr", "bench", "--asterisk", "--calls", "2", "--duration", "10", "--json", str(out)],
+        [sys.executable, "-m", "ivr", "bench", "--asterisk", "--calls", "2", "--duration", "10", "--json", str(out),
+         "--media", media, "--no-idle"],
         env=robot_environment(robot_settings), capture_output=True, text=True, timeout=600, check=False,
     )
     (robot_settings.log_dir / f"bench-asterisk-{tmp_path.name}.log").write_text(done.stderr)  # privacy scan
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = json.loads(out.read_text(encoding="utf-8"))["runs"]
     assert run["transport"] == "asterisk" and run["calls_placed"] >= 2 and run["calls_unanswered"] == 0
-    assert run["errors"] == []
-    assert run["compute_latency_ms"]["n"] > 0 and run["server_compute_ms"]["n"] > 0
+    assert run["errors"] == [] and run["media"] == media
+    assert run["server_compute_ms"]["n"] > 0 and run["perceived_latency_ms"]["n"] > 0
+    assert run["helpers"]["asterisk"]["cpu_s"] > 0  # Asterisk's own CPU is counted beside the robot's
+    if media == "stream":  # heard at the caller's end of Asterisk: each caller's barge-in stopped the greeting
+        assert run["calls_in_stream_mode"] == run["calls_placed"]
+        assert run["barge_in_stop_ms"]["n"] == run["calls_placed"]
+        return
+    assert run["compute_latency_ms"]["n"] > 0
     # RECORD FILE's s=1 through the real Asterisk: a whole second of silence after the caller's last
     # word (measured from before the quiet tail of the caller's audio, as the silence detector counts it)
     assert run["silence_wait_ms"]["p50"] >= 900
-    assert run["helpers"]["asterisk"]["cpu_s"] > 0  # Asterisk's own CPU is counted beside the robot's
 
 
 # ---------------------------------------------------------------- the robot's server killed and restarted

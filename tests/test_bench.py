@@ -45,18 +45,24 @@ def bench(tmp_path: Path, suite_dirs: SuiteDirs, *args: str) -> dict[str, Any]:
         assert run["calls_unanswered"] == 0 and run["calls_placed"] >= run["calls"], run
         for figure in FIGURES:
             assert set(run[figure]) >= {"p50", "p95", "p99", "max"}, figure
-        assert run["compute_latency_ms"]["n"] > 0
-        # Perceived latency includes the recorder's whole-second silence wait.
-        assert run["perceived_latency_ms"]["max"] >= 1000
+        assert run["server_compute_ms"]["n"] > 0 and run["perceived_latency_ms"]["n"] > 0
+        if run["media"] == "record":
+            assert run["compute_latency_ms"]["n"] > 0
+            # Perceived latency includes the recorder's whole-second silence wait.
+            assert run["perceived_latency_ms"]["max"] >= 1000
+        else:  # stream: every call streamed, and each caller's barge-in on the greeting stopped it
+            assert run["calls_in_stream_mode"] == run["calls_placed"]
+            assert run["barge_in_stop_ms"]["n"] == run["calls_placed"]
         assert run["peak_rss_mb"] > 0 and run["rss_before_mb"] > 0
         assert run["cpu_s_per_call_with_helpers"] >= run["cpu_s_per_call"] > 0
     return result
 
 
 def test_short_bench_writes_valid_json(tmp_path: Path, suite_dirs: SuiteDirs) -> None:
-    result = bench(tmp_path, suite_dirs, "--calls", "2", "--duration", "10")
+    result = bench(tmp_path, suite_dirs, "--calls", "2", "--duration", "10", "--media", "record", "--no-idle")
     (run,) = result["runs"]
-    assert (run["variant"], run["transport"], run["calls"]) == ("default", "harness", 2)
+    assert (run["variant"], run["transport"], run["calls"], run["media"]) == ("default", "harness", 2, "record")
+    assert "idle" not in run and run["barge_in_stop_ms"]["n"] == 0
     assert (run["grammars"], run["dialogue"], run["prompts"]) == (True, "in-process", "cached")
     assert "tts_worker" in run["helpers"]
     assert "comparisons" not in result
@@ -66,10 +72,23 @@ def test_short_bench_writes_valid_json(tmp_path: Path, suite_dirs: SuiteDirs) ->
         (run["served_by"].get("keypad", 0) + run["served_by"].get("mixed", 0)) / run["calls_placed"], 3)
 
 
+def test_stream_bench_measures_barge_in_and_idle_calls(tmp_path: Path, suite_dirs: SuiteDirs) -> None:
+    result = bench(tmp_path, suite_dirs, "--calls", "2", "--duration", "10", "--media", "stream")
+    (run,) = result["runs"]
+    assert run["media"] == "stream" and run["compute_latency_ms"]["n"] == 0  # no RECORD FILE to time
+    # the idle figure comes from a robot process of its own, both callers silent together in stream mode
+    idle = run["idle"]
+    assert (idle["idle_calls"], idle["idle_calls_silent_together"], idle["idle_calls_in_stream_mode"]) == (2, 2, 2)
+    assert idle["idle_errors"] == [] and idle["idle_window_s"] >= 2.9
+    assert idle["idle_cpu_s"] > 0 and 0 <= idle["idle_core_share_per_call"] < 1
+
+
 def test_compare_runs_every_variant_on_the_real_parts(tmp_path: Path, suite_dirs: SuiteDirs) -> None:
-    result = bench(tmp_path, suite_dirs, "--compare", "--calls", "1", "--duration", "5", "--ramp", "0")
+    result = bench(tmp_path, suite_dirs, "--compare", "--calls", "1", "--duration", "5", "--ramp", "0",
+                   "--media", "record", "--no-idle")
     runs = {run["variant"]: run for run in result["runs"]}
-    assert list(runs) == ["default", "free-recognition", "http-rasa", "uncached-prompts"]
+    assert list(runs) == ["default", "stream", "free-recognition", "http-rasa", "uncached-prompts"]
+    assert runs["stream"]["media"] == "stream" and runs["default"]["media"] == "record"
     assert runs["free-recognition"]["grammars"] is False and runs["default"]["grammars"] is True
     # HTTP Rasa: the Rasa server and the action server really ran the dialogue, in their own processes
     assert runs["http-rasa"]["dialogue"] == "http"
@@ -81,8 +100,12 @@ def test_compare_runs_every_variant_on_the_real_parts(tmp_path: Path, suite_dirs
     assert runs["uncached-prompts"]["tts_cache"]["hits"] == 0 and runs["uncached-prompts"]["tts_cache"]["syntheses"] > 0
     assert runs["default"]["tts_cache"]["misses"] == 0
     questions = [c["question"] for c in result["comparisons"]]
-    assert questions == ["grammar vs free recognition", "in-process vs HTTP Rasa", "cached vs uncached prompts"]
-    first = result["comparisons"][0]
+    assert questions == ["record vs stream (full duplex)", "grammar vs free recognition", "in-process vs HTTP Rasa",
+                         "cached vs uncached prompts"]
+    assert result["comparisons"][0]["perceived_latency_ms_p95"] == {
+        "default": runs["default"]["perceived_latency_ms"]["p95"], "stream": runs["stream"]["perceived_latency_ms"]["p95"],
+    }
+    first = result["comparisons"][1]
     assert first["compute_latency_ms_p95"] == {
         "default": runs["default"]["compute_latency_ms"]["p95"],
         "free-recognition": runs["free-recognition"]["compute_latency_ms"]["p95"],

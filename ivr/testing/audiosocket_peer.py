@@ -46,6 +46,7 @@ from ivr.testing.callfile import Turn
 from ivr.testing.harness import SILENCE_THRESHOLD
 
 QUIET_S = 0.6  # the robot silent this long after a prompt: it is listening
+ROBOT_END_NOTICE_S = 1.0  # through Asterisk: the robot's leg is known to have ended this long after its audio
 REPLY_WAIT_S = 10.0  # after a turn the caller waits this long at most for the robot to answer it
 KEY_GAP_S = 0.12
 FRAME_S = FRAME_MS / 1000
@@ -272,6 +273,15 @@ class MediaPeer:
                 self._reply_after = self._prompts_started  # the robot answers this turn before the next
             elif turn.during_prompt is not None and self.report.events[-1].get("who") == "caller":
                 self.report.events[-1]["taken"] = False  # the prompt played on: the robot did not take it (noise)
+        # With no turn left the caller hangs up once the robot listens (as in record mode: no event) -
+        # unless the robot has ended its leg meanwhile (through Asterisk: the dialplan goes on, e.g. to a
+        # person, and the caller stays on; AMI tells that end a moment after the audio stops).
+        await self._wait_until_robot_listens()
+        if self._send_key is not None:
+            await asyncio.sleep(ROBOT_END_NOTICE_S)
+        if self.robot_gone:
+            await asyncio.Event().wait()  # until the call ends (the receiving side returns)
+        self.hung_up = True
 
     async def _take(self, turn: Turn) -> None:
         if turn.kind == "dtmf":

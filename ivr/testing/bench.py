@@ -647,6 +647,40 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def plot_media(result: dict[str, Any], path: Path) -> None:
+    """``--compare --plot``: record vs stream at each call count: perceived latency, barge-in stop, CPU."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in result["runs"] if r["variant"] in (DEFAULT.name, *(v.name for v in MEDIA_VARIANTS))]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = [f"{r['media']}\n{r['calls']} calls" for r in runs]
+    xs = range(len(runs))
+    for offset, key in ((-0.2, "p50"), (0.2, "p95")):
+        ax1.bar([x + offset for x in xs], [r["perceived_latency_ms"][key] or 0 for r in runs], width=0.4,
+                label=f"perceived {key}")
+    ax1.scatter(list(xs), [r["barge_in_stop_ms"]["p95"] or 0 for r in runs], color="black", marker="v", zorder=3,
+                label="barge-in stop p95")
+    ax1.axhline(700, ls=":", color="grey")
+    ax1.set_xticks(list(xs), labels)
+    ax1.set_ylabel("ms")
+    ax1.set_title("end of the caller's speech → robot audio")
+    ax1.legend(fontsize=8)
+    ax2.bar([x - 0.2 for x in xs], [r["cpu_s_per_call_with_helpers"] for r in runs], width=0.4,
+            label="CPU s per call (robot + helpers)")
+    ax2.bar([x + 0.2 for x in xs], [100 * r.get("idle", {}).get("idle_core_share_per_call", 0) for r in runs],
+            width=0.4, label="% of a core per idle call")
+    ax2.set_xticks(list(xs), labels)
+    ax2.set_title("cost")
+    ax2.legend(fontsize=8)
+    transport = runs[0].get("transport", "harness") if runs else "harness"
+    fig.suptitle(f"{result['command']}  ({transport}; {result['machine']['cores']} cores)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     args.locale = args.locale or "ko-KR"
     args.media = args.media or settings.media
@@ -661,8 +695,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         problem = "--compare runs every variant; leave out --variant"
     elif args.media == "stream" and args.text:
         problem = "--media stream streams the callers' audio: leave out --text"
-    elif args.plot and not args.sweep:
-        problem = "--plot needs --sweep (it plots figures against the number of calls)"
+    elif args.plot and not (args.sweep or args.compare):
+        problem = "--plot needs --sweep (figures against the number of calls) or --compare (record vs stream)"
     elif args.asterisk:
         problem = _check_asterisk(settings)
     if problem:
@@ -682,6 +716,6 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(text)
     if args.plot:
-        plot(result, Path(args.plot))
+        (plot_media if args.compare else plot)(result, Path(args.plot))
     unanswered = sum(r["calls_unanswered"] for r in result["runs"])
     return 1 if unanswered else 0
