@@ -171,7 +171,10 @@ class MediaPeer:
     # ------------------------------------------------------------ the robot's audio
     async def _receive(self, reader: asyncio.StreamReader, parser: AudioSocketParser) -> None:
         while True:
-            data = await reader.read(4096)
+            try:
+                data = await reader.read(4096)
+            except ConnectionError:  # Asterisk may reset the connection as the call ends: an EOF
+                data = b""
             if data:
                 parser.feed(data)
             else:
