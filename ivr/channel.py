@@ -47,6 +47,10 @@ class Heard:
 
 
 class Channel(Protocol):
+    # how long after the caller's last word a spoken turn is known to have ended (record mode: the
+    # recorder's silence; stream mode: the VAD's trailing silence): part of what the caller waits
+    end_of_speech_wait_s: float
+
     async def answer(self) -> None:
         """Pick up the call."""
         ...

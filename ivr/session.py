@@ -146,6 +146,7 @@ class CallSession:
         self._turn = 0
         self._last_texts: tuple[str, ...] = ()
         self._handed_over_at: float | None = None
+        self._end_wait_ms = 0  # the last input's end-of-turn wait (0 for keys: the last key ends it)
         self._timing = TurnTiming()
         self._no_input = 0  # silences in a row
         self._not_understood = 0  # turns not understood in a row
@@ -375,6 +376,7 @@ class CallSession:
             return SPEECH_FAILED
         self._handed_over_at = time.monotonic()
         self._timing = TurnTiming(asr_s=heard.asr_s)
+        self._end_wait_ms = 0 if heard.key else round(self.channel.end_of_speech_wait_s * 1000)
         if heard.key:
             return await self._keypad(heard.key, reply)
         if heard.recognition is None:
@@ -467,8 +469,10 @@ class CallSession:
                 self._handed_over_at = None
                 compute_ms = round(self._timing.compute_s * 1000)
             playback = await self.channel.speak(sound, interruptible=text not in reply.must_hear)
+            # perceived (the robot's view): the caller's last word → this reply = end-of-turn wait + compute
+            perceived_ms = None if compute_ms is None else compute_ms + self._end_wait_ms
             self.transcript.add("robot", mask_text(text), interrupted=playback.interrupted_by or None,
-                                compute_ms=compute_ms)
+                                compute_ms=compute_ms, perceived_ms=perceived_ms)
             if playback.interrupted_by:
                 return  # the caller is already answering: the rest of the reply is not read out
 

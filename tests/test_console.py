@@ -394,13 +394,14 @@ def some_calls(ws: ConsoleWorkspace) -> Iterator[Path]:
     write_call(folder, "2026-12-01", "c2", 1_796_100_000, [
         greet, {"who": "caller", "text": "purple <b>elephant</b> tuesday", "intent": "nlu_fallback",
                 "intent_confidence": 0.21},
-        {"who": "robot", "text": "Sorry?", "compute_ms": 120}, {"who": "robot", "text": "Say it again."},
+        {"who": "robot", "text": "Sorry?", "compute_ms": 120, "perceived_ms": 1120},
+        {"who": "robot", "text": "Say it again."},
         {"who": "caller", "text": "agent", "intent": "human", "intent_confidence": 0.88},
-        {"who": "robot", "text": "A person will help you.", "compute_ms": 400},
+        {"who": "robot", "text": "A person will help you.", "compute_ms": 400, "perceived_ms": 1400},
         {**end, "outcome": "transfer", "reason": "caller_request", "locale": "en-US"}])
     write_call(folder, "2026-12-01", "c3", 1_796_100_100, [
         greet, {"who": "caller", "text": "****", "keypad": True, "masked": True, "secret": True},
-        {"who": "robot", "text": "Let me pass you on.", "compute_ms": 60},
+        {"who": "robot", "text": "Let me pass you on.", "compute_ms": 60, "perceived_ms": 60},
         {**end, "outcome": "transfer", "reason": "verification_failed", "locale": "en-US"}])
     write_call(folder, "2026-12-01", "c4", 1_796_100_200, [
         greet, {"who": "caller", "text": "再见", "intent": "goodbye", "intent_confidence": 0.95},
@@ -446,7 +447,9 @@ def test_the_dashboard_counts_per_day_and_locale(some_calls: Path, port: int) ->
         "avg-turns": "1.5", "avg-duration": "9.0 s",
         # one compute latency per caller turn (the reply's first line; "Say it again." has none):
         # 60, 120, 400 ms -> nearest-rank p50 120, p95 400
-        "compute-latency": "120 / 400 ms (3 turns)"}
+        "compute-latency": "120 / 400 ms (3 turns)",
+        # the robot's view of the caller's wait: + 1 s of recorder silence after speech, nothing after keys
+        "perceived-latency": "1120 / 1400 ms"}
     assert row("2026-12-01", "zh-CN")["containment"] == "100%" and row("2026-12-01", "zh-CN")["compute-latency"] == "—"
     assert row("2026-11-30", "en-US")["compute-latency"] == "90 / 90 ms (1 turns)"
     assert row("2026-11-30", "en-US")["calls"] == "1" and row("2026-11-30", "en-US")["avg-duration"] == "8.0 s"

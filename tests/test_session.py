@@ -23,6 +23,7 @@ from ivr.session import CallSession, Parts
 from ivr.testing.memory import HANGUP, MUMBLE, SILENCE, CallerAct, MemoryChannel, MemorySynthesizer
 
 GREETING = Reply(texts=("Hello, how can I help?",))
+END_OF_SPEECH_WAIT_S = 0.44  # the channel's end-of-turn wait after speech (a stream channel's VAD silence)
 ASK_DIGITS = Reply(texts=("The last four digits of your ID?",), expect=Expect.DIGITS, secret=True, max_digits=4)
 BALANCE = Reply(texts=("Your balance is 1,234.56 CNY.", "Anything else?"), intent="ask_balance", confidence=0.9)
 GOODBYE = Reply(texts=("Goodbye.",), outcome=Outcome.COMPLETED, intent="goodbye")
@@ -106,7 +107,7 @@ async def call(
     **session_options: bool,
 ) -> Call:
     channel = MemoryChannel(list(acts), fail_recording=fail_recording, fail_recognizer=recognizer_fails,
-                            speech_model=not no_speech_model)
+                            speech_model=not no_speech_model, end_of_speech_wait_s=END_OF_SPEECH_WAIT_S)
     dialogue = dialogue or ScriptedDialogue(REPLIES)
     parts = Parts(
         settings=settings,
@@ -250,6 +251,16 @@ async def test_keys_typed_during_a_prompt_are_kept_as_the_answer(settings: Setti
     assert [(u.text, u.keypad) for u in c.dialogue.inputs] == [("balance", False), ("4821", True), ("bye", False)]
     assert c.channel.played.count(ASK_DIGITS.texts[0]) == 1
     assert c.result.outcome is Outcome.COMPLETED
+
+
+async def test_each_reply_records_what_the_caller_waited(settings: Settings) -> None:
+    """The transcript's ``perceived_ms`` (the ops console's dashboard reads it): the compute latency plus the
+    channel's end-of-turn wait after speech, and nothing more after keys (the last key ends the input)."""
+    c = await call(settings, [say("balance"), CallerAct.keys("4821"), say("bye")])
+    timed = [e for e in c.transcript if e.get("who") == "robot" and e.get("compute_ms") is not None]
+    assert len(timed) == 3  # one per caller turn
+    waits = [e["perceived_ms"] - e["compute_ms"] for e in timed]
+    assert waits == [440, 0, 440]
 
 
 async def test_a_prompt_marked_not_interruptible_is_heard_in_full(settings: Settings) -> None:

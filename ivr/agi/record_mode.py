@@ -58,6 +58,7 @@ class RecordModeChannel:
         self._typeahead = ""  # a key that interrupted a prompt: the next listen's first key
         self._hash_ends_entry_until = 0.0  # monotonic time until which # is no escape digit (see end_entry)
         self._recordings = 0
+        self.end_of_speech_wait_s = float(settings.record_silence_s)
 
     async def answer(self) -> None:
         await self._agi.answer()

@@ -51,6 +51,7 @@ class CallView:
     turns: list[Turn]
     release: int | None = None  # the release that served the call (ivr serve); None: the working copy
     compute_ms: tuple[int, ...] = ()  # per caller turn: input handed over -> reply ready
+    perceived_ms: tuple[int, ...] = ()  # per caller turn: the caller's last word -> reply (end-of-turn wait + compute)
 
 
 def _not_understood(entry: dict[str, Any]) -> bool:
@@ -78,9 +79,12 @@ def call_view(path: Path) -> CallView:
                           bool(e.get("keypad")), _not_understood(e)))
     end = float(entries[-1].get("t", start)) if entries else start
     release = next((e.get("release") for e in reversed(entries) if e.get("who") == "system"), None)
-    compute = tuple(int(e["compute_ms"]) for e in entries
-                    if e.get("who") == "robot" and isinstance(e.get("compute_ms"), int | float))
-    return CallView(summarize(path), end - start, turns, release if isinstance(release, int) else None, compute)
+    compute, perceived = (
+        tuple(int(e[key]) for e in entries if e.get("who") == "robot" and isinstance(e.get(key), int | float))
+        for key in ("compute_ms", "perceived_ms")
+    )
+    return CallView(summarize(path), end - start, turns, release if isinstance(release, int) else None, compute,
+                    perceived)
 
 
 def percentile(values: list[int], q: float) -> int | None:
@@ -137,6 +141,15 @@ class DayStats:
     turns: int = 0
     duration_s: float = 0.0
     compute_ms: list[int] = field(default_factory=list)
+    perceived_ms: list[int] = field(default_factory=list)
+
+    @property
+    def perceived_p50_ms(self) -> int | None:
+        return percentile(self.perceived_ms, 50)
+
+    @property
+    def perceived_p95_ms(self) -> int | None:
+        return percentile(self.perceived_ms, 95)
 
     @property
     def compute_p50_ms(self) -> int | None:
@@ -180,6 +193,7 @@ def dashboard(views: Iterable[CallView]) -> list[DayStats]:
         row.turns += s.caller_turns
         row.duration_s += v.duration_s
         row.compute_ms.extend(v.compute_ms)
+        row.perceived_ms.extend(v.perceived_ms)
     return sorted(stats.values(), key=lambda r: (r.day, r.locale), reverse=False)[::-1]
 
 

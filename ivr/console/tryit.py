@@ -83,6 +83,7 @@ class ChatChannel:
     transcript: ShownTranscript
     idle_s: float
     _keys: str = ""  # the rest of a keypad entry
+    end_of_speech_wait_s: float = 0.0  # typed text: no end-of-turn wait
 
     async def answer(self) -> None:
         return None

@@ -162,6 +162,7 @@ class StreamChannel:
         self._turn_end_at: float | None = None
         self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._play())]
         self.speech_onsets = 0
+        self.end_of_speech_wait_s = settings.endpoint_silence_ms / 1000
 
     # ------------------------------------------------------------ setting up
     @classmethod

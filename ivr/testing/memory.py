@@ -68,6 +68,7 @@ class MemoryChannel:
     digit_waits: int = 0  # how often the session waited for a further key
     recordings: int = 0  # speech turns taken (what a real channel would have recorded)
     keypad_listens: int = 0
+    end_of_speech_wait_s: float = 0.0
     answered: bool = False
     _keys: str = ""  # keys typed and not read yet (type-ahead, or the rest of an entry)
 
