@@ -148,7 +148,9 @@ class StreamChannel:
         self._recognizer = recognizer
         self._grammar = grammar
         self._asr_pool = asr_pool
-        self._endpointer = Endpointer(vad, stop_ms=settings.endpoint_silence_ms, min_dbfs=QUIET_DBFS)
+        self._endpointer = Endpointer(
+            vad, start_ms=settings.speech_start_ms, stop_ms=settings.endpoint_silence_ms, min_dbfs=QUIET_DBFS
+        )
         self._player = PacedWriter(writer)
         self._keys: asyncio.Queue[str] = asyncio.Queue()
         self._key_event = asyncio.Event()  # set when a key arrives (a prompt playing stops for it)

@@ -34,6 +34,7 @@ import numpy as np
 
 from ivr.media.audiosocket import FRAME_BYTES, FRAME_MS, SAMPLE_RATE_HZ
 from ivr.media.vad import (
+    START_MS,
     Endpointer,
     EnergyVad,
     SileroVad,
@@ -209,6 +210,7 @@ class Candidate:
     make: Callable[[], Vad]
     threshold: float = 0.5
     stop_ms: int = 440
+    start_ms: int = START_MS  # speech needed before an onset counts (a barge-in stops the prompt then)
 
 
 def candidates() -> list[Candidate]:
@@ -226,6 +228,8 @@ def candidates() -> list[Candidate]:
     for threshold in (0.5, 0.7):
         for stop_ms in (440, 360, 300):
             out.append(Candidate(f"silero {threshold} stop {stop_ms}", SileroVad, threshold, stop_ms))
+    for start_ms in (160, 120):  # a quicker barge-in: does noise start a turn then?
+        out.append(Candidate(f"silero 0.5 stop 440 start {start_ms}", SileroVad, 0.5, 440, start_ms))
     return out
 
 
@@ -252,7 +256,9 @@ def frames(pcm: bytes) -> Iterator[bytes]:
 
 def measure(candidate: Candidate, streams: list[Stream]) -> Tally:
     tally = Tally()
-    endpointer = Endpointer(candidate.make(), threshold=candidate.threshold, stop_ms=candidate.stop_ms)
+    endpointer = Endpointer(
+        candidate.make(), threshold=candidate.threshold, stop_ms=candidate.stop_ms, start_ms=candidate.start_ms
+    )
     for stream in streams:
         endpointer.reset()
         events: list[SpeechStarted | SpeechEnded] = []

@@ -552,7 +552,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         runs = _variant_here(args, settings, VARIANTS[args.variant], counts)
     result: dict[str, Any] = {
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "command": " ".join(["ivr", "bench", *sys.argv[2:]]),
+        "command": " ".join(["ivr", *sys.argv[1:]]),
         "runs": runs,
     }
     if args.compare:
@@ -661,8 +661,9 @@ def plot_media(result: dict[str, Any], path: Path) -> None:
     for offset, key in ((-0.2, "p50"), (0.2, "p95")):
         ax1.bar([x + offset for x in xs], [r["perceived_latency_ms"][key] or 0 for r in runs], width=0.4,
                 label=f"perceived {key}")
-    ax1.scatter(list(xs), [r["barge_in_stop_ms"]["p95"] or 0 for r in runs], color="black", marker="v", zorder=3,
-                label="barge-in stop p95")
+    barged = [(x, r["barge_in_stop_ms"]["p95"]) for x, r in zip(xs, runs, strict=True) if r["barge_in_stop_ms"]["p95"]]
+    ax1.scatter([x for x, _ in barged], [ms for _, ms in barged], color="black", marker="v", zorder=3,
+                label="barge-in stop p95 (stream only)")
     ax1.axhline(700, ls=":", color="grey")
     ax1.set_xticks(list(xs), labels)
     ax1.set_ylabel("ms")
