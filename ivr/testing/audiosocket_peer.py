@@ -62,11 +62,12 @@ class _Prompt:
 class PromptIndex:
     """The prompts the robot may play, found by their first non-silent frame (several prompts may start
     alike: the candidates are narrowed frame by frame); files rendered during the call are picked up when
-    an unknown frame arrives."""
+    an unknown frame arrives. A file is read again when it changed since (size, time): one caught while
+    the robot was still writing it, or before its text sidecar existed, is not kept half-read."""
 
     def __init__(self, sounds_dir: Path) -> None:
         self._dir = sounds_dir
-        self._seen: set[Path] = set()
+        self._read: dict[Path, tuple[tuple[int, int, bool], _Prompt | None]] = {}
         self._by_frame: dict[bytes, list[_Prompt]] = {}
 
     def candidates(self, frame: bytes) -> list[_Prompt]:
@@ -77,24 +78,42 @@ class PromptIndex:
         return list(found)
 
     def _scan(self) -> None:
+        changed = False
         for wav in self._dir.rglob("*.wav"):
-            if wav in self._seen:
-                continue
-            self._seen.add(wav)
             try:
-                with wave.open(str(wav), "rb") as w:
-                    if w.getframerate() != 8000 or w.getsampwidth() != 2 or w.getnchannels() != 1:
-                        continue
-                    pcm = w.readframes(w.getnframes())
-            except (OSError, wave.Error, EOFError):
+                st = wav.stat()
+            except OSError:
                 continue
-            frames = list(split_frames(pcm[: len(pcm) // 2 * 2])) if pcm else []
-            first = next((i for i, f in enumerate(frames) if f != SILENCE_FRAME), None)
-            if first is None:
+            key = (st.st_size, st.st_mtime_ns, wav.with_suffix(".txt").exists())
+            if wav in self._read and self._read[wav][0] == key:
                 continue
-            sidecar = wav.with_suffix(".txt")
-            text = sidecar.read_text(encoding="utf-8") if sidecar.exists() else f"<{wav.name}>"
-            self._by_frame.setdefault(frames[first], []).append(_Prompt(text, frames, first))
+            self._read[wav] = (key, _read_prompt(wav))
+            changed = True
+        if changed:
+            self._by_frame = {}
+            for _, prompt in self._read.values():
+                if prompt is not None:
+                    self._by_frame.setdefault(prompt.frames[prompt.first], []).append(prompt)
+
+
+def _read_prompt(wav: Path) -> _Prompt | None:
+    try:
+        with wave.open(str(wav), "rb") as w:
+            if w.getframerate() != 8000 or w.getsampwidth() != 2 or w.getnchannels() != 1:
+                return None
+            pcm = w.readframes(w.getnframes())
+    except (OSError, wave.Error, EOFError):
+        return None
+    frames = list(split_frames(pcm[: len(pcm) // 2 * 2])) if pcm else []
+    first = next((i for i, f in enumerate(frames) if f != SILENCE_FRAME), None)
+    if first is None:
+        return None
+    sidecar = wav.with_suffix(".txt")
+    try:
+        text = sidecar.read_text(encoding="utf-8")
+    except OSError:
+        text = f"<{wav.name}>"
+    return _Prompt(text, frames, first)
 
 
 KeySender = Callable[[str], Awaitable[None]]
