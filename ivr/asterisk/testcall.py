@@ -309,12 +309,17 @@ class _Call:
             self.report.agent_answered = True
             self.report.telephony.append({"who": "agent", "kind": "answered"})
 
+    def _answered(self) -> None:
+        """The robot answered (its first ANSWER): how long the caller waited for it."""
+        if not self.report.answered:
+            self.report.answered = True
+            self.report.time_to_answer_s = time.monotonic() - self._started
+
     async def _robot_command(self, ami: AmiClient, command: str) -> None:
         args = parse_arguments(command)
         name = " ".join(args[:2]).upper()
-        if name.startswith("ANSWER") and not self.report.answered:
-            self.report.answered = True
-            self.report.time_to_answer_s = time.monotonic() - self._started
+        if name.startswith("ANSWER"):
+            self._answered()
         elif name.startswith("HANGUP"):
             self.report.events.append({"who": "robot", "text": "", "action": "hangup"})
         elif any(" ".join(args[: len(p.split())]).upper() == p for p in PLAY_COMMANDS):
@@ -514,9 +519,8 @@ class _StreamCall(_Call):
     async def _robot_command(self, ami: AmiClient, command: str) -> None:
         args = parse_arguments(command)
         name = " ".join(args[:2]).upper()
-        if name.startswith("ANSWER") and not self.report.answered:
-            self.report.answered = True
-            self.report.time_to_answer_s = time.monotonic() - self._started
+        if name.startswith("ANSWER"):
+            self._answered()
         elif name == "EXEC AUDIOSOCKET":
             self._robot_media_up.set()
         elif name.startswith("HANGUP"):
