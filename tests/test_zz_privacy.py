@@ -31,6 +31,8 @@ from ivr.asterisk.local import LocalAsterisk
 from ivr.config import PROJECT_ROOT, Settings
 from tests.conftest import SuiteDirs
 
+pytestmark = pytest.mark.privacy  # run at the end of both of make test's pytest runs
+
 DEMO = PROJECT_ROOT / "ivr" / "accounts" / "demo.yaml"
 
 # How a digit may be written or spoken: ASCII and full-width digits, Mandarin, Sino-Korean and native
