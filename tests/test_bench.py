@@ -45,7 +45,9 @@ def bench(tmp_path: Path, suite_dirs: SuiteDirs, *args: str) -> dict[str, Any]:
         assert run["calls_unanswered"] == 0 and run["calls_placed"] >= run["calls"], run
         for figure in FIGURES:
             assert set(run[figure]) >= {"p50", "p95", "p99", "max"}, figure
-        assert run["server_compute_ms"]["n"] > 0 and run["perceived_latency_ms"]["n"] > 0
+        assert run["perceived_latency_ms"]["n"] > 0
+        # the turns' parts are measured inside an in-process robot only (--workers: they run in the workers)
+        assert (run["server_compute_ms"]["n"] > 0) == (run["workers"] == 0), run
         if run["media"] == "record":
             assert run["compute_latency_ms"]["n"] > 0
             # Perceived latency includes the recorder's whole-second silence wait.
@@ -112,12 +114,26 @@ def test_compare_runs_every_variant_on_the_real_parts(tmp_path: Path, suite_dirs
     }
 
 
+@pytest.mark.slow
+def test_workers_bench_calls_robot_processes_of_its_own(tmp_path: Path, suite_dirs: SuiteDirs) -> None:
+    """--workers 2: the calls reach `ivr serve --workers 2` (supervisor, two workers, HAProxy's leastconn in
+    front), all at the same instant; CPU and memory are those processes', and both workers answered."""
+    result = bench(tmp_path, suite_dirs, "--workers", "2", "--calls", "4", "--duration", "2", "--ramp", "0", "--no-idle")
+    (run,) = result["runs"]
+    assert run["workers"] == 2, run
+    assert run["memory"]["processes"] >= 4, run["memory"]  # the supervisor, two workers, HAProxy
+    assert run["memory"]["pss_mb"] < run["memory"]["rss_mb"]  # the Vosk model's pages are shared
+    assert sum(run["calls_by_worker"].values()) == run["calls_placed"]
+    assert sorted(run["calls_by_worker"]) == ["0", "1"] and min(run["calls_by_worker"].values()) > 0, run
+
+
 @pytest.mark.parametrize(
     ("args", "problem"),
     [
         (["--calls", "0"], "--calls must be >= 1"),
         (["--sweep", "1,x"], "--sweep must be positive call counts"),
         (["--locale", "fr-FR"], "--locale must be one of"),
+        (["--workers", "0"], "--workers must be 1 or more robot processes"),
         (["--plot", "x.png"], "--plot needs --sweep"),
         (["--compare", "--variant", "http-rasa"], "leave out --variant"),
     ],

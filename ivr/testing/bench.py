@@ -247,8 +247,12 @@ async def bench_once(
     lookups: list[float] = getattr(robot.store, "seconds", [])
     lookups.clear()
     reports: list[CallReport] = []
-    reset_peak_rss()
-    rss_before, cpu_before = rss_mb(), cpu_s()
+    # An in-process robot is this process; robot processes (--workers) are measured as their process group.
+    robot_cpu_s, robot_rss_mb = getattr(robot, "cpu_s", cpu_s), getattr(robot, "rss_mb", rss_mb)
+    robot_peak_rss_mb = getattr(robot, "peak_rss_mb", peak_rss_mb)
+    getattr(robot, "reset_peak_rss", reset_peak_rss)()
+    rss_before, cpu_before = robot_rss_mb(), robot_cpu_s()
+    answered_before = robot.calls_by_worker() if hasattr(robot, "calls_by_worker") else {}
     helpers_before = {name: process_cpu_s(pid) for name, pid in helpers.items()}
     tts_before = _tts_worker_cpu(synthesizer)
     stats_before = synth_stats(robot)
@@ -257,7 +261,7 @@ async def bench_once(
     # Callers start spread evenly over the ramp (calls arrive one after another, not in lockstep),
     # then each keeps calling again until the duration is over; calls under way then are finished.
     await asyncio.gather(*(_caller(place, call, i * ramp_s / calls, deadline, reports) for i in range(calls)))
-    cpu_used = cpu_s() - cpu_before
+    cpu_used = robot_cpu_s() - cpu_before
     wall_s = time.monotonic() - started  # longer than the duration: calls under way are finished
     helper_figures = {
         name: {"cpu_s": round(process_cpu_s(pid) - helpers_before[name], 2), "rss_mb": round(rss_mb(pid), 1)}
@@ -280,6 +284,8 @@ async def bench_once(
     return {
         "variant": variant.name,
         "transport": transport,
+        # robot processes (ivr serve --workers N, started by the bench), or 0: the robot in the bench's process
+        "workers": getattr(robot, "workers", 0),
         "media": media,
         "calls_in_stream_mode": sum(r.media == "stream" for r in reports),
         "calls": calls,
@@ -320,14 +326,20 @@ async def bench_once(
         "lookup_ms": percentiles([x * 1000 for x in lookups]),
         "time_to_answer_ms": percentiles([r.time_to_answer_s * 1000 for r in reports if r.time_to_answer_s is not None]),
         "tts_cache": {k: stats_after.get(k, 0) - stats_before.get(k, 0) for k in stats_after},
-        "cpu_s_per_call": round(cpu_used / placed, 3),  # the robot's process
+        "cpu_s_per_call": round(cpu_used / placed, 3),  # the robot's process (with --workers: all of them)
         "cpu_s_per_call_with_helpers": round((cpu_used + helpers_cpu) / placed, 3),
         "wall_s": round(wall_s, 1),
         "cpu_utilisation": round(cpu_used / wall_s, 2),  # cores busy: the robot's process
         "cpu_utilisation_with_helpers": round((cpu_used + helpers_cpu) / wall_s, 2),
         "rss_before_mb": round(rss_before, 1),
-        "rss_after_mb": round(rss_mb(), 1),
-        "peak_rss_mb": round(peak_rss_mb(), 1),  # the robot's process during this step
+        "rss_after_mb": round(robot_rss_mb(), 1),
+        # the robot's process during this step (with --workers: the sum of its processes' peaks, so the
+        # pages they share count once per process; "memory" has their PSS, shared pages split)
+        "peak_rss_mb": round(robot_peak_rss_mb(), 1),
+        **({"memory": robot.memory()} if hasattr(robot, "memory") else {}),
+        # with --workers: the calls each worker answered in this step (HAProxy's leastconn at work)
+        **({"calls_by_worker": {w: n - answered_before.get(w, 0) for w, n in robot.calls_by_worker().items()}}
+           if hasattr(robot, "calls_by_worker") else {}),
         "helpers": helper_figures,
         "errors": sorted({e for r in reports for e in r.errors})[:10],
     }
@@ -442,7 +454,8 @@ def _variant_settings(settings: Settings, variant: Variant, locale: str, work: P
 
 
 @contextlib.asynccontextmanager
-async def _robot(settings: Settings, variant: Variant, text: bool) -> AsyncIterator[Any]:
+async def _robot(settings: Settings, variant: Variant, args: argparse.Namespace) -> AsyncIterator[Any]:
+    text = args.text
     from ivr.accounts.store import SqlAccountStore
     from ivr.testing.replay import running_robot
 
@@ -460,12 +473,35 @@ async def _robot(settings: Settings, variant: Variant, text: bool) -> AsyncItera
             await asyncio.to_thread(part.close)
 
 
+@contextlib.asynccontextmanager
+async def _robot_processes(settings: Settings, variant: Variant, args: argparse.Namespace) -> AsyncIterator[Any]:
+    """``ivr serve --workers N`` in processes of its own (``ivr.testing.bench_pod``); the callers' speech is
+    rendered by a synthesizer in this process."""
+    from ivr.testing.bench_pod import PodStartError, robot_processes
+    from ivr.tts.synth import PromptSynthesizer
+
+    if variant.dialogue != "in-process" or variant.prompts != "cached":
+        raise BenchError(f"--workers runs the production configuration; the {variant.name} variant needs the in-process robot")
+    synthesizer = PromptSynthesizer(settings)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ivr-bench-pod-") as work:
+            print(f"bench: starting `ivr serve --workers {args.workers}` (log in {work}/robot.log) ...", file=sys.stderr)
+            try:
+                with robot_processes(settings, args.workers, text=args.text, render=synthesizer.render, work=Path(work)) as robot:
+                    yield robot
+            except PodStartError as exc:
+                raise BenchError(str(exc)) from exc
+    finally:
+        await asyncio.to_thread(synthesizer.close)
+
+
 async def _steps(
     args: argparse.Namespace, settings: Settings, variant: Variant, counts: list[int], helpers: dict[str, int]
 ) -> list[dict[str, Any]]:
     locale = args.locale
     runs = []
-    async with _robot(settings, variant, args.text) as robot, contextlib.AsyncExitStack() as stack:
+    robot_of = _robot_processes if args.workers else _robot
+    async with robot_of(settings, variant, args) as robot, contextlib.AsyncExitStack() as stack:
         place: PlaceCall | None = None
         transport = "harness"
         if args.asterisk:
@@ -590,6 +626,7 @@ def _variant_in_child(args: argparse.Namespace, variant: Variant) -> list[dict[s
         argv += ["--calls", str(args.calls), "--duration", str(args.duration), "--ramp", str(args.ramp)]
         argv += ["--sweep", args.sweep] if args.sweep else []
         argv += ["--media", args.media]
+        argv += ["--workers", str(args.workers)] if args.workers else []
         argv += [flag for flag, on in (("--text", args.text), ("--asterisk", args.asterisk), ("--no-idle", args.no_idle)) if on]
         done = subprocess.run(argv, check=False)  # its progress and logs go to our stderr
         if not out.exists():
@@ -698,6 +735,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         problem = "--media stream streams the callers' audio: leave out --text"
     elif args.plot and not (args.sweep or args.compare):
         problem = "--plot needs --sweep (figures against the number of calls) or --compare (record vs stream)"
+    elif args.workers is not None and args.workers < 1:
+        problem = f"--workers must be 1 or more robot processes, got {args.workers}"
     elif args.asterisk:
         problem = _check_asterisk(settings)
     if problem:
