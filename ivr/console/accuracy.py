@@ -2,8 +2,9 @@
 --locale L`` (the console runs it as a child process and shows its lines; it may train for ~30 s).
 
 Both models classify the same phrasings: the draft's ``heldout.yml`` (never trained on). The draft's model
-is the working model (``models/rasa/<locale>``), trained by ``ivr train``'s own function when the draft
-changed since; the release's is the one it was published with. The last line is ``RESULT {json}``.
+is its own, in the console's folder (``ivr.console.draftmodel``: trained when the draft changed, never into
+the working model ``models/rasa/<locale>``); the release's is the one it was published with. The last
+line is ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -41,20 +42,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ivr.logs import configure_logging
 
     configure_logging("WARNING", log_format="json")  # log records as JSON lines: the console skips them
-    from ivr.dialogue.train import TrainingError, train_locale
+    from ivr.console.draftmodel import draft_model
+    from ivr.dialogue.train import TrainingError
     from ivr.releases import ReleaseStore
 
     locale = args.locale
-    print(f"{locale}: training the draft's model if it changed (~30 s)", flush=True)
+    print(f"{locale}: looking for the draft's model", flush=True)
     try:
-        trained = train_locale(settings.dialogs_dir, settings.models_dir, locale)
-    except TrainingError as exc:
+        draft = draft_model(settings, locale, say=lambda line: print(line, flush=True))
+    except (TrainingError, OSError) as exc:
         print(f"cannot train the draft: {exc}", flush=True)
         return 1
-    print(f"{locale}: " + (f"trained in {trained.seconds:.0f} s" if trained.trained else "the draft's model is up to date"),
-          flush=True)
-    result: dict[str, object] = {"locale": locale}
-    correct, total, misses = asyncio.run(_measure(settings, locale, settings.models_dir))
+    print(f"{locale}: the draft's model: {draft.how}", flush=True)
+    result: dict[str, object] = {"locale": locale, "draft_model": draft.fingerprint[:20]}
+    with draft:  # held in use while it is measured (never pruned meanwhile)
+        correct, total, misses = asyncio.run(_measure(settings, locale, draft.models_dir))
     result["draft"] = [correct, total]
     print(f"draft: {correct}/{total} held-out phrasings right", flush=True)
     for line in misses[:20]:

@@ -3,8 +3,9 @@ ivr.console.tryit --locale L --customer N`` (the console runs one per chat as a 
 caller's turns to its stdin and reads its events from stdout; it stops it by PID).
 
 Real parts, as ``ivr replay --text`` has them: a ``CallSession`` over the robot's own wiring
-(``build_robot``), the draft's Rasa agent (the working model ``models/rasa/<locale>``, trained by ``ivr
-train``'s own function first when the draft changed, as the accuracy measure does), the robot's account
+(``build_robot``), the draft's Rasa agent (its own model in the console's folder, trained by ``ivr
+train``'s own function when the draft changed, never into the working model ``models/rasa/<locale>``:
+``ivr.console.draftmodel``; the accuracy measure uses the same), the robot's account
 store holding the demo customers (``ivr/accounts/demo.yaml``) in a private SQLite database of its own (the
 chat never touches real customers, lockouts or transcripts). What the channel takes instead of Asterisk:
 the caller's words as recognized text (confidence 1), keys as DTMF. No audio is made here: the console
@@ -137,7 +138,7 @@ class ChatChannel:
         return None
 
 
-async def _chat(settings: Settings, locale: str, caller_id: str, idle_s: float) -> int:
+async def _chat(settings: Settings, locale: str, caller_id: str, idle_s: float, models_dir: Path) -> int:
     from ivr.accounts.source import open_store
     from ivr.app import build_robot
     from ivr.dialogue.engine import RasaEngine
@@ -145,7 +146,7 @@ async def _chat(settings: Settings, locale: str, caller_id: str, idle_s: float) 
     from ivr.testing.textinput import SidecarTextRecognizer
 
     store = open_store(settings)
-    dialogue = RasaEngine(settings, store, locales=[locale])
+    dialogue = RasaEngine(settings, store, locales=[locale], models_dir=models_dir)  # the draft's own model
     robot = build_robot(settings, text_input=True, dialogue=dialogue, store=store,
                         recognizer=SidecarTextRecognizer(), synthesizer=TextOnlySynthesizer())
     try:
@@ -178,19 +179,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_logging("WARNING", log_format="json")  # JSON log lines: the console skips them
     from ivr.accounts.store import SqlAccountStore
-    from ivr.dialogue.train import TrainingError, train_locale
+    from ivr.console.draftmodel import draft_model
+    from ivr.dialogue.train import TrainingError
 
     callers = demo_callers()
     caller_id = callers[args.customer][1] if 0 <= args.customer < len(callers) else ""
-    emit(status=f"{args.locale}: training the draft's model if it changed (~30 s)")
+    emit(status=f"{args.locale}: looking for the draft's model")
     try:
-        trained = train_locale(settings.dialogs_dir, settings.models_dir, args.locale)
-    except TrainingError as exc:
+        # Its own folder in the console's, never the working model (models/rasa/<locale>); held until exit.
+        draft = draft_model(settings, args.locale, say=lambda line: emit(status=line))
+    except (TrainingError, OSError) as exc:
         emit(status=f"cannot train the draft: {exc}", ended={"outcome": "error", "reason": "training failed"})
         return 1
-    if trained.trained:
-        emit(status=f"{args.locale}: trained the draft in {trained.seconds:.0f} s")
-    with tempfile.TemporaryDirectory(prefix="ivr-try-it-") as tmp:
+    emit(status=f"{args.locale}: the draft's model: {draft.how}")
+    with draft, tempfile.TemporaryDirectory(prefix="ivr-try-it-") as tmp:
         root = Path(tmp)
         url = f"sqlite:///{root / 'accounts.db'}"
         accounts = SqlAccountStore(url)  # the demo customers only, in a database of this chat's own
@@ -199,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         accounts.close()
         chat = dataclasses.replace(settings, database_url=url, account_source="own", dialogue_url="",
                                    transcripts_dir=root / "transcripts", spool_dir=root / "spool")
-        return asyncio.run(_chat(chat, args.locale, caller_id, args.idle_s))
+        return asyncio.run(_chat(chat, args.locale, caller_id, args.idle_s, draft.models_dir))
 
 
 if __name__ == "__main__":

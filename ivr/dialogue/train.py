@@ -121,7 +121,7 @@ def train_locale(dialogs_dir: Path, models_dir: Path, locale: str, *, force: boo
         if not force and target.is_file() and stored_fingerprint(models_dir, locale) == print_:
             log.info("model for %s is up to date", locale)
             return TrainResult(locale, target, False, 0.0)
-        _train(dialogs_dir, models_dir, locale, target)
+        train_model(dialogs_dir, models_dir, locale, target)
         (target.parent / FINGERPRINT_FILE).write_text(
             json.dumps({"fingerprint": print_, "locale": locale}, indent=1) + "\n", encoding="utf-8"
         )
@@ -130,7 +130,10 @@ def train_locale(dialogs_dir: Path, models_dir: Path, locale: str, *, force: boo
     return TrainResult(locale, target, True, seconds)
 
 
-def _train(dialogs_dir: Path, models_dir: Path, locale: str, target: Path) -> None:
+def train_model(dialogs_dir: Path, models_dir: Path, locale: str, target: Path) -> None:
+    """Train ``dialogs_dir/<locale>`` into the file ``target`` (always: no fingerprint check, no lock).
+    ``models_dir`` is where Rasa keeps its state (cache, global config). The model is written beside
+    ``target`` and renamed over it: a reader never sees a half-written file."""
     from ivr.dialogue import prepare_rasa
 
     prepare_rasa(models_dir)
