@@ -9,6 +9,7 @@ When one is missing and this process is root, it is installed with apt-get; when
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pwd
 import shutil
@@ -17,7 +18,7 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -64,10 +65,33 @@ def postgres_bin() -> Path:
     return folder
 
 
+@dataclasses.dataclass
+class PostgresServer:
+    """A private PostgreSQL cluster: its database ``ivr``'s URL, and its server stopped and started again
+    (fault tests: the database going away under running calls, then coming back on the same port)."""
+
+    url: str
+    _pg_ctl: Callable[..., None]
+
+    def stop(self) -> None:
+        self._pg_ctl("-m", "immediate", "-w", "stop")  # as a crash: connections cut, no shutdown checkpoint
+
+    def start(self) -> None:
+        self._pg_ctl("-w", "-t", str(int(READY_WITHIN_S)), "start")
+
+
 @contextlib.contextmanager
 def postgres_cluster() -> Iterator[str]:
     """A fresh PostgreSQL cluster on a private port and data folder; yields the URL of its database
-    ``ivr`` (user ``ivr``, password-less on loopback). Stopped with ``pg_ctl stop`` and deleted at exit.
+    ``ivr`` (user ``ivr``, password-less on loopback). See ``postgres_server``."""
+    with postgres_server() as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    """A fresh PostgreSQL cluster on a private port and data folder (database ``ivr``, user ``ivr``,
+    password-less on loopback). Stopped with ``pg_ctl stop`` and deleted at exit.
 
     PostgreSQL refuses to run as root: as root, the cluster belongs to the ``postgres`` system user that
     Debian's package creates."""
@@ -92,18 +116,22 @@ def postgres_cluster() -> Iterator[str]:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise RuntimeError(f"{argv[0]} failed ({done.returncode}): {done.stderr or done.stdout}\n{tail}")
 
+    options = f"-p {port} -k {work} -c listen_addresses=127.0.0.1 -c fsync=off"
+
+    def pg_ctl(*argv: str) -> None:
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, *argv)
+
     started = False
     try:
         run(str(bin_dir / "initdb"), "-D", str(data), "-U", "ivr", "-A", "trust", "-E", "UTF8", "--no-sync")
-        options = f"-p {port} -k {work} -c listen_addresses=127.0.0.1 -c fsync=off"
-        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t",
-            str(int(READY_WITHIN_S)), "start")
+        pg_ctl("-w", "-t", str(int(READY_WITHIN_S)), "start")
         started = True
         run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "ivr", "ivr")
-        yield f"postgresql+psycopg2://ivr@127.0.0.1:{port}/ivr"
+        yield PostgresServer(f"postgresql+psycopg2://ivr@127.0.0.1:{port}/ivr", pg_ctl)
     finally:
         if started:
-            run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+            with contextlib.suppress(RuntimeError):  # a test may have stopped it already
+                run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -35,6 +35,7 @@ from ivr.pod.supervisor import worker_count, worker_settings
 from ivr.testing.callfile import CallFile, Expectation, Turn, load_call_file
 from ivr.testing.harness import CallReport, ScriptedAsterisk
 from tests.conftest import FIXED_DATE, SuiteDirs
+from tests.services import PostgresServer, postgres_server
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,6 +102,7 @@ class Pod:
     http_port: int
     pod_dir: Path
     log: Path
+    database: PostgresServer  # the workers' shared account store
 
     def _get(self, path: str) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
@@ -165,10 +167,9 @@ def _demo_into(url: str) -> None:
 def pod(suite_dirs: SuiteDirs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pod]:
     """HAProxy + 3 workers sharing one private PostgreSQL, started by ``ivr pod up --workers 3 --text-input
     --no-asterisk`` (which returns once HAProxy sees every worker UP), stopped by ``ivr pod down``."""
-    from tests.services import postgres_cluster
-
     work = tmp_path_factory.mktemp("pod")
-    with postgres_cluster() as url:
+    with postgres_server() as database:
+        url = database.url
         _demo_into(url)
         base = _free_block(3 * WORKERS + 2)
         front, http_port = base, base + 1
@@ -193,7 +194,7 @@ def pod(suite_dirs: SuiteDirs, tmp_path_factory: pytest.TempPathFactory) -> Iter
                  timeout_s=700)
         pid_file = work / "pod" / "pod.pid"
         pid = int(pid_file.read_text().strip()) if pid_file.exists() else 0
-        running = Pod(pid, front, http_port, work / "pod", log)
+        running = Pod(pid, front, http_port, work / "pod", log, database)
         try:
             assert up.returncode == 0, f"{up.stdout}{up.stderr}\n{running.log_tail()}"
             assert all(f"worker {i}: up" in up.stdout for i in range(WORKERS)), up.stdout
@@ -357,6 +358,35 @@ def test_haproxy_killed_its_calls_reach_a_person_and_it_is_started_again(pod: Po
     pod.wait_for(lambda: any(pod.haproxy_status(f"worker{i}") == "UP" for i in range(WORKERS)), "a worker UP", 10)
     fresh = asyncio.run(_calls(pod.front_port, 3))
     assert [ending(r) for r in fresh] == ["served"] * 3, [r.errors for r in fresh]
+
+
+@pytest.mark.slow
+def test_postgresql_down_calls_reach_a_person_and_are_served_again_once_it_is_back(pod: Pod) -> None:
+    """The shared account database crashes (``pg_ctl stop -m immediate``): every call still ends with a
+    person (the robot's apology and transfer when it cannot look the caller up), none silent, and no worker
+    leaves the balancer (their health check is their own dialogue, not the shared database). Once
+    PostgreSQL is back on its port, the next calls are served: the workers reconnect by themselves."""
+    pod.wait_for(pod.all_up, "every worker up", 300)
+    pod.database.stop()
+    try:
+        down = asyncio.run(_calls(pod.front_port, WORKERS))
+        endings = [ending(r) for r in down]
+        assert endings == ["person"] * WORKERS, [(r.outcome, r.transfer_reason, r.errors) for r in down]
+        assert {r.transfer_reason for r in down} == {"lookup_failed"}, [r.transfer_reason for r in down]
+        assert all(pod.haproxy_status(f"worker{i}") == "UP" for i in range(WORKERS)), pod.health()
+    finally:
+        pod.database.start()
+    back_at = time.monotonic()
+    fresh = asyncio.run(_calls(pod.front_port, WORKERS))
+    assert [ending(r) for r in fresh] == ["served"] * WORKERS, [(r.outcome, r.transfer_reason, r.errors) for r in fresh]
+    log.info("PostgreSQL back: %d calls served %.1f s after it answered again", WORKERS, time.monotonic() - back_at)
+    # A restart between calls (a failover, a maintenance window): the workers' pooled connections are dead,
+    # and the next calls must not be the ones to find out (the pool checks a connection before lending it).
+    pod.database.stop()
+    pod.database.start()
+    after_restart = asyncio.run(_calls(pod.front_port, WORKERS))
+    assert [ending(r) for r in after_restart] == ["served"] * WORKERS, [
+        (r.outcome, r.transfer_reason, r.errors) for r in after_restart]
 
 
 def _wrong_digits(name: str) -> CallFile:
