@@ -39,10 +39,10 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     workers = worker_count(args.workers or settings.workers)
     if workers > 1:
         return run_pod(settings, workers, host=args.host, port=args.port, text_input=args.text_input)
-    return asyncio.run(_serve(settings, args.host, args.port, args.text_input))
+    return asyncio.run(serve_robot(settings, args.host, args.port, args.text_input))
 
 
-async def _serve(
+async def serve_robot(
     settings: Settings, host: str | None, port: int | None, text_input: bool, *,
     recognizer: Recognizer | None = None, purge: bool = True,
 ) -> int:

@@ -205,13 +205,13 @@ class Supervisor:
             self._listener.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
-        from ivr.agi.commands import _serve
+        from ivr.agi.commands import serve_robot
 
         tag = _WorkerTag(worker.index)  # every log line of this process says which worker wrote it
         for handler in logging.getLogger().handlers:
             handler.addFilter(tag)
         settings = worker_settings(self.settings, worker.index)
-        return asyncio.run(_serve(settings, None, None, self.text_input, recognizer=self.recognizer,
+        return asyncio.run(serve_robot(settings, None, None, self.text_input, recognizer=self.recognizer,
                                   purge=worker.index == 0))
 
     # ------------------------------------------------------------ supervision
