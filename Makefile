@@ -8,7 +8,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 IVR := $(VENV)/bin/ivr
-DEBIAN_PACKAGES := espeak-ng libespeak-ng1 ffmpeg sox debootstrap postgresql redis-server sip-tester chromium haproxy
+DEBIAN_PACKAGES := espeak-ng libespeak-ng1 ffmpeg sox debootstrap postgresql redis-server sip-tester chromium haproxy kamailio
 STAMP := $(VENV)/.installed
 export RASA_TELEMETRY_ENABLED := false
 export TF_CPP_MIN_LOG_LEVEL := 3
@@ -68,6 +68,10 @@ system-packages:
 	echo "== installing Debian packages:$$missing"
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing
+	# kamailio (the SIP balancer in front of several pods) must not run as a system service on 5060, the
+	# port of the local Asterisk: its SysV script starts nothing (/etc/default/kamailio: RUN_KAMAILIO=no), a
+	# container's policy-rc.d forbids it anyway, but under systemd the package's unit would start it
+	if [[ " $$missing " == *" kamailio "* ]] && [ -d /run/systemd/system ]; then systemctl disable --now kamailio || true; fi
 
 $(STAMP): pyproject.toml constraints.txt
 	@py=""

@@ -1,4 +1,5 @@
-"""``ivr pod config|up|down|status``: a local pod (HAProxy + N robot workers + the local Asterisk)."""
+"""``ivr pod config|up|down|status``: a local pod (HAProxy + N robot workers + the local Asterisk);
+``ivr pod kamailio-config``: several pods behind Kamailio."""
 
 from __future__ import annotations
 
@@ -37,6 +38,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     status = pod_sub.add_parser("status", help="HAProxy, each worker (state, restarts, memory), the local Asterisk")
     status.add_argument("--json", action="store_true", help="the pod's /health document")
     status.set_defaults(handler=pod_status)
+    kam = pod_sub.add_parser(
+        "kamailio-config", help="several pods behind Kamailio's dispatcher: print (or write) kamailio.cfg + dispatcher.list"
+    )
+    kam.add_argument("--pod", action="append", required=True, metavar="HOST:PORT",
+                     help="a pod's Asterisk SIP address (UDP); repeat for each pod")
+    kam.add_argument("--listen", default="127.0.0.1:5070", metavar="HOST:PORT",
+                     help="where Kamailio takes the calls (default 127.0.0.1:5070)")
+    kam.add_argument("--list-file", default="/etc/kamailio/dispatcher.list", metavar="PATH",
+                     help="the dispatcher list's path, as kamailio.cfg names it (default /etc/kamailio/dispatcher.list)")
+    kam.add_argument("--ping-interval", type=int, default=2, metavar="S", help="OPTIONS to each pod every S seconds")
+    kam.add_argument("--threshold", type=int, default=2,
+                     help="unanswered OPTIONS before a pod is inactive (and answered ones before it is back)")
+    kam.add_argument("--invite-timeout", type=float, default=2.0, metavar="S",
+                     help="an INVITE a pod does not answer at all within S seconds goes to the next pod")
+    kam.add_argument("--out", metavar="DIR",
+                     help="write DIR/kamailio.cfg and the dispatcher list (--list-file, default DIR/dispatcher.list) "
+                          "and check them with `kamailio -c`, instead of printing")
+    kam.set_defaults(handler=pod_kamailio_config)
 
 
 def _workers(args: argparse.Namespace, settings: Settings) -> int:
@@ -183,3 +202,32 @@ def pod_status(args: argparse.Namespace, settings: Settings) -> int:
 
         print("local Asterisk: " + ("running" if LocalAsterisk(settings).pid() is not None else "not running"))
     return code
+
+
+def pod_kamailio_config(args: argparse.Namespace, settings: Settings) -> int:
+    from ivr.pod import kamailio
+
+    list_file = Path(args.list_file)
+    if args.out and args.list_file == "/etc/kamailio/dispatcher.list":
+        list_file = Path(args.out).resolve() / "dispatcher.list"
+    config = kamailio.KamailioConfig(
+        pods=kamailio.parse_pods(args.pod), listen=kamailio.Pod.parse(args.listen), list_file=list_file,
+        ping_interval_s=args.ping_interval, threshold=args.threshold, invite_timeout_s=args.invite_timeout,
+    )
+    if not args.out:
+        print(kamailio.kamailio_cfg(config), end="")
+        print(f"\n# ---- {list_file} ----")
+        print(kamailio.dispatcher_list(config), end="")
+        return 0
+    cfg, listed = kamailio.write(config, Path(args.out))
+    print(cfg)
+    print(listed)
+    if kamailio.kamailio_binary() is None:
+        print("kamailio is not installed: not checked (apt-get install kamailio)", file=sys.stderr)
+        return 0
+    checked = kamailio.check(cfg)
+    if checked.returncode != 0:
+        print(f"ivr pod kamailio-config: `kamailio -c` rejected {cfg}:\n{checked.stderr.strip()}", file=sys.stderr)
+        return 1
+    print(f"checked: kamailio -c -f {cfg}: config file ok")
+    return 0
