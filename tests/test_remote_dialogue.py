@@ -405,3 +405,24 @@ def test_action_server_and_rasa_servers_listen_on_loopback_only(servers: RasaSer
     assert listening_addresses(servers.actions_port) == {"127.0.0.1"}
     for locale, port in servers.ports.items():
         assert listening_addresses(port) == {"127.0.0.1"}, locale
+
+
+async def test_responses_marked_not_interruptible_reach_the_reply_over_http_too() -> None:
+    """The webhook of ``TokenRestInput`` answers with each response's metadata (Rasa's own collecting
+    channel drops it), and the remote engine's reply lists the texts marked ``interruptible: false``."""
+    from rasa.core.channels.channel import CollectingOutputChannel, UserMessage
+
+    from ivr.dialogue.remote import reply_from_server
+    from ivr.dialogue.secure_channel import _with_response_metadata
+
+    async def agent(message: UserMessage) -> None:  # what Rasa's agent does: the turn's responses, to the channel
+        await message.output_channel.send_response(
+            message.sender_id, {"text": "Calls are recorded.", "metadata": {"interruptible": False}, "utter_action": "utter_notice"})
+        await message.output_channel.send_response(message.sender_id, {"text": "Hello.", "utter_action": "utter_greet"})
+
+    collector = CollectingOutputChannel()  # the one RestInput's webhook makes, and whose messages it returns
+    await _with_response_metadata(agent)(UserMessage("hi", collector, "call-1"))
+    assert [(m["text"], m.get("metadata")) for m in collector.messages] == [
+        ("Calls are recorded.", {"interruptible": False}), ("Hello.", None)]
+    reply = reply_from_server(collector.messages, {"slots": {}, "latest_message": {"intent": {"name": "greet"}}})
+    assert reply.texts == ("Calls are recorded.", "Hello.") and reply.must_hear == ("Calls are recorded.",)

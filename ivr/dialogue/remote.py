@@ -35,7 +35,7 @@ from urllib.parse import quote
 import aiohttp
 
 from ivr.config import LOCALES
-from ivr.dialogue.engine import TurnEngine, build_reply, call_metadata
+from ivr.dialogue.engine import TurnEngine, build_reply, call_metadata, not_interruptible
 from ivr.parts import CallInfo, DialogueError, Reply
 
 if TYPE_CHECKING:
@@ -147,8 +147,16 @@ class RemoteRasaEngine(TurnEngine):
         )
         if not isinstance(tracker, dict):
             raise DialogueError("turn: the Rasa server returned no tracker")
-        slots = tracker.get("slots") or {}
-        latest = (tracker.get("latest_message") or {}).get("intent") or {}
-        texts = [str(m["text"]) for m in messages if isinstance(m, dict) and m.get("text")]
-        return build_reply(texts, {name: slots.get(name) for name in STATE_SLOTS},
-                           str(latest.get("name") or ""), float(latest.get("confidence") or 0.0))
+        return reply_from_server(messages, tracker)
+
+
+def reply_from_server(messages: list[Any], tracker: dict[str, Any]) -> Reply:
+    """The reply of a turn from the webhook's messages and the conversation's tracker. The server's
+    channel (``TokenRestInput``) keeps each response's metadata: ``interruptible: false`` texts must be
+    heard in full, as in process."""
+    slots = tracker.get("slots") or {}
+    latest = (tracker.get("latest_message") or {}).get("intent") or {}
+    said = [m for m in messages if isinstance(m, dict) and m.get("text")]
+    must_hear = [str(m["text"]) for m in said if not_interruptible(m)]
+    return build_reply([str(m["text"]) for m in said], {name: slots.get(name) for name in STATE_SLOTS},
+                       str(latest.get("name") or ""), float(latest.get("confidence") or 0.0), must_hear)

@@ -33,7 +33,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from rasa.core.channels.channel import UserMessage
+from rasa.core.channels.channel import CollectingOutputChannel, UserMessage
 from rasa.core.channels.rest import RestInput
 from rasa.core.tracker_store import (
     AwaitableTrackerStore,
@@ -96,6 +96,36 @@ def forget_conversation(store: TrackerStore, conversation_id: str) -> int:
     return deleted
 
 
+class MetadataCollectingOutputChannel(CollectingOutputChannel):
+    """Rasa's collecting channel, keeping each response's ``metadata`` (domain.yml) in the message it
+    collects: Rasa's own drops it, and the robot needs ``interruptible: false`` (a prompt that must be
+    heard in full) over HTTP as it has it in process. Collects into ``messages`` it is given."""
+
+    def __init__(self, messages: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.messages = messages
+
+    async def send_response(self, recipient_id: str, message: dict[str, Any]) -> None:
+        before = len(self.messages)
+        await super().send_response(recipient_id, message)
+        metadata = message.get("metadata")
+        if isinstance(metadata, dict) and metadata and len(self.messages) > before:
+            self.messages[before]["metadata"] = metadata  # the message the response's text became
+
+
+def _with_response_metadata(
+    on_new_message: Callable[[UserMessage], Awaitable[Any]],
+) -> Callable[[UserMessage], Awaitable[Any]]:
+    """The REST webhook answers with its collector's messages: let them carry each response's metadata."""
+    async def handle(message: UserMessage) -> Any:
+        collector = message.output_channel
+        if type(collector) is CollectingOutputChannel:  # the webhook's own (not ?stream=true's queue)
+            message.output_channel = MetadataCollectingOutputChannel(collector.messages)
+        return await on_new_message(message)
+
+    return handle
+
+
 class TokenRestInput(RestInput):
     """The REST channel, answering only requests with ``Authorization: Bearer <token>``."""
 
@@ -129,7 +159,7 @@ class TokenRestInput(RestInput):
         Sanic applies a blueprint's middleware to that blueprint's routes only, so the rest of the Rasa
         server (its HTTP API with its own ``--auth-token``) is unaffected.
         """
-        webhook: Blueprint = super().blueprint(on_new_message)
+        webhook: Blueprint = super().blueprint(_with_response_metadata(on_new_message))
 
         @webhook.middleware("request")
         async def require_token(request: Request) -> HTTPResponse | None:
