@@ -6,5 +6,6 @@ edit the draft (the working copy ``dialogs/<locale>/``), listen to prompts, publ
 - ``security.py``: the session key, signed expiring session cookies, CSRF tokens;
 - ``drafts.py``: reading and editing the draft's responses (placeholders checked, stale drafts refused);
 - ``publishing.py``: publish jobs (``ivr publish`` in a child process, progress polled) and rollback;
+- ``draftmodel.py``: the draft's own Rasa models for Try it and the accuracy run (never the working model);
 - ``app.py``: the routes; ``commands.py``: ``ivr console`` and ``ivr console adduser``.
 """
