@@ -17,6 +17,8 @@ from ivr.cli import main
 from ivr.testing.harness import trailing_quiet_s
 from tests.conftest import SuiteDirs, make_demo_db
 
+pytestmark = pytest.mark.realtime  # the bench's callers play their calls in real time
+
 FIGURES = ("compute_latency_ms", "perceived_latency_ms", "server_compute_ms", "asr_ms", "dialogue_ms", "tts_ms",
            "lookup_ms", "time_to_answer_ms")
 

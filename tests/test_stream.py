@@ -28,7 +28,7 @@ AUDIO_CALLS = Path(__file__).parent / "calls" / "audio" / "ko-KR"
 UPDATE = os.environ.get("IVR_UPDATE_GOLDENS") == "1"
 STOP_WITHIN_S = 0.6  # a barge-in stops the prompt within this of the caller starting (frames + VAD onset)
 
-pytestmark = [pytest.mark.audio, pytest.mark.slow]
+pytestmark = [pytest.mark.audio, pytest.mark.slow, pytest.mark.realtime]
 
 
 @pytest.fixture(scope="module")
