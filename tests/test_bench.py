@@ -119,10 +119,11 @@ def test_compare_runs_every_variant_on_the_real_parts(tmp_path: Path, suite_dirs
 @pytest.mark.slow
 def test_workers_bench_calls_robot_processes_of_its_own(tmp_path: Path, suite_dirs: SuiteDirs) -> None:
     """--workers 2: the calls reach `ivr serve --workers 2` (supervisor, two workers, HAProxy's leastconn in
-    front), all at the same instant; CPU and memory are those processes', and both workers answered."""
-    result = bench(tmp_path, suite_dirs, "--workers", "2", "--calls", "4", "--duration", "2", "--ramp", "0", "--no-idle")
+    front), in lockstep rounds; CPU and memory are those processes', and both workers answered."""
+    result = bench(tmp_path, suite_dirs, "--workers", "2", "--calls", "4", "--duration", "2", "--lockstep", "--no-idle")
     (run,) = result["runs"]
-    assert run["workers"] == 2, run
+    assert run["workers"] == 2 and run["lockstep"] is True, run
+    assert run["calls_placed"] % 4 == 0  # whole rounds of 4 calls placed together
     assert run["memory"]["processes"] >= 4, run["memory"]  # the supervisor, two workers, HAProxy
     assert run["memory"]["pss_mb"] < run["memory"]["rss_mb"]  # the Vosk model's pages are shared
     assert sum(run["calls_by_worker"].values()) == run["calls_placed"]

@@ -207,6 +207,14 @@ async def _caller(place: PlaceCall, call: CallFile, start_after_s: float, deadli
         reports.append(await place(call))
 
 
+async def _lockstep(place: PlaceCall, call: CallFile, calls: int, deadline: float, reports: list[CallReport]) -> None:
+    """Rounds of ``calls`` calls placed at the same instant; the next round when all have ended. The
+    callers play the same turns, so their turns reach the robot together: the peak a call centre sees
+    when many callers finish speaking at once."""
+    while time.monotonic() < deadline:
+        reports.extend(await asyncio.gather(*(place(call) for _ in range(calls))))
+
+
 async def bench_once(
     robot: Any,
     settings: Settings,
@@ -221,6 +229,7 @@ async def bench_once(
     variant: Variant = DEFAULT,
     transport: str = "harness",
     media: str = "record",
+    lockstep: bool = False,
 ) -> dict[str, Any]:
     """``calls`` callers for ``duration_s`` against ``robot``; ``place`` places one call (default: the
     real-time harness on the robot's port); ``helpers``: processes beside the robot whose CPU and RSS count.
@@ -260,7 +269,10 @@ async def bench_once(
     deadline = started + duration_s
     # Callers start spread evenly over the ramp (calls arrive one after another, not in lockstep),
     # then each keeps calling again until the duration is over; calls under way then are finished.
-    await asyncio.gather(*(_caller(place, call, i * ramp_s / calls, deadline, reports) for i in range(calls)))
+    if lockstep:
+        await _lockstep(place, call, calls, deadline, reports)
+    else:
+        await asyncio.gather(*(_caller(place, call, i * ramp_s / calls, deadline, reports) for i in range(calls)))
     cpu_used = robot_cpu_s() - cpu_before
     wall_s = time.monotonic() - started  # longer than the duration: calls under way are finished
     helper_figures = {
@@ -290,7 +302,8 @@ async def bench_once(
         "calls_in_stream_mode": sum(r.media == "stream" for r in reports),
         "calls": calls,
         "duration_s": duration_s,
-        "ramp_s": ramp_s,
+        "ramp_s": 0.0 if lockstep else ramp_s,
+        "lockstep": lockstep,
         "locale": locale,
         "recognition": "text" if text else "vosk",
         "grammars": variant.grammars and not text,
@@ -526,6 +539,7 @@ async def _steps(
             run = await bench_once(
                 robot, settings, count, args.duration, locale, args.text, args.ramp,
                 place=place, helpers=helpers, variant=variant, transport=transport, media=media_of(args, variant),
+                lockstep=args.lockstep,
             )
             runs.append(run)
             print(json.dumps(_summary(run)), file=sys.stderr)
@@ -627,6 +641,7 @@ def _variant_in_child(args: argparse.Namespace, variant: Variant) -> list[dict[s
         argv += ["--sweep", args.sweep] if args.sweep else []
         argv += ["--media", args.media]
         argv += ["--workers", str(args.workers)] if args.workers else []
+        argv += ["--lockstep"] if args.lockstep else []
         argv += [flag for flag, on in (("--text", args.text), ("--asterisk", args.asterisk), ("--no-idle", args.no_idle)) if on]
         done = subprocess.run(argv, check=False)  # its progress and logs go to our stderr
         if not out.exists():

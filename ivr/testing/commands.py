@@ -71,6 +71,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(AudioSocket, full duplex; the callers interrupt the greeting); --compare also runs the other one",
     )
     b.add_argument(
+        "--lockstep", action="store_true",
+        help="callers in rounds: all place their call at the same instant, the next round when all have ended "
+        "(their turns reach the robot together; --ramp is not used)",
+    )
+    b.add_argument(
         "--workers", type=int, metavar="N",
         help="call `ivr serve --workers N` started in processes of their own (N >= 2: HAProxy in front, as in a "
         "pod) instead of a robot in the bench's process; CPU and memory are then those of the robot's processes",
