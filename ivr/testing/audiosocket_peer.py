@@ -77,6 +77,16 @@ class PromptIndex:
             found = self._by_frame.get(frame, [])
         return list(found)
 
+    def continuing(self, heard: list[bytes], frame: bytes) -> list[_Prompt]:
+        """The prompts that begin (from their first non-silent frame) with ``heard`` and go on with
+        ``frame``, the folder scanned again first: a prompt rendered during the call that starts like a
+        known one (e.g. "잔액라고 말씀하셨습니까?" and the apology) was not read when its first frame
+        arrived, since that frame was known."""
+        self._scan()
+        n = len(heard)
+        return [p for p in self._by_frame.get(heard[0], []) if p.frames[p.first : p.first + n] == heard
+                and len(p.frames) > p.first + n and p.frames[p.first + n] == frame]
+
     def _scan(self) -> None:
         changed = False
         for wav in self._dir.rglob("*.wav"):
@@ -215,6 +225,11 @@ class MediaPeer:
         now = time.monotonic()
         if self._current:
             going_on = [p for p in self._current if self._position < len(p.frames) and p.frames[self._position] == frame]
+            if not going_on:  # a prompt rendered meanwhile that started alike, if any
+                playing = self._current[0]
+                going_on = self.prompts.continuing(playing.frames[playing.first : self._position], frame)
+                if going_on:
+                    self._position = going_on[0].first + self._position - playing.first
             if going_on:
                 self._current = going_on
                 self._position += 1
