@@ -140,11 +140,21 @@ def config_values(
         "SIP_SECRET": sip_secret,
         "SIPP_SECRET": sipp_secret or new_secret(),  # the local SIPp account (pjsip_local.conf)
         "SOFTPHONE_CALLERID": environ.get("IVR_SOFTPHONE_CALLERID", "13800000001"),
+        "RTP_START": environ.get("IVR_RTP_START", "10000"),
+        "RTP_END": environ.get("IVR_RTP_END", "20000"),
+        # the local instance's folders inside the chroot (asterisk.conf); a named instance has its own
+        "DB_DIR": "/var/lib/asterisk",
+        "SPOOL_DIR": "/var/spool/asterisk",
+        "RUN_DIR": "/run/asterisk",
+        "LOG_DIR": "/var/log/asterisk",
     }
     for name, value in values.items():
         _checked(name, value)
-    if not values["SIP_PORT"].isdigit():
-        raise ValueError(f"IVR_SIP_PORT must be a port number, got {values['SIP_PORT']!r}")
+    for name, var in (("SIP_PORT", "IVR_SIP_PORT"), ("RTP_START", "IVR_RTP_START"), ("RTP_END", "IVR_RTP_END")):
+        if not values[name].isdigit():
+            raise ValueError(f"{var} must be a port number, got {values[name]!r}")
+    if int(values["RTP_START"]) >= int(values["RTP_END"]):
+        raise ValueError("IVR_RTP_START must be below IVR_RTP_END")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", settings.ami_user):
         raise ValueError(f"ami_user must be letters, digits, '_', '.', '-', got {settings.ami_user!r}")
     values["QUEUE_MEMBERS"] = members
@@ -254,7 +264,13 @@ class AmiCredentials:
 
 
 class LocalAsterisk:
-    """The local Asterisk instance: one chroot, one process, identified by the PID file."""
+    """The local Asterisk instance: one chroot, one process, identified by the PID file.
+
+    ``instance`` (a short name, e.g. ``pod-b``) makes a second, independent Asterisk from the same chroot's
+    binaries: its own configuration (``/etc/ivr-asterisk-<name>``), database, spool, run (control socket)
+    and log folders (``/var/log/asterisk-<name>``), PID file and console log (``<state>/instances/<name>``).
+    Its ports come from its settings and environment as usual (``ami_port``, ``IVR_SIP_PORT``,
+    ``IVR_RTP_START``/``IVR_RTP_END``, ``IVR_AGI_URL``): choose ones the other instances do not use."""
 
     def __init__(
         self,
@@ -263,17 +279,40 @@ class LocalAsterisk:
         root: Path | None = None,
         state_dir: Path | None = None,
         environ: Mapping[str, str] | None = None,
+        instance: str = "",
     ) -> None:
+        if instance and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,30}", instance):
+            raise ValueError(f"an Asterisk instance name is lower-case letters, digits and '-', got {instance!r}")
         self.settings = settings
+        self.instance = instance
         self.environ = dict(os.environ if environ is None else environ)
         default_state = PROJECT_ROOT / "var" / "asterisk"
-        self.state_dir = (state_dir or Path(self.environ.get("IVR_ASTERISK_STATE", default_state))).resolve()
+        base_state = Path(self.environ.get("IVR_ASTERISK_STATE", default_state))
+        if instance:
+            base_state = base_state / "instances" / instance
+        self.state_dir = (state_dir or base_state).resolve()
         self.root = (root or Path(self.environ.get("IVR_ASTERISK_ROOT", default_state / "root"))).resolve()
         self.pid_file = self.state_dir / "asterisk.pid"
         self.console_log = self.state_dir / "asterisk.console.log"
         self.install_log = self.state_dir / "debootstrap.log"
-        self.etc_dir = self.root / ETC_IN_CHROOT.lstrip("/")
+        suffix = f"-{instance}" if instance else ""
+        self.etc_in_chroot = ETC_IN_CHROOT + suffix
+        self.etc_dir = self.root / self.etc_in_chroot.lstrip("/")
+        # inside the chroot: (database, spool, run, log) folders of this instance
+        self.dirs_in_chroot = {
+            "DB_DIR": "/var/lib/asterisk" + suffix,
+            "SPOOL_DIR": "/var/spool/asterisk" + suffix,
+            "RUN_DIR": "/run/asterisk" + suffix,
+            "LOG_DIR": "/var/log/asterisk" + suffix,
+        }
         self._process: subprocess.Popen[bytes] | None = None
+
+    def host_path(self, path_in_default_instance: str) -> Path:
+        """A log file of this instance on the host, e.g. ``host_path(MESSAGES_LOG)``."""
+        path = path_in_default_instance
+        if path.startswith("/var/log/asterisk/"):
+            path = self.dirs_in_chroot["LOG_DIR"] + path.removeprefix("/var/log/asterisk")
+        return self.root / path.lstrip("/")
 
     # ------------------------------------------------------------ install
     def installed(self) -> bool:
@@ -365,7 +404,14 @@ class LocalAsterisk:
             sipp_secret=sipp_secret,
             mod_dir=self._mod_dir(),
         )
-        _uid, gid = self.chroot_ids()
+        values["ETC_DIR"] = self.etc_in_chroot
+        values.update(self.dirs_in_chroot)
+        uid, gid = self.chroot_ids()
+        if self.instance:  # the package made the default instance's folders; a named one makes its own
+            for inside in (*self.dirs_in_chroot.values(), self.dirs_in_chroot["LOG_DIR"] + "/cdr-custom"):
+                folder = self.root / inside.lstrip("/")
+                folder.mkdir(parents=True, exist_ok=True)
+                os.chown(folder, uid, gid)
         self.etc_dir.mkdir(parents=True, exist_ok=True)
         os.chown(self.etc_dir, 0, gid)
         os.chmod(self.etc_dir, 0o750)
@@ -449,7 +495,7 @@ class LocalAsterisk:
     def cli(self, command: str, timeout_s: float = 10.0) -> subprocess.CompletedProcess[str]:
         """Run one CLI command through the remote console (``asterisk -rx``)."""
         return subprocess.run(
-            ["chroot", str(self.root), ASTERISK_BIN, "-C", f"{ETC_IN_CHROOT}/asterisk.conf", "-rx", command],
+            ["chroot", str(self.root), ASTERISK_BIN, "-C", f"{self.etc_in_chroot}/asterisk.conf", "-rx", command],
             capture_output=True, text=True, timeout=timeout_s, check=False, stdin=subprocess.DEVNULL,
         )
 
@@ -464,12 +510,12 @@ class LocalAsterisk:
         self.render()
         self._mount_shared()
         uid, gid = self.chroot_ids()
-        run_dir = self.root / "run/asterisk"
+        run_dir = self.root / self.dirs_in_chroot["RUN_DIR"].lstrip("/")
         run_dir.mkdir(parents=True, exist_ok=True)
         os.chown(run_dir, uid, gid)
         command = [
             "chroot", str(self.root), ASTERISK_BIN, "-f", "-U", "asterisk", "-G", "asterisk",
-            "-C", f"{ETC_IN_CHROOT}/asterisk.conf",
+            "-C", f"{self.etc_in_chroot}/asterisk.conf",
         ]
         with open(self.console_log, "ab") as out:
             self._process = subprocess.Popen(
@@ -518,9 +564,28 @@ class LocalAsterisk:
             stopped = True
         with contextlib.suppress(FileNotFoundError):
             self.pid_file.unlink()
-        if self.root.exists() and mounts_under(self.root):
+        others = self.other_asterisks()
+        if others:  # another instance still runs in this chroot: its shared folders stay mounted
+            log.info("the shared folders stay mounted: Asterisk PID(s) %s still run in %s", others, self.root)
+        elif self.root.exists() and mounts_under(self.root):
             self._unmount_all()
         return stopped
+
+    def other_asterisks(self) -> list[int]:
+        """PIDs of the Asterisk processes running in this chroot (any instance): /proc/<pid>/root."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.readlink(entry / "root") != str(self.root):
+                    continue
+            except OSError:
+                continue
+            pid = int(entry.name)
+            if _process_alive(pid) and _is_asterisk(pid):
+                found.append(pid)
+        return sorted(found)
 
     def _stop_pid(self, pid: int, grace_s: float) -> None:
         for sig in (None, signal.SIGTERM, signal.SIGKILL):

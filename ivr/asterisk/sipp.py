@@ -196,7 +196,8 @@ def uac_scenario(
     waits for Asterisk's BYE (the robot hung up or handed over) and answers it. The caller's number
     and the number dialled come from the injection file (fields 0 and 1, see ``run_sipp``).
 
-    The answer time (authenticated INVITE → 200) is measured as response time "answer"."""
+    The answer time (authenticated INVITE → 200) is measured as response time "answer", the wait for the
+    challenge (first INVITE → 401; longer when a proxy in front fails over) as "challenge"."""
     if turns and hangup_after_ms is not None:
         raise ValueError("a caller either takes turns until Asterisk hangs up, or hangs up itself")
     if any(c in password for c in "]\r\n") or any(c in user for c in "]@ \r\n"):
@@ -230,9 +231,9 @@ def uac_scenario(
     wait_ms = int(wait_s * 1000)
     parts = ['<?xml version="1.0" encoding="ISO-8859-1" ?>\n<!DOCTYPE scenario SYSTEM "sipp.dtd">\n']
     parts.append('<scenario name="ivr hotline caller">\n')
-    parts.append(_send(invite(1)))
+    parts.append(_send(invite(1), ' start_rtd="challenge"'))
     parts.append('  <recv response="100" optional="true"/>\n')
-    parts.append(f'  <recv response="401" auth="true" timeout="{wait_ms}"/>\n')
+    parts.append(f'  <recv response="401" auth="true" rtd="challenge" timeout="{wait_ms}"/>\n')
     parts.append(_send(
         "      ACK sip:[field1]@[remote_ip]:[remote_port] SIP/2.0\n      [last_Via:]\n      [last_From:]\n"
         "      [last_To:]\n      [last_Call-ID:]\n      CSeq: 1 ACK\n      Max-Forwards: 70\n      Content-Length: 0\n"
@@ -283,6 +284,9 @@ class SippRun:
     errors: str  # unexpected messages (SIPp's error log), and its stderr
     wall_s: float
     media_ports: list[int]  # call number n (from 1) announced media port media_ports[n - 1]
+    challenge_ms: list[float] = dataclasses.field(default_factory=list)  # first INVITE sent -> 401 received
+    successful: int | None = None  # calls SIPp counted as successful / failed (its final screen); None: unknown
+    failed: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -302,11 +306,13 @@ def run_sipp(
     media_port: int = 30000,
     simultaneous: int | None = None,
     timeout_s: float = 300.0,
+    call_ids: str | None = None,
 ) -> SippRun:
     """Place ``len(callers)`` calls with SIPp, all at once (or ``simultaneous`` at a time), on loopback.
 
     The scenario and the injection file are written into ``workdir`` (0600: the scenario holds the
-    SIP password); SIPp's logs stay there too."""
+    SIP password); SIPp's logs stay there too. ``call_ids``: SIPp's ``-cid_str`` (default ``%u-%p@%s``;
+    ``%u`` is the call number), for Call-IDs that do not depend on SIPp's process ID (a proxy hashes them)."""
     binary = sipp_binary()
     if binary is None:
         raise SippError("SIPp is not installed: apt-get install sip-tester")
@@ -333,6 +339,10 @@ def run_sipp(
         "-trace_rtt", "-rtt_freq", "1",
         "-trace_screen", "-screen_file", str(workdir / "screen.log"),
     ]  # fmt: skip
+    if call_ids is not None:
+        if "%u" not in call_ids or any(c.isspace() for c in call_ids):
+            raise ValueError("call_ids needs %u (the call number) and no white space")
+        command += ["-cid_str", call_ids]
     for stale in (workdir / "errors.log", *workdir.glob("*_rtt.csv")):
         stale.unlink(missing_ok=True)  # SIPp writes them only when it has something to say
     started = time.monotonic()
@@ -348,13 +358,34 @@ def run_sipp(
     error_log = workdir / "errors.log"
     if error_log.exists():
         errors = error_log.read_text(encoding="utf-8", errors="replace") + errors
+    successful, failed = _screen_counts(workdir / "screen.log")
     return SippRun(
         returncode=done.returncode,
         answer_ms=_response_times(workdir, "answer"),
+        challenge_ms=_response_times(workdir, "challenge"),
         errors=errors,
         wall_s=wall,
         media_ports=[media_port + (4 * n) % 10000 for n in range(len(callers))],
+        successful=successful,
+        failed=failed,
     )
+
+
+def _screen_counts(screen: Path) -> tuple[int | None, int | None]:
+    """The cumulative "Successful call" and "Failed call" counts of SIPp's last screen (-trace_screen)."""
+    try:
+        text = screen.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None, None
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        label, _, rest = line.partition("|")
+        label = label.strip()
+        if label in ("Successful call", "Failed call"):
+            last = rest.rsplit("|", 1)[-1].strip()
+            if last.isdigit():
+                counts[label] = int(last)  # the last screen printed wins
+    return counts.get("Successful call"), counts.get("Failed call")
 
 
 def _response_times(workdir: Path, name: str) -> list[float]:

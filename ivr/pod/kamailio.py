@@ -165,8 +165,9 @@ log_facility=LOG_LOCAL0
 log_prefix="{{$mt $hdr(CSeq) $ci}} "
 children={children}
 listen=udp:{listen}
+# no alias: "myself" is this address and port only (an alias without a port would make every port of the
+# host "myself", and a pod on the same address, as in the tests, unreachable for in-dialog requests)
 auto_aliases=no
-alias="{listen_host}"
 # no TCP: the pods and the callers here speak UDP
 disable_tcp=yes
 
@@ -211,7 +212,7 @@ request_route {{
     # in-dialog requests (ACK of a 200, BYE, re-INVITE, NOTIFY) follow the recorded route
     if (has_totag()) {{
         if (loose_route()) {{
-            xlog("L_NOTICE", "ivr-pod in-dialog $rm to $du$ru\\n");
+            xlog("L_NOTICE", "ivr-pod in-dialog $rm to $ru\\n");
             route(RELAY);
         }}
         if (is_method("ACK") && t_check_trans()) {{
@@ -269,6 +270,7 @@ failure_route[POD_FAILED] {{
     }}
     # no reply at all (a dead Asterisk), or a 5xx: that pod is marked inactive, the next one is tried
     if (t_check_status("5[0-9][0-9]") || (t_branch_timeout() && !t_branch_replied())) {{
+        xlog("L_NOTICE", "ivr-pod failed $rm at $du ($T_reply_code): marked inactive\n");
         ds_mark_dst("ip");
         if (ds_next_dst()) {{
             xlog("L_NOTICE", "ivr-pod failover $rm to $du\\n");
@@ -279,6 +281,7 @@ failure_route[POD_FAILED] {{
     }}
 }}
 
+# the probing marked a pod down or up ($ru: the pod; when a failed INVITE marked it, the line above says which)
 event_route[dispatcher:dst-down] {{
     xlog("L_NOTICE", "ivr-pod down $ru\\n");
 }}
