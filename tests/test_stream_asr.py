@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import wave
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ from ivr.asr.grammar import load_grammars
 from ivr.asr.recognizer import VoskRecognizer
 from ivr.asr.stream import StreamingRecognizer, open_stream
 from ivr.config import Settings
+from ivr.media.audiosocket import split_frames
 from ivr.media.listen import Listener, Partial, TurnEnded
+from ivr.media.stream import LEAD_MS, _loud_run_start_ms
 from ivr.media.vad import Endpointer, SileroVad, SpeechStarted
 from ivr.media.vad_bench import sox_noise
 from ivr.parts import Expect, Recognition, RecognizerError
@@ -78,6 +81,20 @@ def test_streamed_in_100_ms_batches_it_is_as_good_and_reproducible(
         assert first.text == reference(name)
     assert abs(first.confidence - by_file.confidence) <= 0.2 or first.text == reference(name)
     assert all("<UNK>" not in p and "[unk]" not in p for p in partials)
+
+
+def test_placed_recordings_reach_vosk_whole_in_stream_mode() -> None:
+    """record.sh places these so that the stream path's lead-in (LEAD_MS before the first loud frame) is
+    the file's own start: both modes decode the same audio, and the audio goldens agree."""
+    placed = [line.split()[1] for line in (AUDIO / "record.sh").read_text(encoding="utf-8").splitlines()
+              if line.startswith("placed ")]
+    assert len(placed) >= 4
+    for name in placed:
+        frames = list(split_frames(pcm_of(name)))
+        first_loud = LEAD_MS // 20
+        pre_roll = deque((i * 20.0, f) for i, f in enumerate(frames[: first_loud + 10]))  # the onset 10 frames in
+        assert _loud_run_start_ms(pre_roll, (first_loud + 10) * 20.0) - LEAD_MS == 0, name
+        assert all(f == bytes(len(f)) for f in frames[:first_loud]), name  # digital silence before
 
 
 def test_partials_grow_while_the_caller_speaks(recognizer: VoskRecognizer, grammar: list[str]) -> None:
