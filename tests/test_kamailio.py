@@ -350,6 +350,27 @@ def test_calls_spread_over_both_pods_and_a_killed_asterisk_moves_new_calls_to_th
         f"to 200 max {max(run.answer_ms):.0f} ms"
     )
 
+    # 3. a dead pod stays out (no reply to OPTIONS is a failure, not a sign of life) until it is back; then the
+    # OPTIONS mark it up again and calls spread over both pods as before
+    ups = rf"ivr-pod up {re.escape(pod_b.uri)}\b"
+    time.sleep(PING_INTERVAL_S * (THRESHOLD + 2))  # several rounds of OPTIONS to the dead pod
+    assert not re.search(ups, proxy.log()), "pod B was marked up while its Asterisk was dead"
+    with LineWatcher(proxy.log_file, ups) as back:
+        restarted_at = time.monotonic()
+        status = pod_b.asterisk.up(timeout_s=60)
+        assert status.pid is not None
+        pod_b.pid = status.pid
+        deadline = time.monotonic() + 30
+        while back.seen_at is None:
+            assert time.monotonic() < deadline, "pod B was not marked up within 30 s of its restart"
+            time.sleep(0.1)
+    before = {name: pod.answered() for name, pod in pods.items()}
+    run, capture = _call(tmp_path / "again", pod_a, 8, 3000, "spread")  # the Call-IDs of step 1
+    assert run.ok, run.errors
+    again = {name: pod.answered() - before[name] for name, pod in pods.items()}
+    assert again == spread, again
+    print(f"pod B's Asterisk restarted: marked up {back.seen_at - restarted_at:.1f} s later; 8 calls spread {again}")
+
 
 class LineWatcher:
     """Notes the monotonic time at which a line matching ``pattern`` first appears in a log file."""

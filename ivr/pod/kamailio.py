@@ -6,9 +6,9 @@ pods as one destination set:
 
 - **which pod**: ``ds_select_dst(set, "0")``, a hash of the Call-ID, so that an INVITE repeated with
   credentials after Asterisk's 401 (same Call-ID) reaches the Asterisk that issued the nonce;
-- **is a pod alive**: an OPTIONS to every pod each ``ping_interval_s`` (``ds_probing_mode`` 1); any final
-  reply of class 2 or 4 counts (Asterisk challenges an OPTIONS from an unknown or authenticated
-  endpoint with 401: the pod is up); ``threshold`` unanswered ones mark it inactive, as many answered
+- **is a pod alive**: an OPTIONS to every pod each ``ping_interval_s`` (``ds_probing_mode`` 1); a 2xx or a
+  401/403/404/405/407 counts (Asterisk challenges an OPTIONS from an unknown sender with 401: the pod is
+  up), not tm's own 408 for no reply at all; ``threshold`` failed ones mark it inactive, as many answered
   ones mark it active again;
 - **failover**: an INVITE that a pod answers with 5xx, or not at all within ``invite_timeout_s``, marks the
   pod inactive and goes to the next one (``failure_route`` + ``ds_next_dst``): the caller hears ringing a
@@ -201,8 +201,9 @@ modparam("dispatcher", "ds_ping_interval", {ping_interval})
 modparam("dispatcher", "ds_probing_mode", 1)
 modparam("dispatcher", "ds_probing_threshold", {threshold})
 modparam("dispatcher", "ds_inactive_threshold", {threshold})
-# Asterisk answers an OPTIONS with 200, or challenges it (401): both mean the pod is up
-modparam("dispatcher", "ds_ping_reply_codes", "class=2;class=4")
+# Asterisk answers an OPTIONS with 200, or challenges it (401): both mean the pod is up. Not all of class 4:
+# a pod that does not answer at all yields tm's own 408, which must count as down
+modparam("dispatcher", "ds_ping_reply_codes", "class=2;code=401;code=403;code=404;code=405;code=407")
 
 request_route {{
     if (!mf_process_maxfwd_header("10")) {{
