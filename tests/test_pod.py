@@ -102,7 +102,7 @@ class Pod:
     http_port: int
     pod_dir: Path
     log: Path
-    database: PostgresServer  # the workers' shared account store
+    database: PostgresServer | None = None  # the workers' shared account store, when PostgreSQL
 
     def _get(self, path: str) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
@@ -367,6 +367,7 @@ def test_postgresql_down_calls_reach_a_person_and_are_served_again_once_it_is_ba
     leaves the balancer (their health check is their own dialogue, not the shared database). Once
     PostgreSQL is back on its port, the next calls are served: the workers reconnect by themselves."""
     pod.wait_for(pod.all_up, "every worker up", 300)
+    assert pod.database is not None
     pod.database.stop()
     try:
         down = asyncio.run(_calls(pod.front_port, WORKERS))
