@@ -53,3 +53,14 @@ def test_a_cut_prompt_is_still_a_cut_prompt(tmp_path: Path) -> None:
         media._robot_frame(f)
     assert media.report.errors == []
     assert media.report.events == [{"who": "robot", "text": "apology", "interrupted": True, "heard_s": 0.06}]
+
+
+def test_frames_lost_on_the_way_do_not_make_another_prompt(tmp_path: Path) -> None:
+    """A busy Asterisk may drop a few frames of a prompt: the caller still heard that prompt, to its end."""
+    greeting = [SILENCE_FRAME, *(frame(100 * i) for i in range(1, 9)), SILENCE_FRAME]
+    write_prompt(tmp_path / "greeting.wav", "hello", greeting)
+    media = peer(tmp_path)
+    for f in [*greeting[:3], *greeting[6:], SILENCE_FRAME, SILENCE_FRAME]:  # frames 3-5 never arrived
+        media._robot_frame(f)
+    assert media.report.errors == [] and media.frames_lost == 3
+    assert media.report.events == [{"who": "robot", "text": "hello", "interrupted": False, "heard_s": 0.2}]

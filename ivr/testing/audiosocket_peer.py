@@ -59,6 +59,22 @@ class _Prompt:
     first: int  # index of the first frame that is not silence
 
 
+MAX_LOST_FRAMES = 10  # a gap this long (200 ms) in a prompt's audio is frames lost, not another prompt
+
+
+def _further_on(prompts: list[_Prompt], position: int, frame: bytes) -> tuple[list[_Prompt], int]:
+    """The prompts that go on with ``frame`` after up to ``MAX_LOST_FRAMES`` lost frames from ``position``
+    (silence matches anywhere: it is never taken as the sign), and how many frames were lost."""
+    if frame == SILENCE_FRAME:
+        return [], 0
+    for skipped in range(1, MAX_LOST_FRAMES + 1):
+        at = position + skipped
+        going_on = [p for p in prompts if at < len(p.frames) and p.frames[at] == frame]
+        if going_on:
+            return going_on, skipped
+    return [], 0
+
+
 class PromptIndex:
     """The prompts the robot may play, found by their first non-silent frame (several prompts may start
     alike: the candidates are narrowed frame by frame); files rendered during the call are picked up when
@@ -148,6 +164,7 @@ class MediaPeer:
         self.hung_up = False
         self.robot_gone = False  # the robot's leg ended: later audio is the dialplan's (queue, agent)
         self.unknown_audio_at: list[float] = []  # when audio that is no known prompt began (monotonic)
+        self.frames_lost = 0  # frames of the robot's prompts that never arrived (skipped over)
         self._send_key = send_key
         self._media_up = media_up
         self._outgoing: list[bytes] = []  # the caller's frames (audio or keys), encoded, waiting to be sent
@@ -230,6 +247,11 @@ class MediaPeer:
                 going_on = self.prompts.continuing(playing.frames[playing.first : self._position], frame)
                 if going_on:
                     self._position = going_on[0].first + self._position - playing.first
+            if not going_on:  # frames lost on the way (a busy Asterisk drops some): the same prompt, further on
+                going_on, skipped = _further_on(self._current, self._position, frame)
+                if going_on:
+                    self._position += skipped
+                    self.frames_lost += skipped
             if going_on:
                 self._current = going_on
                 self._position += 1
