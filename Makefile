@@ -45,21 +45,10 @@ test: setup models
 	@echo "== lint and types"
 	$(VENV)/bin/ruff check ivr tests
 	$(VENV)/bin/mypy
-	# Two pytest runs side by side: the calls played in real time (through the local Asterisk, or the
-	# harness's real-time callers: marked `asterisk` or `realtime`), which mostly wait, and the rest, which
-	# mostly compute. The computing run is niced so that it cannot starve the real-time one (a starved
-	# Asterisk drops audio frames). Each run ends with its own privacy scan; the make fails if either run
-	# fails or runs no test (exit 5).
-	e2e_log=$$(mktemp /tmp/ivr-test-realtime.XXXXXX.log)
-	echo "== test suite: the real-time tests run beside the others; their output follows"
-	$(VENV)/bin/pytest -p no:cacheprovider -ra --durations=10 -m "asterisk or realtime or privacy" > "$$e2e_log" 2>&1 &
-	e2e=$$!
-	rest_status=0; nice -n 10 $(VENV)/bin/pytest -ra --durations=15 -m "not asterisk and not realtime" || rest_status=$$?
-	e2e_status=0; wait "$$e2e" || e2e_status=$$?
-	echo "== the real-time tests (pytest -m 'asterisk or realtime or privacy')"
-	cat "$$e2e_log"; rm -f "$$e2e_log"
-	echo "== exit status: the others $$rest_status, the real-time tests $$e2e_status"
-	[ "$$rest_status" = 0 ] && [ "$$e2e_status" = 0 ]
+	@echo "== test suite"
+	# One pytest run. Two side by side (the real-time tests beside the rest, niced) was tried: 35 minutes
+	# instead of ~60, but the 20-SIPp-caller test lost its bit-exact greeting twice, so it is not used.
+	$(VENV)/bin/pytest -ra --durations=15
 
 setup: system-packages $(STAMP)
 

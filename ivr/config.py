@@ -107,6 +107,9 @@ class Settings:
     tts_dynamic_cache_mb: int = 200
     # a .txt beside each dynamic render (amounts, "did you say …") with its text: replays and tests only
     tts_dynamic_sidecars: bool = False
+    # a pod's worker renders its dynamic prompts into dynamic/<this>/: each process deletes a render when its
+    # own last call using it ends, and it cannot see another worker's calls (shared sounds folder)
+    tts_dynamic_subfolder: str = ""
     # caller verification
     verify_max_failures: int = 3
     lockout_failures: int = 5

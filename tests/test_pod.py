@@ -64,6 +64,7 @@ def test_worker_count_and_ports() -> None:
     one = worker_settings(settings, 1)
     assert (one.agi_host, one.agi_port, one.http_port, one.audiosocket_port) == ("127.0.0.1", 4601, 8101, 4701)
     assert one.agi_allowed_peers == ("127.0.0.1", "::1")  # HAProxy connects from loopback
+    assert one.tts_dynamic_subfolder == "worker1"  # its dynamic renders: only its own calls delete them
 
 
 def test_the_pods_metrics_label_each_workers_samples() -> None:

@@ -68,7 +68,7 @@ def worker_settings(settings: Settings, index: int) -> Settings:
     return dataclasses.replace(
         settings, agi_host="127.0.0.1", agi_port=settings.worker_agi_port + index,
         agi_allowed_peers=("127.0.0.1", "::1"), http_host="127.0.0.1", http_port=settings.worker_http_port + index,
-        audiosocket_port=settings.worker_audiosocket_port + index,
+        audiosocket_port=settings.worker_audiosocket_port + index, tts_dynamic_subfolder=f"worker{index}",
     )
 
 

@@ -246,6 +246,7 @@ class PromptSynthesizer:
             raise ValueError(f"setting tts_dynamic_cache_mb: {settings.tts_dynamic_cache_mb} is negative")
         self._settings = settings
         self._root = settings.sounds_dir
+        self._dynamic_subfolder = settings.tts_dynamic_subfolder  # "": dynamic/ itself
         self._voices = parse_voices(settings.tts_voice)
         self._rate_wpm = settings.tts_rate_wpm
         self._book = prompt_book if prompt_book is not None else PromptBook(settings.dialogs_dir)
@@ -462,7 +463,9 @@ class PromptSynthesizer:
         return self._root / locale / kind
 
     def _target(self, job: _Job, fixed: bool) -> Path:
-        return self._dir(job.locale, "prompts" if fixed else "dynamic") / f"{job.name}.wav"
+        if fixed:
+            return self._dir(job.locale, "prompts") / f"{job.name}.wav"
+        return self._dir(job.locale, "dynamic") / self._dynamic_subfolder / f"{job.name}.wav"
 
     def _lookup(self, job: _Job, fixed_only: bool = False) -> Path | None:
         fixed = self._target(job, True)
@@ -636,7 +639,7 @@ class PromptSynthesizer:
         """(last use, wav, bytes with its sidecar) of every dynamic file of every locale; stale temps go."""
         files = []
         now = time.time()
-        for wav in self._root.glob("*/dynamic/*.wav"):
+        for wav in self._root.glob(str(Path("*", "dynamic", self._dynamic_subfolder, "*.wav"))):
             try:
                 st = wav.stat()
             except FileNotFoundError:
