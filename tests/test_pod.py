@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ivr.config import load_settings
+from ivr.dialogue.servers import free_block
 from ivr.pod.haproxy import check_config, render_config, stats, worker_backends, write_config
 from ivr.pod.metrics import merge_expositions
 from ivr.pod.supervisor import worker_count, worker_settings
@@ -83,19 +83,6 @@ def test_the_pods_metrics_label_each_workers_samples() -> None:
 
 
 # ---------------------------------------------------------------- a real pod
-def _free_block(count: int) -> int:
-    """A base port with ``count`` free consecutive loopback ports after it."""
-    for base in range(21000 + os.getpid() % 2000 * 10, 60000, 37):
-        with contextlib.ExitStack() as stack:
-            try:
-                for port in range(base, base + count):
-                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return base
-    raise RuntimeError("no free block of ports")
-
-
 @dataclasses.dataclass
 class Pod:
     pid: int  # the supervisor's
@@ -172,7 +159,7 @@ def pod(suite_dirs: SuiteDirs, tmp_path_factory: pytest.TempPathFactory) -> Iter
     with postgres_server() as database:
         url = database.url
         _demo_into(url)
-        base = _free_block(3 * WORKERS + 2)
+        base = free_block(3 * WORKERS + 2)
         front, http_port = base, base + 1
         agi_base, http_base, audio_base = base + 2, base + 2 + WORKERS, base + 2 + 2 * WORKERS
         env = {k: v for k, v in os.environ.items() if not k.startswith("IVR_")}
@@ -432,7 +419,7 @@ def test_ivr_pod_config_prints_the_config_and_status_says_when_nothing_runs(
     for name in [k for k in os.environ if k.startswith("IVR_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("IVR_POD_DIR", str(tmp_path / "pod"))
-    monkeypatch.setenv("IVR_HTTP_PORT", str(_free_block(1)))
+    monkeypatch.setenv("IVR_HTTP_PORT", str(free_block(1)))
     assert main(["pod", "config", "--workers", "2"]) == 0
     out = capsys.readouterr().out
     assert "server worker1 127.0.0.1:4601 check port 8101" in out and "worker2" not in out

@@ -26,10 +26,11 @@ from ivr.asterisk.ami import AmiClient
 from ivr.asterisk.testcall import AsteriskCaller, AsteriskCallReport
 from ivr.config import Settings
 from ivr.console.publishing import settings_env
+from ivr.dialogue.servers import free_block
 from ivr.testing.callfile import CallFile, Turn
 from tests.conftest import SuiteDirs
 from tests.test_asterisk import DEMO_CALLER, GOODBYE, ami, call_file, robot_settings  # noqa: F401 (fixtures)
-from tests.test_pod import Pod, _free_block, _process_state
+from tests.test_pod import Pod, _process_state
 
 pytestmark = [pytest.mark.asterisk, pytest.mark.slow]
 
@@ -41,7 +42,7 @@ CALL_TIMEOUT_S = 90.0  # a call still open after this is "silent" (the stuck one
 def asterisk_pod(robot_settings: Settings, suite_dirs: SuiteDirs,  # noqa: F811 (the fixture imported above)
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pod]:
     work = tmp_path_factory.mktemp("asterisk-pod")
-    base = _free_block(3 * WORKERS + 2)
+    base = free_block(3 * WORKERS + 2)
     settings = dataclasses.replace(
         robot_settings, agi_host="127.0.0.1", agi_port=base, http_host="127.0.0.1", http_port=base + 1,
         worker_agi_port=base + 2, worker_http_port=base + 2 + WORKERS, worker_audiosocket_port=base + 2 + 2 * WORKERS,

@@ -13,7 +13,7 @@ domain, config, ``data/``, the Rasa version), so an unchanged draft is never tra
         draft.json                    fingerprint, how it was made (trained, or a release's model reused)
         in-use.lock                   held shared by every chat and accuracy run using the model
     <console_dir>/draft-models/<locale>/trainings.log   one line per training (time, fingerprint, seconds)
-    <console_dir>/draft-models/.train.lock              one draft training at a time on this console
+    <console_dir>/draft-models/rasa/.train.lock         one draft training at a time on this console
 
 A model is trained in a hidden staging folder from a snapshot of the draft and renamed into place whole,
 under the console's training lock: two chats of the same draft starting at once train it once (the second
@@ -34,7 +34,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -115,23 +115,11 @@ def _hold(folder: Path, locale: str, print_: str, how: str, trained: bool, secon
     return DraftModel(locale, print_, folder, how, trained, seconds, handle)
 
 
-@contextlib.contextmanager
-def _training_lock(settings: Settings) -> Iterator[None]:
-    path = draft_root(settings) / ".train.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def draft_model(settings: Settings, locale: str, *, keep: int = KEEP,
                 say: Callable[[str], None] = lambda _line: None) -> DraftModel:
     """The model of the draft of ``locale`` as it is now: the one already made for these files, else one
     trained (or lent by a release) now. Held in use until ``release()``. Raises ``TrainingError``."""
-    from ivr.dialogue.train import fingerprint
+    from ivr.dialogue.train import fingerprint, training_lock
 
     root = locale_root(settings, locale)
     print_ = fingerprint(settings.dialogs_dir, locale)
@@ -139,7 +127,7 @@ def draft_model(settings: Settings, locale: str, *, keep: int = KEEP,
     if held is not None:
         return held
     say(f"{locale}: no model of the draft as it is yet: making one (a training takes ~10-30 s)")
-    with _training_lock(settings):
+    with training_lock(draft_root(settings)):  # ivr train's lock, on the drafts' folder
         root.mkdir(parents=True, exist_ok=True)
         for stale in [*root.glob(".staging-*"), *root.glob(".deleting-*")]:  # a crashed run's (none runs now)
             shutil.rmtree(stale, ignore_errors=True)

@@ -47,6 +47,21 @@ def free_ports(count: int) -> list[int]:
         return [int(s.getsockname()[1]) for s in sockets]
 
 
+
+def free_block(count: int) -> int:
+    """The first of ``count`` consecutive TCP ports on loopback that are free now (a pod's ports are numbered
+    from a base: its front door, its HTTP port, then each worker's)."""
+    for base in range(21000 + os.getpid() % 2000 * 10, 60000, 37):
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(base, base + count):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return base
+    raise OSError(f"no {count} consecutive free ports on loopback")
+
+
 class _Process:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.name = name

@@ -96,6 +96,13 @@ def pod_health(settings: Settings, timeout_s: float = 5.0) -> tuple[int, dict[st
         conn.close()
 
 
+
+def every_worker_up(health: dict[str, Any]) -> bool:
+    """The pod's ``/health`` document says every worker is up and HAProxy sees each one UP."""
+    workers = health.get("workers", [])
+    return bool(workers) and all(w.get("state") == "up" and w.get("haproxy") == "UP" for w in workers)
+
+
 def pod_up(args: argparse.Namespace, settings: Settings) -> int:
     if supervisor_pid(settings) is not None:
         print(f"ivr pod up: a pod is already running (PID {supervisor_pid(settings)}); `ivr pod status`", file=sys.stderr)
@@ -131,7 +138,7 @@ def pod_up(args: argparse.Namespace, settings: Settings) -> int:
             print(f"ivr pod up: the pod exited ({process.returncode}); see {log_path}", file=sys.stderr)
             return 1
         got = pod_health(settings, 2.0)
-        if got is not None and all(w["state"] == "up" and w["haproxy"] == "UP" for w in got[1]["workers"]):
+        if got is not None and every_worker_up(got[1]):
             _print_status(got[1])
             return 0
         time.sleep(1.0)  # polling a starting server

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -33,27 +32,6 @@ START_TIMEOUT_S = 600.0  # each worker loads its Rasa agents and Vosk: ~1 min al
 
 class PodStartError(RuntimeError):
     """The robot processes did not come up."""
-
-
-def _free_block(count: int) -> int:
-    """The first of ``count`` consecutive TCP ports on loopback that are free now (the pod's ports are
-    numbered from a base: the front door, its HTTP port, then each worker's)."""
-    import socket
-
-    for base in range(21000, 60000, 97):
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise PodStartError(f"no {count} consecutive free ports on loopback")
 
 
 def _group_pids(pgid: int) -> list[int]:
@@ -139,41 +117,30 @@ class RobotProcesses:
                 "pss_mb": round(sum(m.get("pss_kb", 0) for m in kb) / 1024, 1)}
 
 
-def _health(http_port: int) -> tuple[int, dict[str, Any]] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/health", timeout=3) as answer:
-            return answer.status, json.loads(answer.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        with contextlib.suppress(ValueError):
-            return exc.code, json.loads(exc.read() or b"{}")
-        return exc.code, {}
-    except (OSError, ValueError):
-        return None
-
-
-def _ready(workers: int, got: tuple[int, dict[str, Any]] | None) -> bool:
-    if got is None or got[0] != 200:
-        return False
-    if workers == 1:
-        return True
-    listed = got[1].get("workers", [])
-    return len(listed) == workers and all(w.get("state") == "up" and w.get("haproxy") == "UP" for w in listed)
-
-
 @contextlib.contextmanager
 def robot_processes(settings: Settings, workers: int, *, text: bool, render: Any, work: Path) -> Iterator[RobotProcesses]:
     """``ivr serve --workers N`` with ``settings`` on free ports, until every worker serves; stopped (SIGTERM,
     then SIGKILL of its process group) on exit. Its log: ``work/robot.log``."""
     from ivr.console.publishing import settings_env
+    from ivr.dialogue.servers import free_block
+    from ivr.pod.commands import every_worker_up, pod_health
 
-    base = _free_block(2 + 3 * workers)
+    try:
+        base = free_block(2 + 3 * workers)
+    except OSError as exc:
+        raise PodStartError(str(exc)) from exc
     front, http_port = base, base + 1
-    env = settings_env(dataclasses.replace(
+    robot_settings = dataclasses.replace(
         settings, agi_host="127.0.0.1", agi_port=front, http_host="127.0.0.1", http_port=http_port,
         worker_agi_port=base + 2, worker_http_port=base + 2 + workers, worker_audiosocket_port=base + 2 + 2 * workers,
         audiosocket_port=base + 2 + 2 * workers if workers == 1 else settings.audiosocket_port,
         pod_dir=work / "pod",
-    ))
+    )
+    env = settings_env(robot_settings)
+
+    def ready() -> bool:  # one process: its /health answers 200; a pod: every worker up behind HAProxy
+        got = pod_health(robot_settings, 3.0)
+        return got is not None and got[0] == 200 and (workers == 1 or every_worker_up(got[1]))
     argv = [sys.executable, "-m", "ivr", "--log-format", "json", "serve", "--workers", str(workers)]
     argv += ["--text-input"] if text else []
     log_path = work / "robot.log"
@@ -181,7 +148,7 @@ def robot_processes(settings: Settings, workers: int, *, text: bool, render: Any
         process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not _ready(workers, _health(http_port)):
+        while not ready():
             if process.poll() is not None:
                 raise PodStartError(f"`ivr serve --workers {workers}` exited with {process.returncode}; see {log_path}")
             if time.monotonic() > deadline:
