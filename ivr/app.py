@@ -116,6 +116,9 @@ class Robot:
     releases: LiveReleases | None = None
     reload_token: str = ""
     registration: Path | None = None
+    # pulls the releases published from other models folders (ivr.releases_pull; ``start_pulling``)
+    release_puller: Any = None
+    pulling: asyncio.Task[None] | None = None
 
     async def handle_call(self, environment: AgiEnvironment, channel: AgiChannel) -> None:
         locale = environment.params.get("lang") or self.settings.locale
@@ -265,7 +268,23 @@ class Robot:
         return 200, {"reload": result, "releases": self.releases.status()}
 
     def _release_info(self) -> dict[str, Any]:
-        return {} if self.releases is None else {"releases": self.releases.status()}
+        if self.releases is None:
+            return {}
+        info: dict[str, Any] = {"releases": self.releases.status()}
+        if self.release_puller is not None:
+            info["release_pull"] = self.release_puller.status()
+        return info
+
+    def start_pulling(self) -> None:
+        """Releases published from another models folder (issue #16): every ``release_pull_s`` the one the
+        account database names as current is pulled into this models folder and the servers registered
+        here (this one included) reload (ivr.releases_pull); stopped by ``stop``. 0: never."""
+        if self.releases is None or self.pulling is not None or self.settings.release_pull_s <= 0:
+            return
+        from ivr.releases_pull import ReleasePuller, pull_releases
+
+        self.release_puller = ReleasePuller(self.settings, self.releases.locales)
+        self.pulling = asyncio.create_task(pull_releases(self.release_puller, self.parts.metrics))
 
     def start_purging(self, every_s: float = PURGE_EVERY_S) -> None:
         """Retention (``ivr serve``): purge now and then daily, in a worker thread; stopped by ``stop``."""
@@ -284,6 +303,10 @@ class Robot:
             self.purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.purger
+        if self.pulling is not None:
+            self.pulling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.pulling
         if self.server is not None:
             await self.server.stop(grace_s)
         if self.health is not None:

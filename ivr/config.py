@@ -55,6 +55,9 @@ class Settings:
     # models/releases/.servers/ for `ivr publish` and `ivr rollback`)
     releases_keep: int = 10
     reload_token: str = ""
+    # how often a server (a pod: its worker 0) asks the account database which release is current per
+    # locale, and pulls it into its own models folder when it is not (ivr.releases_pull); 0: never
+    release_pull_s: float = 5.0
     max_calls: int = 200
     # several workers on one machine (`ivr serve --workers N`, `ivr pod`; ivr.pod): HAProxy listens on
     # agi_port and hands each call to the least busy healthy worker; worker i (0, 1, ...) listens for

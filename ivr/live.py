@@ -32,6 +32,7 @@ from typing import Any
 
 from ivr.config import LOCALES, Settings
 from ivr.dialogue.prompts import PromptBook
+from ivr.logs import quiet_third_party
 from ivr.metrics import Metrics
 from ivr.parts import CallInfo, DialogueError, Expect, Reply, UserInput
 from ivr.releases import GRAMMARS_FILE, ReleaseError, ReleaseStore
@@ -153,6 +154,10 @@ class LiveReleases:
         state = self._state[locale]
         return [r.number for r in (state.current, state.draining) if r is not None]
 
+    @property
+    def locales(self) -> tuple[str, ...]:
+        return self._locales
+
     def current_number(self, locale: str) -> int | None:
         current = self._state[locale].current
         return None if current is None else current.number
@@ -249,8 +254,14 @@ class LiveReleases:
         await asyncio.to_thread(prompts.responses, locale)
         grammars = await asyncio.to_thread(self._grammars, locale, number, dialogs_dir)
         engine = RasaEngine(self._settings, self._account_store, locales=[locale], models_dir=models_dir)
+        root = logging.getLogger()
+        level = root.level  # the first Rasa load imports TensorFlow, which sets the root logger to WARNING
         try:
-            await engine.warm_up([locale])
+            try:
+                await engine.warm_up([locale])
+            finally:
+                root.setLevel(level)
+                quiet_third_party()
             build = getattr(self._synthesizer, "build_all", None)
             if build is not None:  # rendered by the publish already: normally only cache look-ups
                 await asyncio.to_thread(build, prompts, [locale])

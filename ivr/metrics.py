@@ -49,6 +49,10 @@ class Metrics:
         )
         # releases (ivr.live): 1 for the release each locale's new calls get (0 = the working copy)
         self.release = Gauge("ivr_release", "Release served to new calls, per locale", ["locale", "number"], registry=r)
+        self.release_pull_failures = Counter(
+            "ivr_release_pull_failures",
+            "Releases the account database named as current that this pod refused (no archive, damaged)", registry=r,
+        )
         self.reload_failures = Counter(
             "ivr_reload_failures", "Releases that failed to load (the server kept the current one)", registry=r
         )

@@ -13,7 +13,10 @@ Layout (under ``settings.models_dir``, never committed)::
 
 A release is built in a hidden staging folder and renamed into place (a half-written release is never
 visible); ``current.json`` is replaced atomically. Every publish and rollback is written to the
-``release_events`` table of the account database (who, when, what, from which release to which).
+``release_events`` table of the account database (who, when, what, from which release to which), and
+the release folder itself, as one archive, to ``release_archives`` (locale, number, sha256, size, bytes):
+a pod with its own models folder pulls from there the release the latest event made current
+(``ReleaseStore.pull``, polled by ivr.releases_pull every ``release_pull_s``).
 """
 
 from __future__ import annotations
@@ -26,15 +29,18 @@ import errno
 import fcntl
 import getpass
 import hashlib
+import io
 import json
 import logging
 import os
 import shutil
 import socket
+import tarfile
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -138,7 +144,8 @@ def _check_locale(locale: str) -> None:
 
 # ---------------------------------------------------------------- the audit log (account database)
 class ReleaseAudit:
-    """``release_events`` in the account database: one row per publish and rollback."""
+    """The releases' side of the account database: ``release_events`` (one row per publish and rollback)
+    and ``release_archives`` (each published release folder as one archive, for the pods that pull)."""
 
     def __init__(self, database_url: str) -> None:
         import sqlalchemy as sa
@@ -158,18 +165,126 @@ class ReleaseAudit:
             sa.Column("host", sa.String(128), nullable=False),
             sa.Column("message", sa.Text, nullable=False),
         )
+        # created by the migration 0004 too (ivr/accounts/migrations), only where missing
+        self._archives = sa.Table(
+            "release_archives",
+            self._metadata,
+            sa.Column("locale", sa.String(16), primary_key=True),
+            sa.Column("number", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("sha256", sa.String(64), nullable=False),
+            sa.Column("size", sa.Integer, nullable=False),
+            sa.Column("at", sa.String(32), nullable=False),
+            sa.Column("archive", sa.LargeBinary, nullable=False),
+        )
+        self._tables_seen = False
         try:
-            self._engine = sa.create_engine(database_url, future=True)
+            self._engine = sa.create_engine(database_url, future=True, pool_pre_ping=True)
         except Exception as exc:
             raise ReleaseError(f"audit log: cannot use the account database: {type(exc).__name__}") from None
 
     def prepare(self) -> None:
-        """Create the table if missing: a publish checks the database before its long work."""
+        """Create the tables if missing: a publish checks the database before its long work."""
         try:
             self._metadata.create_all(self._engine, checkfirst=True)
         except self._sa.exc.SQLAlchemyError as exc:
             raise ReleaseError(f"audit log: cannot use the account database: {type(exc).__name__}: "
                                f"{str(exc).splitlines()[0][:200]}") from exc
+
+    def _failed(self, what: str, exc: Exception) -> ReleaseError:
+        return ReleaseError(f"release archives: cannot {what} the account database: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200]}")
+
+    # -- the archives
+    def store_archive(self, locale: str, number: int, data: bytes) -> str:
+        """Store release ``number``'s archive; its sha256. A release number is stored once: a second one
+        (another publisher took the same number at the same time) fails and changes nothing."""
+        sa = self._sa
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            self._metadata.create_all(self._engine, checkfirst=True)
+            with self._engine.begin() as conn:
+                conn.execute(self._archives.insert().values(locale=locale, number=number, sha256=digest,
+                                                            size=len(data), at=_now_iso(), archive=data))
+        except sa.exc.IntegrityError:
+            raise ReleaseError(f"{locale}: release {number} is already in the account database (published "
+                               "from another models folder at the same time?); nothing was changed, publish "
+                               "again") from None
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._failed("write to", exc) from exc
+        return digest
+
+    def has_archive(self, locale: str, number: int) -> bool:
+        t = self._archives
+        try:
+            if not self._has_tables():
+                return False
+            with self._engine.connect() as conn:
+                return conn.execute(self._sa.select(t.c.number).where(
+                    t.c.locale == locale, t.c.number == number)).first() is not None
+        except self._sa.exc.SQLAlchemyError as exc:
+            raise self._failed("read", exc) from exc
+
+    def fetch_archive(self, locale: str, number: int) -> tuple[str, bytes] | None:
+        """(sha256 stored at publish, the archive's bytes), or None when the database has none."""
+        t = self._archives
+        try:
+            if not self._has_tables():
+                return None
+            with self._engine.connect() as conn:
+                row = conn.execute(self._sa.select(t.c.sha256, t.c.archive).where(
+                    t.c.locale == locale, t.c.number == number)).first()
+        except self._sa.exc.SQLAlchemyError as exc:
+            raise self._failed("read", exc) from exc
+        return None if row is None else (str(row[0]), bytes(row[1]))
+
+    def delete_archives(self, locale: str, numbers: Sequence[int]) -> None:
+        t = self._archives
+        if not numbers:
+            return
+        try:
+            if not self._has_tables():
+                return
+            with self._engine.begin() as conn:
+                conn.execute(t.delete().where(t.c.locale == locale, t.c.number.in_(list(numbers))))
+        except self._sa.exc.SQLAlchemyError as exc:
+            raise self._failed("delete from", exc) from exc
+
+    def latest(self, locale: str) -> tuple[int, int] | None:
+        """(event id, release number) of the locale's latest publish or rollback: the release that is
+        current for every pod; None when none was recorded."""
+        t = self._table
+        try:
+            if not self._has_tables():
+                return None
+            with self._engine.connect() as conn:
+                row = conn.execute(self._sa.select(t.c.id, t.c.to_release).where(
+                    t.c.locale == locale, t.c.action.in_(("publish", "rollback"))).order_by(
+                    t.c.id.desc()).limit(1)).first()
+        except self._sa.exc.SQLAlchemyError as exc:
+            raise self._failed("read", exc) from exc
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def highest_number(self, locale: str) -> int:
+        """The highest release number of the locale any publisher recorded (0: none)."""
+        sa = self._sa
+        try:
+            if not self._has_tables():
+                return 0
+            with self._engine.connect() as conn:
+                events = conn.execute(sa.select(sa.func.max(self._table.c.to_release)).where(
+                    self._table.c.locale == locale)).scalar()
+                archives = conn.execute(sa.select(sa.func.max(self._archives.c.number)).where(
+                    self._archives.c.locale == locale)).scalar()
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._failed("read", exc) from exc
+        return max(int(events or 0), int(archives or 0))
+
+    def _has_tables(self) -> bool:
+        """Both tables exist (asked until they do: a database nobody published to has neither)."""
+        if not self._tables_seen:
+            inspector = self._sa.inspect(self._engine)
+            self._tables_seen = inspector.has_table("release_events") and inspector.has_table("release_archives")
+        return self._tables_seen
 
     def record(self, locale: str, action: str, from_release: int | None, to_release: int, author: str,
                message: str) -> None:
@@ -199,6 +314,39 @@ class ReleaseAudit:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+# ---------------------------------------------------------------- one release folder as one archive
+def pack_release(folder: Path) -> bytes:
+    """The release folder's files as a gzipped tar (paths relative to the folder, nothing else kept)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(folder.rglob("*")):
+            if not path.is_file() or path.is_symlink():
+                continue
+            info = tarfile.TarInfo(path.relative_to(folder).as_posix())
+            info.size, info.mode, info.mtime = path.stat().st_size, 0o644, 0
+            with path.open("rb") as handle:
+                tar.addfile(info, handle)
+    return buffer.getvalue()
+
+
+def unpack_release(data: bytes, folder: Path) -> None:
+    """Write the archive's files under ``folder``: regular files with relative paths only."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            for member in tar:
+                name = PurePosixPath(member.name)
+                if not member.isfile() or name.is_absolute() or ".." in name.parts or not name.parts:
+                    raise ReleaseError(f"the archive holds {member.name!r}, which is not a file of a release")
+                target = folder.joinpath(*name.parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                assert source is not None
+                with source, target.open("wb") as out:
+                    shutil.copyfileobj(source, out)
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise ReleaseError(f"the archive cannot be unpacked: {type(exc).__name__}: {exc}") from exc
 
 
 # ---------------------------------------------------------------- the store
@@ -232,12 +380,15 @@ class ReleaseStore:
             raise ReleaseError(f"{locale}: no release {number} in {folder.parent} (releases: {known})")
         return self._read(locale, folder)
 
-    def _read(self, locale: str, folder: Path) -> Release:
+    def _read(self, locale: str, folder: Path, number: int | None = None) -> Release:
+        """The release described by ``folder/release.json``, which must be release ``number`` (default:
+        the folder's name)."""
         path = folder / RELEASE_FILE
+        expected = folder.name if number is None else str(number)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            if str(data["number"]) != folder.name:
-                raise ValueError(f"it describes release {data['number']}, not {folder.name}")
+            if str(data["number"]) != expected:
+                raise ValueError(f"it describes release {data['number']}, not {expected}")
             return Release(locale=locale, number=int(data["number"]), folder=folder, created=str(data["created"]),
                            author=str(data["author"]), message=str(data.get("message", "")),
                            fingerprint=str(data["fingerprint"]), files=dict(data["files"]))
@@ -321,6 +472,7 @@ class ReleaseStore:
             before = fingerprint(self.dialogs_dir, locale)
             root = locale_root(self.models_dir, locale)
             staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+            archived = 0
             try:
                 dialogs = staging / "dialogs" / locale
                 shutil.copytree(self.dialogs_dir / locale, dialogs, symlinks=False)
@@ -332,23 +484,30 @@ class ReleaseStore:
                 self._grammars_into(locale, staging)
                 self._prompts_into(locale, staging, say)
                 previous = self.current_number(locale)
-                number = max([r.number for r in self.releases(locale)] + [previous, 0]) + 1
+                highest = audit.highest_number(locale) if audit is not None else 0  # other models folders'
+                number = max([r.number for r in self.releases(locale)] + [previous, highest]) + 1
                 files = {str(p.relative_to(staging)): _sha256(p)
                          for p in sorted(staging.rglob("*")) if p.is_file()}
                 _write_json_atomic(staging / RELEASE_FILE, {
                     "locale": locale, "number": number, "created": _now_iso(), "author": author,
                     "message": message, "fingerprint": snapshot_print, "files": files,
                     "source": str(self.dialogs_dir / locale), "previous": previous})
+                if audit is not None:  # before the event: a pod that sees the event finds the archive
+                    audit.store_archive(locale, number, pack_release(staging))
+                    archived = number
                 target = root / str(number)
                 os.rename(staging, target)  # atomic; fails if the number exists (nothing is overwritten)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
+                if audit is not None and archived:
+                    with contextlib.suppress(ReleaseError):
+                        audit.delete_archives(locale, [archived])
                 raise
             release = self.get(locale, number)
             if audit is not None:  # written before the switch: nothing goes live unaudited
                 audit.record(locale, "publish", previous, number, author, message)
             self._set_current(locale, number, previous)
-            for gone in self.prune(locale):
+            for gone in self.prune(locale, audit):
                 say(f"{locale}: removed old release {gone} (keeping the last {self.keep})")
             return release
 
@@ -457,13 +616,16 @@ class ReleaseStore:
             release = self.get(locale, to)
             self.verify(release)
             if audit is not None:
+                if not audit.has_archive(locale, to):  # e.g. published before archives were kept
+                    audit.store_archive(locale, to, pack_release(release.folder))
                 audit.record(locale, "rollback", current, to, author, message)
             self._set_current(locale, to, current)
             return current, release
 
     # -- pruning
-    def prune(self, locale: str) -> list[int]:
-        """Delete the releases older than the newest ``keep``, never the current or the previous one."""
+    def prune(self, locale: str, audit: ReleaseAudit | None = None) -> list[int]:
+        """Delete the releases older than the newest ``keep``, never the current or the previous one;
+        with ``audit`` (a publish), their archives in the account database too."""
         pointer = self.pointer(locale)
         numbers = [r.number for r in self.releases(locale)]
         protected = {pointer["number"], pointer["previous"], *numbers[-self.keep:]}
@@ -476,7 +638,58 @@ class ReleaseStore:
             os.rename(folder, doomed)  # invisible at once, then removed
             shutil.rmtree(doomed, ignore_errors=True)
             gone.append(number)
+        if audit is not None:
+            audit.delete_archives(locale, gone)
         return gone
+
+    # -- pulling (a pod with its own models folder)
+    def pull(self, locale: str, number: int, audit: ReleaseAudit) -> bool:
+        """Make release ``number`` current here, fetching its archive from the account database when its
+        folder is missing (sha256 checked, unpacked into a hidden staging folder, every file checked
+        against release.json, renamed into place). False when it already was current. ``PublishBusy``
+        when a publish, rollback or pull of the locale runs here; ``ReleaseError`` when the release is
+        refused (nothing changed then)."""
+        _check_locale(locale)
+        if self.current_number(locale) == number:
+            return False
+        with self.lock(locale, "pull"):
+            previous = self.current_number(locale)
+            if previous == number:
+                return False
+            root = locale_root(self.models_dir, locale)
+            if not (root / str(number) / RELEASE_FILE).is_file():
+                self._clean_staging(locale)
+                self._fetch(locale, number, audit)
+            release = self.get(locale, number)
+            self.verify(release)
+            self._set_current(locale, number, previous)
+            self.prune(locale)  # this folder's old releases; the archives are the publisher's to prune
+            return True
+
+    def _fetch(self, locale: str, number: int, audit: ReleaseAudit) -> None:
+        found = audit.fetch_archive(locale, number)
+        if found is None:
+            raise ReleaseError(f"{locale}: release {number} has no archive in the account database (published "
+                               "before archives were kept, or pruned); publish or roll back once more from a "
+                               "models folder that has it")
+        digest, data = found
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise ReleaseError(f"{locale}: the archive of release {number} in the account database is damaged: "
+                               f"sha256 {actual[:12]}... is not {digest[:12]}... as published ({len(data)} bytes)")
+        root = locale_root(self.models_dir, locale)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+        try:
+            unpack_release(data, staging)
+            staged = self._read(locale, staging, number)  # release.json must describe release `number`
+            self.verify(staged)  # every file as release.json lists it
+            os.rename(staging, root / str(number))  # atomic; fails if the number exists
+        except (OSError, ValueError) as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ReleaseError(f"{locale}: the archive of release {number} cannot be installed: {exc}") from exc
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
     # -- diff
     def diff(self, locale: str, old: int, new: int) -> list[str]:

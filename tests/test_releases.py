@@ -71,7 +71,8 @@ class Workspace:
                    IVR_DATABASE_URL=s.database_url, IVR_SOUNDS_DIR=str(s.sounds_dir),
                    IVR_SPOOL_DIR=str(s.spool_dir), IVR_TRANSCRIPTS_DIR=str(s.transcripts_dir),
                    IVR_LOG_DIR=str(s.log_dir), IVR_TTS_DYNAMIC_SIDECARS="true", IVR_ASR_DITHER="false",
-                   IVR_FIXED_DATE=s.fixed_date, IVR_RETENTION_DAYS="0", IVR_CONFIG=str(self.root / "none.toml"))
+                   IVR_FIXED_DATE=s.fixed_date, IVR_RETENTION_DAYS="0", IVR_CONFIG=str(self.root / "none.toml"),
+                   IVR_RELEASE_PULL_S="0")  # these tests write current.json by hand; the database's events differ
         return env
 
 
