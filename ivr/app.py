@@ -249,6 +249,9 @@ class Robot:
                         self.reload_token)
                 except OSError as exc:
                     log.warning("cannot register for publish notifications (SIGHUP and /reload still work): %s", exc)
+                if await asyncio.to_thread(self.releases.changed_on_disk):
+                    log.info("a release was made current while this server was loading: reloading")
+                    self.releases.request_reload()
 
     def request_reload(self) -> None:
         """Load the current releases in the background (``SIGHUP``); calls in progress keep theirs."""
@@ -275,16 +278,34 @@ class Robot:
             info["release_pull"] = self.release_puller.status()
         return info
 
+    def _puller(self) -> Any:
+        if self.releases is None or self.settings.release_pull_s <= 0:
+            return None
+        if self.release_puller is None:
+            from ivr.releases_pull import ReleasePuller
+
+            self.release_puller = ReleasePuller(self.settings, self.releases.locales)
+        return self.release_puller
+
+    async def pull_releases_once(self) -> None:
+        """Before loading (``ivr serve``): one pull (below), so that a server that starts, e.g. a new pod
+        with an empty models folder, loads the current releases at once instead of switching later."""
+        puller = self._puller()
+        if puller is not None:
+            from ivr.releases_pull import pull_round
+
+            await pull_round(puller, self.parts.metrics)
+
     def start_pulling(self) -> None:
         """Releases published from another models folder (issue #16): every ``release_pull_s`` the one the
         account database names as current is pulled into this models folder and the servers registered
         here (this one included) reload (ivr.releases_pull); stopped by ``stop``. 0: never."""
-        if self.releases is None or self.pulling is not None or self.settings.release_pull_s <= 0:
+        puller = self._puller()
+        if puller is None or self.pulling is not None:
             return
-        from ivr.releases_pull import ReleasePuller, pull_releases
+        from ivr.releases_pull import pull_releases
 
-        self.release_puller = ReleasePuller(self.settings, self.releases.locales)
-        self.pulling = asyncio.create_task(pull_releases(self.release_puller, self.parts.metrics))
+        self.pulling = asyncio.create_task(pull_releases(puller, self.parts.metrics))
 
     def start_purging(self, every_s: float = PURGE_EVERY_S) -> None:
         """Retention (``ivr serve``): purge now and then daily, in a worker thread; stopped by ``stop``."""
@@ -307,6 +328,8 @@ class Robot:
             self.pulling.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.pulling
+        if self.release_puller is not None:
+            await asyncio.to_thread(self.release_puller.close)
         if self.server is not None:
             await self.server.stop(grace_s)
         if self.health is not None:

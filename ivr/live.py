@@ -97,6 +97,7 @@ class LiveReleases:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.fallback_prompts = PromptBook(settings.dialogs_dir)
         self._call_pins: dict[str, CallPin] = {}
+        self._read: dict[str, int] = {}  # locale -> the release number its last reload read from current.json
 
     # ------------------------------------------------------------ start and stop
     async def warm_up(self) -> None:
@@ -158,6 +159,18 @@ class LiveReleases:
     def locales(self) -> tuple[str, ...]:
         return self._locales
 
+    def changed_on_disk(self) -> bool:
+        """A locale's ``current.json`` names another release than its last reload read (blocking: a
+        file read per locale). A server checks it once registered: a publish or pull that happened while
+        it was loading notified only the servers registered then."""
+        for locale in self._locales:
+            try:
+                if self.store.current_number(locale) != self._read.get(locale):
+                    return True
+            except ReleaseError:
+                continue
+        return False
+
     def current_number(self, locale: str) -> int | None:
         current = self._state[locale].current
         return None if current is None else current.number
@@ -190,6 +203,7 @@ class LiveReleases:
             wanted = await asyncio.to_thread(self.store.current_number, locale)
         except ReleaseError as exc:
             return self._failed(locale, 0, str(exc))
+        self._read[locale] = wanted
         if state.current is not None and state.current.number == wanted:
             state.failure = ""
             return f"release {wanted} (unchanged)"

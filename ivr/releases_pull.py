@@ -97,24 +97,31 @@ class ReleasePuller:
         self.audit.close()
 
 
+async def pull_round(puller: ReleasePuller, metrics: Any = None) -> list[str]:
+    """One round off the event loop (refusals counted in ``metrics``); the locales that changed."""
+    failures = puller.failures
+    try:
+        changed = await asyncio.to_thread(puller.pull_once)
+    except Exception:  # never expected: the next round comes (a pull that cannot run is no reason to stop)
+        log.exception("release pull: the round failed")
+        changed = []
+    if metrics is not None and puller.failures > failures:
+        metrics.release_pull_failures.inc(puller.failures - failures)
+    return changed
+
+
 async def pull_releases(puller: ReleasePuller, metrics: Any = None) -> None:
-    """Every ``release_pull_s``: one round off the event loop; then the servers of this models folder
-    (this one included) reload. Runs until cancelled."""
+    """Every ``release_pull_s``: one round; then the servers of this models folder (this one included)
+    reload. Runs until cancelled."""
     every = puller.settings.release_pull_s
     log.info("release pull: every %.0f s from the account database into %s", every, puller.store.models_dir)
     try:
         while True:
-            failures = puller.failures
-            try:
-                changed = await asyncio.to_thread(puller.pull_once)
-            except Exception:  # never expected: the loop goes on (a pull that cannot run is no reason to stop)
-                log.exception("release pull: the round failed")
-                changed = []
-            if metrics is not None and puller.failures > failures:
-                metrics.release_pull_failures.inc(puller.failures - failures)
+            changed = await pull_round(puller, metrics)
             if changed:
                 for line in await asyncio.to_thread(notify_servers, puller.store.models_dir):
                     log.info("release pull: %s", line)
             await asyncio.sleep(every)
-    finally:
-        await asyncio.to_thread(puller.close)
+    except asyncio.CancelledError:
+        log.info("release pull: stopped")
+        raise

@@ -10,17 +10,19 @@ trained model, release 3 release 2's).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ivr.app import Robot, build_robot
 from ivr.config import PROJECT_ROOT, Settings
 from ivr.dialogue.prompts import PromptBook
 from ivr.dialogue.train import training_lock
@@ -36,7 +38,7 @@ from ivr.testing.callfile import CallFile, Expectation, Turn
 from ivr.testing.harness import ScriptedAsterisk
 from tests.services import postgres_server
 
-from .test_releases import arequest, robot_lines, serving
+from .test_releases import arequest, robot_lines
 
 LOCALE = "en-US"
 CALLER = "15550000002"  # demo customer
@@ -63,6 +65,21 @@ def pod_settings(base: Settings, root: Path, url: str) -> Settings:
     (root / "models").mkdir(parents=True)
     return dataclasses.replace(base, dialogs_dir=root / "dialogs", models_dir=root / "models", database_url=url,
                                releases_keep=10, http_port=0)
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[Robot]:
+    """Pod B's ``ivr serve`` in-process, in the order ``serve_robot`` runs it: one pull, load, listen (HTTP
+    port registered for /reload), then the pull every ``release_pull_s``."""
+    robot = build_robot(settings, text_input=True, releases=True)
+    await robot.pull_releases_once()
+    await robot.warm_up()
+    await robot.start("127.0.0.1", 0, http=True)
+    robot.start_pulling()
+    try:
+        yield robot
+    finally:
+        await robot.stop(grace_s=5)
 
 
 def goodbye_call(tmp: Path) -> CallFile:
@@ -113,10 +130,9 @@ async def test_a_release_published_in_pod_a_reaches_pod_b_rollback_too_and_a_dam
     try:
         assert await asyncio.to_thread(publish, "as shipped") == 1
         async with serving(b) as robot:
-            robot.start_pulling()
             port = robot.http_port
-            # a pod that joins with an empty models folder gets the current release
-            await until(port, lambda d: served(d) == 1, "serving release 1")
+            # a pod that starts with an empty models folder pulls the current release before loading
+            assert served(await health(port)) == 1
 
             # pod A publishes a new greeting: pod B serves it, a call on B hears it
             domain = a.dialogs_dir / LOCALE / "domain.yml"

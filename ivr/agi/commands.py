@@ -52,6 +52,8 @@ async def serve_robot(
     from ivr.app import build_robot
 
     robot = build_robot(settings, text_input=text_input, releases=True, recognizer=recognizer)
+    if pull:
+        await robot.pull_releases_once()  # the releases published elsewhere, before loading
     await robot.warm_up()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
