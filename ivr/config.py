@@ -104,6 +104,9 @@ class Settings:
     asr_min_confidence: float = 0.6
     asr_dither: bool = True  # off in tests and replays, so transcripts are reproducible
     asr_grammars: bool = True  # per-state phrase lists; off: free recognition (slower, see README)
+    # acoustic frames Vosk's network computes at once; 0: Vosk's own choice. Larger batches cost less CPU
+    # but change the words the Korean model hears (README "CPU per turn"; python -m ivr.testing.asrchunks)
+    asr_frames_per_chunk: int = 0
     vosk_model_base_url: str = ""  # empty: the Vosk project's model site (for `ivr models pull`)
     tts_rate_wpm: int = 160
     tts_voice: str = ""  # empty: the locale's default espeak-ng voice
@@ -214,6 +217,9 @@ def load_settings(
         raise ConfigError("setting endpoint_silence_ms: a positive multiple of 20 ms (one audio frame)")
     if settings.speech_start_ms < 20 or settings.speech_start_ms % 20:
         raise ConfigError("setting speech_start_ms: a positive multiple of 20 ms (one audio frame)")
+    if not 0 <= settings.asr_frames_per_chunk <= 600:
+        raise ConfigError("setting asr_frames_per_chunk: 0 (Vosk's own) or a number of frames up to 600 (Kaldi "
+                          "rounds it up to a multiple of the model's frame subsampling, 3)")
     if settings.workers != "auto" and not (settings.workers.isdigit() and int(settings.workers) >= 1):
         raise ConfigError(f"setting workers: {settings.workers!r} is not a number of processes (1 or more) or 'auto'")
     if settings.locale not in LOCALES:

@@ -43,7 +43,8 @@ from ivr.asr.recognizer import (
     VoskRecognizer,
     _compile_grammar,
     _recognition,
-    _undithered_copy,
+    _set_option,
+    _tuned_copy,
     heard_nothing,
     join_words,
 )
@@ -338,8 +339,8 @@ def test_grammar_option_from_a_file(tmp_path: Path) -> None:
     assert commands.parse_grammar(f"@{tmp_path / 'g.txt'}") == ["네", "잔액 확인"]
 
 
-def test_dither_off_copy_changes_only_mfcc_conf() -> None:
-    copy = _undithered_copy(KO_MODEL)
+def test_tuned_copy_changes_only_the_two_settings_in_conf() -> None:
+    copy = _tuned_copy(KO_MODEL, dither=False, frames_per_chunk=51)
     try:
         assert (copy / "graph").is_symlink() and (copy / "graph").resolve() == (KO_MODEL / "graph").resolve()
         assert not (copy / "conf").is_symlink()
@@ -347,8 +348,23 @@ def test_dither_off_copy_changes_only_mfcc_conf() -> None:
         assert lines[-1] == "--dither=0.0"
         original = (KO_MODEL / "conf" / "mfcc.conf").read_text(encoding="utf-8")
         assert "dither" not in original and lines[:-1] == original.splitlines()
+        model_conf = (copy / "conf" / "model.conf").read_text(encoding="utf-8").splitlines()
+        assert model_conf[-1] == "--frames-per-chunk=51"
+        assert model_conf[:-1] == (KO_MODEL / "conf" / "model.conf").read_text(encoding="utf-8").splitlines()
     finally:
         shutil.rmtree(copy)
+    dithered = _tuned_copy(KO_MODEL, dither=True, frames_per_chunk=0)
+    try:  # dither on, frames per chunk 0: both files as installed (Vosk's own choice is not "20" written out)
+        assert (dithered / "conf" / "mfcc.conf").read_text(encoding="utf-8") == original
+        installed = (KO_MODEL / "conf" / "model.conf").read_text(encoding="utf-8")
+        assert (dithered / "conf" / "model.conf").read_text(encoding="utf-8") == installed
+        # an earlier --frames-per-chunk is replaced, not repeated
+        _set_option(dithered / "conf" / "model.conf", "--frames-per-chunk", "99")
+        _set_option(dithered / "conf" / "model.conf", "--frames-per-chunk", "150")
+        model_conf = (dithered / "conf" / "model.conf").read_text(encoding="utf-8").splitlines()
+        assert [line for line in model_conf if "frames-per-chunk" in line] == ["--frames-per-chunk=150"]
+    finally:
+        shutil.rmtree(dithered)
 
 
 # ---------------------------------------------------------------- audio (real Vosk, ko-KR)

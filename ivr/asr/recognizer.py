@@ -14,11 +14,20 @@ sample, in single precision, and ``transcribe`` shifts them back, which leaves t
 microseconds of a new recognizer's (a recognizer is retired after ``_REUSE_MAX_S`` of audio, so the
 error stays that small).
 
-Kaldi dithers the audio features by default, so the same audio gives different words and confidences
-from run to run. With ``settings.asr_dither`` off (tests, replays) the model is loaded through a
-temporary copy of its folder whose ``conf/mfcc.conf`` has ``--dither=0.0`` (the large files are
-symlinked, only ``conf/`` is copied; the installed model is never edited; the copy is removed once the
-model is in memory), and results are reproducible.
+The model is loaded through a temporary copy of its folder (the large files are symlinked, only
+``conf/`` is copied and edited; the installed model is never touched; the copy is removed once the
+model is in memory), for two settings Vosk only reads from there:
+
+- ``settings.asr_dither``: Kaldi dithers the audio features by default, so the same audio gives
+  different words and confidences from run to run; off (tests, replays), ``conf/mfcc.conf`` gets
+  ``--dither=0.0`` and results are reproducible.
+- ``settings.asr_frames_per_chunk``: how many acoustic frames the network computes at once
+  (``conf/model.conf``'s ``--frames-per-chunk``; 0, the default, leaves Vosk's own, which is not the
+  same as writing 20). The acoustic network is most of a turn's CPU and its matrix products are small:
+  51 frames cost ~20 % less CPU per utterance, but the online i-vector is applied once per chunk, and the Korean model then
+  hears other words in most of the synthesized held-out phrasings and in one test recording
+  (``python -m ivr.testing.asrchunks``, README "CPU per turn"). A knob to measure with a model and
+  real recordings, not a free saving.
 """
 
 from __future__ import annotations
@@ -181,12 +190,9 @@ class VoskRecognizer:
         started = time.perf_counter()
         copy: Path | None = None
         try:
-            load_from = path
-            if not self.dither:
-                copy = _undithered_copy(path)
-                load_from = copy
+            copy = _tuned_copy(path, dither=self.dither, frames_per_chunk=self._settings.asr_frames_per_chunk)
             try:
-                model = vosk.Model(str(load_from))
+                model = vosk.Model(str(copy))
             except Exception as exc:  # vosk raises a bare Exception("Failed to create a model")
                 raise RecognizerError(f"{path}: the {locale} speech model failed to load: {exc}") from exc
         except OSError as exc:
@@ -196,11 +202,12 @@ class VoskRecognizer:
                 shutil.rmtree(copy, ignore_errors=True)
         elapsed = time.perf_counter() - started
         logger.info(
-            "loaded the %s speech model from %s in %.1f s (dither %s)",
+            "loaded the %s speech model from %s in %.1f s (dither %s, frames per chunk: %s)",
             locale,
             path,
             elapsed,
             "on" if self.dither else "off",
+            self._settings.asr_frames_per_chunk or "Vosk's own",
         )
         return model, unk, elapsed
 
@@ -513,9 +520,11 @@ def _open_wav(path: Path) -> Iterator[_WavReader]:
         f.close()
 
 
-def _undithered_copy(model_dir: Path) -> Path:
-    """A temporary folder that looks like ``model_dir`` but whose ``conf/mfcc.conf`` turns dither off."""
-    copy = Path(tempfile.mkdtemp(prefix="ivr-vosk-nodither-"))
+def _tuned_copy(model_dir: Path, *, dither: bool, frames_per_chunk: int) -> Path:
+    """A temporary folder that looks like ``model_dir`` but whose ``conf/`` carries the settings (see the
+    module doc): ``--dither=0.0`` in ``mfcc.conf`` when ``dither`` is off, ``--frames-per-chunk`` in
+    ``model.conf`` unless ``frames_per_chunk`` is 0 (a model without one, Vosk's old layout, is left as it is)."""
+    copy = Path(tempfile.mkdtemp(prefix="ivr-vosk-model-"))
     try:
         for entry in model_dir.iterdir():
             if entry.name != "conf":
@@ -525,11 +534,18 @@ def _undithered_copy(model_dir: Path) -> Path:
             shutil.copytree(conf, copy / "conf", symlinks=False)
         else:
             (copy / "conf").mkdir()  # not a model: let Vosk say so
-        mfcc = copy / "conf" / "mfcc.conf"
-        lines = mfcc.read_text(encoding="utf-8").splitlines() if mfcc.exists() else []
-        lines = [line for line in lines if not line.strip().startswith("--dither")]
-        mfcc.write_text("\n".join([*lines, "--dither=0.0"]) + "\n", encoding="utf-8")
+        if not dither:
+            _set_option(copy / "conf" / "mfcc.conf", "--dither", "0.0")
+        if frames_per_chunk and (copy / "conf" / "model.conf").exists():
+            _set_option(copy / "conf" / "model.conf", "--frames-per-chunk", str(frames_per_chunk))
     except OSError:
         shutil.rmtree(copy, ignore_errors=True)
         raise
     return copy
+
+
+def _set_option(conf: Path, option: str, value: str) -> None:
+    """``option=value`` as the last line of a Kaldi config file, replacing any earlier setting of it."""
+    lines = conf.read_text(encoding="utf-8").splitlines() if conf.exists() else []
+    lines = [line for line in lines if not line.strip().startswith(option + "=")]
+    conf.write_text("\n".join([*lines, f"{option}={value}"]) + "\n", encoding="utf-8")
