@@ -502,8 +502,10 @@ class _StreamCall(_Call):
             # Audio that is no prompt of the robot's is the dialplan's once the robot's leg has ended (the
             # queue, the agent); AMI tells that end a little late, so only audio well before it counts.
             ended = self._robot_media_ended_at or float("inf")
-            if any(at < ended - UNKNOWN_AUDIO_MARGIN_S for at in self.peer.unknown_audio_at):
-                self.report.errors.append("the robot played audio that is no known prompt")
+            early = [note for at, note in zip(self.peer.unknown_audio_at, self.peer.unknown_audio_notes, strict=True)
+                     if at < ended - UNKNOWN_AUDIO_MARGIN_S]
+            if early:
+                self.report.errors.append(f"the robot played audio that is no known prompt ({early[0]})")
         finally:
             self._peer_task.cancel()
             assert self.caller.media is not None

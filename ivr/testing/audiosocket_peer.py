@@ -164,6 +164,7 @@ class MediaPeer:
         self.hung_up = False
         self.robot_gone = False  # the robot's leg ended: later audio is the dialplan's (queue, agent)
         self.unknown_audio_at: list[float] = []  # when audio that is no known prompt began (monotonic)
+        self.unknown_audio_notes: list[str] = []  # what came before it, one per unknown_audio_at (diagnosis)
         self.frames_lost = 0  # frames of the robot's prompts that never arrived (skipped over)
         self._send_key = send_key
         self._media_up = media_up
@@ -265,6 +266,11 @@ class MediaPeer:
         if not found:
             if not self._unknown:
                 self.unknown_audio_at.append(now)
+                last = self._event["text"] if self._event is not None else "no prompt"
+                self.unknown_audio_notes.append(
+                    f"frame rms {audioop.rms(frame, 2)}, after {last!r} (its frame {self._position}), "
+                    f"{self.frames_lost} frames lost before, {self._prompts_started} prompts heard"
+                )
                 if self._send_key is None:  # through Asterisk it may be the dialplan's: see robot_ended_at
                     self.report.errors.append("the robot played audio that is no known prompt")
             self._unknown = True
