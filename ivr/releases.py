@@ -213,28 +213,24 @@ class ReleaseAudit:
             raise self._failed("write to", exc) from exc
         return digest
 
-    def has_archive(self, locale: str, number: int) -> bool:
-        t = self._archives
-        try:
-            if not self._has_tables():
-                return False
-            with self._engine.connect() as conn:
-                return conn.execute(self._sa.select(t.c.number).where(
-                    t.c.locale == locale, t.c.number == number)).first() is not None
-        except self._sa.exc.SQLAlchemyError as exc:
-            raise self._failed("read", exc) from exc
-
-    def fetch_archive(self, locale: str, number: int) -> tuple[str, bytes] | None:
-        """(sha256 stored at publish, the archive's bytes), or None when the database has none."""
-        t = self._archives
+    def _first_row(self, query: Any) -> Any:
+        """The first row ``query`` reads, or None (also when nobody published to this database yet)."""
         try:
             if not self._has_tables():
                 return None
             with self._engine.connect() as conn:
-                row = conn.execute(self._sa.select(t.c.sha256, t.c.archive).where(
-                    t.c.locale == locale, t.c.number == number)).first()
+                return conn.execute(query).first()
         except self._sa.exc.SQLAlchemyError as exc:
             raise self._failed("read", exc) from exc
+
+    def has_archive(self, locale: str, number: int) -> bool:
+        t = self._archives
+        return self._first_row(self._sa.select(t.c.number).where(t.c.locale == locale, t.c.number == number)) is not None
+
+    def fetch_archive(self, locale: str, number: int) -> tuple[str, bytes] | None:
+        """(sha256 stored at publish, the archive's bytes), or None when the database has none."""
+        t = self._archives
+        row = self._first_row(self._sa.select(t.c.sha256, t.c.archive).where(t.c.locale == locale, t.c.number == number))
         return None if row is None else (str(row[0]), bytes(row[1]))
 
     def delete_archives(self, locale: str, numbers: Sequence[int]) -> None:
@@ -253,15 +249,8 @@ class ReleaseAudit:
         """(event id, release number) of the locale's latest publish or rollback: the release that is
         current for every pod; None when none was recorded."""
         t = self._table
-        try:
-            if not self._has_tables():
-                return None
-            with self._engine.connect() as conn:
-                row = conn.execute(self._sa.select(t.c.id, t.c.to_release).where(
-                    t.c.locale == locale, t.c.action.in_(("publish", "rollback"))).order_by(
-                    t.c.id.desc()).limit(1)).first()
-        except self._sa.exc.SQLAlchemyError as exc:
-            raise self._failed("read", exc) from exc
+        row = self._first_row(self._sa.select(t.c.id, t.c.to_release).where(
+            t.c.locale == locale, t.c.action.in_(("publish", "rollback"))).order_by(t.c.id.desc()).limit(1))
         return None if row is None else (int(row[0]), int(row[1]))
 
     def highest_number(self, locale: str) -> int:

@@ -44,15 +44,15 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
 async def serve_robot(
     settings: Settings, host: str | None, port: int | None, text_input: bool, *,
-    recognizer: Recognizer | None = None, purge: bool = True, pull: bool = True,
+    recognizer: Recognizer | None = None, housekeeping: bool = True,
 ) -> int:
     """One robot process until SIGTERM/SIGINT. A pod's worker (ivr.pod) passes the speech models its
-    supervisor loaded before forking, and only one worker runs the retention purge and the release pull
-    (ivr.releases_pull: the workers share one models folder)."""
+    supervisor loaded before forking, and only one worker does the housekeeping: the retention purge and
+    the release pull (ivr.releases_pull; the workers share one models folder)."""
     from ivr.app import build_robot
 
     robot = build_robot(settings, text_input=text_input, releases=True, recognizer=recognizer)
-    if pull:
+    if housekeeping:
         await robot.pull_releases_once()  # the releases published elsewhere, before loading
     await robot.warm_up()
     stop = asyncio.Event()
@@ -61,9 +61,8 @@ async def serve_robot(
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, robot.request_reload)  # load the current releases, calls go on
     await robot.start(host, port)
-    if purge:
+    if housekeeping:
         robot.start_purging()  # retention: transcripts, recordings, audit rows past retention_days, daily
-    if pull:
         robot.start_pulling()  # releases published from other models folders, every release_pull_s
     log.info("the robot answers calls; /metrics and /health on %s:%d", settings.http_host, settings.http_port)
     await stop.wait()

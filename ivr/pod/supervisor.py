@@ -214,7 +214,7 @@ class Supervisor:
         # worker 0 purges and pulls the releases published elsewhere for the pod (ivr.releases_pull): the
         # workers share this models folder, and this process stays without threads and database connections
         return asyncio.run(serve_robot(settings, None, None, self.text_input, recognizer=self.recognizer,
-                                  purge=worker.index == 0, pull=worker.index == 0))
+                                  housekeeping=worker.index == 0))
 
     # ------------------------------------------------------------ supervision
     def _on_stop(self, signum: int, _frame: object) -> None:
