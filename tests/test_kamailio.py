@@ -302,7 +302,7 @@ def test_calls_spread_over_both_pods_and_a_killed_asterisk_moves_new_calls_to_th
     spread = {name: pod.answered() - before[name] for name, pod in pods.items()}
     assert sum(spread.values()) == 8 and all(spread.values()), spread  # each pod's robot answered some
     for port in run.media_ports:
-        assert korean_start in capture.payload(port), f"media port {port}: no greeting from the pod that answered"
+        assert korean_start in capture.payload(port), f"no greeting from the pod that answered: {capture.diagnosis(port)}"
     # record-route: every caller's BYE went through Kamailio to the pod that answered, not around it
     assert len(proxy.lines("ivr-pod in-dialog BYE")) - byes_before == 8
 
@@ -333,7 +333,7 @@ def test_calls_spread_over_both_pods_and_a_killed_asterisk_moves_new_calls_to_th
     new = {name: pod.answered() - after_kill[name] for name, pod in pods.items()}
     assert new == {"pod-a": 8, "pod-b": 0}, new
     for port in run.media_ports:
-        assert korean_start in capture.payload(port)
+        assert korean_start in capture.payload(port), capture.diagnosis(port)
     [lost] = held_runs
     # the calls in progress on pod B are lost with it: the caller's BYE times out at Kamailio (408),
     # which SIPp counts as a failed call; pod A's held calls end normally

@@ -355,7 +355,8 @@ def assert_heard_whole(batch: Batch, call: SippCall, prompt: bytes) -> None:
     received = batch.capture.payload(call.media_port)
     whole = prompt[: len(prompt) // 160 * 160]  # the last, partial 20 ms frame may be padded
     assert whole in received, (
-        f"{call.channel}: the greeting did not come back bit-exact as RTP ({len(received)} bytes received)"
+        f"{call.channel}: the greeting did not come back bit-exact as RTP ({len(received)} bytes received;"
+        f" {batch.capture.diagnosis(call.media_port)})"
     )
 
 
@@ -430,7 +431,7 @@ def test_hanging_up_mid_prompt_is_a_caller_hangup_and_the_number_picks_the_langu
         call = by_port[port]
         received = batch.capture.payload(port)
         start = greeting(robot, locale)[: 160 * 50]  # the greeting's first second, bit-exact
-        assert start in received, f"{number}: no {locale} greeting in the first 3 s"
+        assert start in received, f"{number}: no {locale} greeting in the first 3 s ({batch.capture.diagnosis(port)})"
         _, transcript = robot.transcript(call.uniqueid)
         assert transcript[-1]["outcome"] == "caller_hangup", (number, transcript[-1])
         [ended] = ended_lines(local_asterisk, call)

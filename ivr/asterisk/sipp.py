@@ -424,6 +424,11 @@ def asterisk_ulaw(samples: bytes) -> bytes:
     return bytes(out)
 
 
+_SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; Python's socket module does not name it
+_SOL_PACKET, _PACKET_STATISTICS = 263, 6  # <linux/if_packet.h>
+_CAPTURE_BUFFER_BYTES = 64 << 20
+
+
 class RtpCapture:
     """Every UDP packet Asterisk sends to the callers' media ports, captured on the loopback interface
     (a packet socket: root only) as SIPp receives it, per destination port.
@@ -435,7 +440,11 @@ class RtpCapture:
         self.packets: dict[int, list[bytes]] = {port: [] for port in self.ports}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rtp-capture", daemon=True)
+        self.dropped = 0  # packets the kernel dropped because this capture fell behind (read at exit)
         self._socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
+        # the loopback carries everything twice, and a busy machine can stall this thread for a second:
+        # a large buffer (forced past rmem_max, root only) so that no packet of a call is missed
+        self._socket.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _CAPTURE_BUFFER_BYTES)
         self._socket.bind(("lo", 0))
         self._socket.settimeout(0.2)
 
@@ -446,6 +455,8 @@ class RtpCapture:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+        stats = self._socket.getsockopt(_SOL_PACKET, _PACKET_STATISTICS, 8)  # struct tpacket_stats
+        self.dropped = struct.unpack("II", stats)[1]
         self._socket.close()
 
     def _run(self) -> None:
@@ -464,6 +475,32 @@ class RtpCapture:
 
     def payload(self, port: int, payload_type: int = PCMU) -> bytes:
         """The payloads of one port's RTP packets of ``payload_type``, in sequence-number order."""
-        rtp = [p for p in self.packets.get(port, []) if len(p) > 12 and p[1] & 0x7F == payload_type]
-        rtp.sort(key=lambda p: struct.unpack("!H", p[2:4])[0])  # a call's RTP is far shorter than 65536 packets
-        return b"".join(p[12:] for p in rtp)
+        return b"".join(p[12:] for _, p in self._in_order(port, payload_type))
+
+    def missing(self, port: int, payload_type: int = PCMU) -> int:
+        """How many sequence numbers between the port's first and last packet never arrived."""
+        numbers = [n for n, _ in self._in_order(port, payload_type)]
+        return numbers[-1] - numbers[0] + 1 - len(set(numbers)) if numbers else 0
+
+    def diagnosis(self, port: int) -> str:
+        """What a failed comparison should say about the capture itself."""
+        return (
+            f"{len(self.packets.get(port, []))} packets to port {port}, {self.missing(port)} sequence numbers"
+            f" missing, {self.dropped} packets dropped by this capture"
+        )
+
+    def _in_order(self, port: int, payload_type: int) -> list[tuple[int, bytes]]:
+        """The packets with their sequence numbers unwrapped: Asterisk starts a stream at a random
+        number, so a call's numbers can pass 65535 and start again at 0."""
+        numbered: list[tuple[int, bytes]] = []
+        for packet in self.packets.get(port, []):
+            if len(packet) <= 12 or packet[1] & 0x7F != payload_type:
+                continue
+            number = struct.unpack("!H", packet[2:4])[0]
+            if numbered:
+                previous = numbered[-1][0]
+                step = (number - previous) % 65536
+                number = previous + (step - 65536 if step >= 32768 else step)  # late packets step back
+            numbered.append((number, packet))
+        numbered.sort(key=lambda item: item[0])
+        return numbered
