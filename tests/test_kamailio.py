@@ -50,6 +50,8 @@ INVITE_TIMEOUT_S = 2.0
 PING_INTERVAL_S = 1
 HOLD_MS = 6000  # the held calls' length; the caller hangs up (BYE) while the greeting still plays
 THRESHOLD = 2
+HEALTH_INTERVAL_S = 1  # Kamailio asks each pod's robot /health?part=dialogue every second
+HEALTH_TIMEOUT_S = 1
 
 
 @dataclasses.dataclass
@@ -200,9 +202,13 @@ def proxy(pods: dict[str, RunningPod], suite_dirs: SuiteDirs, tmp_path_factory: 
     """Kamailio with the generated configuration, on 127.0.0.1:KAMAILIO_PORT; stopped by PID."""
     folder = tmp_path_factory.mktemp("kamailio")
     config = kamailio.KamailioConfig(
-        pods=tuple(kamailio.Pod("127.0.0.1", POD_SIP_PORTS[name]) for name in pods),
+        pods=tuple(
+            kamailio.Pod("127.0.0.1", POD_SIP_PORTS[name], f"http://127.0.0.1:{pod.robot.http_port}/health?part=dialogue")
+            for name, pod in pods.items()
+        ),
         listen=kamailio.Pod("127.0.0.1", KAMAILIO_PORT), list_file=folder / "dispatcher.list",
         ping_interval_s=PING_INTERVAL_S, threshold=THRESHOLD, invite_timeout_s=INVITE_TIMEOUT_S,
+        health_interval_s=HEALTH_INTERVAL_S, health_timeout_s=HEALTH_TIMEOUT_S,
     )
     cfg, _ = kamailio.write(config, folder)
     checked = kamailio.check(cfg)
@@ -283,6 +289,20 @@ def test_generated_config_is_accepted_by_kamailio(kamailio_binary: str, tmp_path
         kamailio.Pod.parse("10.0.0.5:sip")
     with pytest.raises(ValueError, match="listen on a pod"):
         kamailio.KamailioConfig(pods=(kamailio.Pod("127.0.0.1", 5070),))
+    assert "http_client" not in text and "ROBOT_PICK" not in text  # no robot health URL given: no robot check
+    # with the robots' health URLs: a timer asks each, and new calls skip a pod whose robot is down
+    health = ["http://10.0.0.5:8089/health?part=dialogue", "http://pod-b.example:8089/health?part=dialogue"]
+    checked_config = dataclasses.replace(config, pods=kamailio.parse_pods(["10.0.0.5", "pod-b.example:5080"], health))
+    cfg, _ = kamailio.write(checked_config, tmp_path)
+    assert kamailio.check(cfg).returncode == 0, kamailio.check(cfg).stderr
+    text = cfg.read_text()
+    for needle in ('loadmodule "http_client.so"', '"timer=robots;route=ROBOTS"', "route(ROBOT_PICK);",
+                   f'$var(pod) = "sip:10.0.0.5:5060";\n    $var(url) = "{health[0]}";'):  # fmt: skip
+        assert needle in text, needle
+    with pytest.raises(ValueError, match="one robot health URL per pod"):
+        kamailio.parse_pods(["10.0.0.5", "10.0.0.6"], health[:1])
+    with pytest.raises(ValueError, match="health URL"):
+        kamailio.Pod.parse("10.0.0.5", 'http://10.0.0.5:8089/health"; exec("x")')
 
 
 def test_calls_spread_over_both_pods_and_a_killed_asterisk_moves_new_calls_to_the_other(
@@ -370,6 +390,55 @@ def test_calls_spread_over_both_pods_and_a_killed_asterisk_moves_new_calls_to_th
     again = {name: pod.answered() - before[name] for name, pod in pods.items()}
     assert again == spread, again
     print(f"pod B's Asterisk restarted: marked up {back.seen_at - restarted_at:.1f} s later; 8 calls spread {again}")
+
+
+def test_a_pod_whose_robot_hangs_gets_no_new_calls_until_it_answers_again(
+    pods: dict[str, RunningPod], proxy: RunningKamailio, tmp_path: Path
+) -> None:
+    """Pod B's Asterisk stays up (it answers the OPTIONS) while its robot hangs (`kill -STOP`): without the
+    robot health check Kamailio would keep sending it calls, and those callers would get the dialplan's
+    apology and a person instead of the robot."""
+    pod_a, pod_b = pods["pod-a"], pods["pod-b"]
+    korean_start = greeting(pod_a.robot, "ko-KR")[: 160 * 50]
+    before = {name: pod.answered() for name, pod in pods.items()}
+    robot_down = rf"ivr-pod robot down {re.escape(pod_b.uri)} "
+    assert not re.search(robot_down, proxy.log()), "pod B's robot was marked down while it served"
+    try:
+        with LineWatcher(proxy.log_file, robot_down) as down:
+            stopped_at = time.monotonic()
+            os.kill(pod_b.robot.process.pid, signal.SIGSTOP)
+            deadline = time.monotonic() + 30
+            while down.seen_at is None:
+                assert time.monotonic() < deadline, f"pod B's hung robot was not marked down within 30 s:\n{proxy.log()[-3000:]}"
+                time.sleep(0.1)
+        skipped_before = len(proxy.lines(f"ivr-pod robot down at {pod_b.uri}"))
+        run, capture = _call(tmp_path / "hung", pod_a, 8, 3000, "spread")  # the Call-IDs that spread 4/4 over the pods
+        assert run.ok, run.errors
+        for port in run.media_ports:
+            assert korean_start in capture.payload(port), f"no robot's greeting: {capture.diagnosis(port)}"
+        assert pod_a.answered() - before["pod-a"] == 8  # every call reached pod A's robot
+        skipped = len(proxy.lines(f"ivr-pod robot down at {pod_b.uri}")) - skipped_before
+        assert skipped > 0, "no call was hashed to pod B: the test proves nothing"
+    finally:
+        os.kill(pod_b.robot.process.pid, signal.SIGCONT)
+    robot_up = rf"ivr-pod robot up {re.escape(pod_b.uri)}\b"
+    with LineWatcher(proxy.log_file, robot_up) as up:
+        resumed_at = time.monotonic()
+        deadline = time.monotonic() + 30
+        while up.seen_at is None:
+            assert time.monotonic() < deadline, "pod B's robot was not marked up within 30 s of SIGCONT"
+            time.sleep(0.1)
+    assert pod_b.answered() == before["pod-b"]  # no call waited in the hung robot's queue
+    before = {name: pod.answered() for name, pod in pods.items()}
+    run, _ = _call(tmp_path / "resumed", pod_a, 8, 3000, "spread")
+    assert run.ok, run.errors
+    again = {name: pod.answered() - before[name] for name, pod in pods.items()}
+    assert sum(again.values()) == 8 and again["pod-b"] > 0, again
+    print(
+        f"\npod B's robot hung (SIGSTOP), its Asterisk up: robot marked down {down.seen_at - stopped_at:.1f} s later;"
+        f" 8 new calls all served by pod A ({skipped} INVITE(s) moved off pod B); SIGCONT: marked up"
+        f" {up.seen_at - resumed_at:.1f} s later; 8 calls spread {again}"
+    )
 
 
 class LineWatcher:

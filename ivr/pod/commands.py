@@ -43,6 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     kam.add_argument("--pod", action="append", required=True, metavar="HOST:PORT",
                      help="a pod's Asterisk SIP address (UDP); repeat for each pod")
+    kam.add_argument("--robot-health", action="append", default=[], metavar="URL",
+                     help="a pod's robot health URL (http://HOST:PORT/health?part=dialogue: its `ivr serve`, or its "
+                          "supervisor's, with IVR_HTTP_HOST reachable from Kamailio); one per --pod, in the same "
+                          "order: new calls then skip a pod whose robot is down")
+    kam.add_argument("--health-interval", type=int, default=1, metavar="S", help="each robot's health asked every S seconds")
+    kam.add_argument("--health-timeout", type=int, default=1, metavar="S",
+                     help="a robot that has not answered its health check within S seconds failed it")
     kam.add_argument("--listen", default="127.0.0.1:5070", metavar="HOST:PORT",
                      help="where Kamailio takes the calls (default 127.0.0.1:5070)")
     kam.add_argument("--list-file", default="/etc/kamailio/dispatcher.list", metavar="PATH",
@@ -218,8 +225,9 @@ def pod_kamailio_config(args: argparse.Namespace, settings: Settings) -> int:
     if args.out and args.list_file == "/etc/kamailio/dispatcher.list":
         list_file = Path(args.out).resolve() / "dispatcher.list"
     config = kamailio.KamailioConfig(
-        pods=kamailio.parse_pods(args.pod), listen=kamailio.Pod.parse(args.listen), list_file=list_file,
+        pods=kamailio.parse_pods(args.pod, args.robot_health), listen=kamailio.Pod.parse(args.listen), list_file=list_file,
         ping_interval_s=args.ping_interval, threshold=args.threshold, invite_timeout_s=args.invite_timeout,
+        health_interval_s=args.health_interval, health_timeout_s=args.health_timeout,
     )
     if not args.out:
         print(kamailio.kamailio_cfg(config), end="")

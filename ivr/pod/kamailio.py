@@ -14,7 +14,14 @@ pods as one destination set:
   pod inactive and goes to the next one (``failure_route`` + ``ds_next_dst``): the caller hears ringing a
   little longer, not a failure;
 - **in-dialog requests**: INVITEs are record-routed, so the BYE, re-INVITEs and NOTIFYs of a call go
-  through Kamailio to the pod that answered it (``loose_route``).
+  through Kamailio to the pod that answered it (``loose_route``);
+- **is a pod's robot alive** (when the pod names its robot's health URL): a pod whose Asterisk answers
+  but whose robot does not would give every caller the dialplan's apology and a person. A timer process
+  (``rtimer``) asks each pod's ``/health?part=dialogue`` (``http_client``) every ``health_interval_s``;
+  ``threshold`` failed answers in a row mark its robot down in a shared table (``htable``), as many good
+  ones up again. New calls skip a pod whose robot is down while another pod is left; when no pod has a
+  robot, the call still goes to a live Asterisk, whose dialplan puts it through to a person. The
+  dispatcher's own states (the OPTIONS probing) are left alone: the two checks answer different questions.
 
 The generated text is a complete ``kamailio.cfg`` plus a ``dispatcher.list``; ``check`` runs
 ``kamailio -c`` on them.
@@ -33,6 +40,7 @@ from pathlib import Path
 DISPATCHER_SET = 1
 MODULES_DIR = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
 _HOST = re.compile(r"[A-Za-z0-9.-]+")
+_HEALTH_URL = re.compile(r"http://[A-Za-z0-9.-]+(:[0-9]{1,5})?/[A-Za-z0-9._~/?=&%-]*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +49,14 @@ class Pod:
 
     host: str
     port: int = 5060
+    health: str = ""  # the pod's robot: its /health?part=dialogue URL ("": not checked)
+
+    def __post_init__(self) -> None:
+        if self.health and not _HEALTH_URL.fullmatch(self.health):
+            raise ValueError(f"a robot's health URL is http://HOST:PORT/PATH (no quotes or spaces), got {self.health!r}")
 
     @classmethod
-    def parse(cls, text: str) -> Pod:
+    def parse(cls, text: str, health: str = "") -> Pod:
         """``HOST`` or ``HOST:PORT`` (an IPv4 address or a DNS name)."""
         host, _, port = text.strip().partition(":")
         if not _HOST.fullmatch(host) or (port and not port.isdigit()):
@@ -51,7 +64,7 @@ class Pod:
         number = int(port) if port else 5060
         if not 0 < number < 65536:
             raise ValueError(f"a pod's port is 1-65535, got {text!r}")
-        return cls(host, number)
+        return cls(host, number, health)
 
     @property
     def uri(self) -> str:
@@ -68,22 +81,25 @@ class KamailioConfig:
     ping_interval_s: int = 2
     threshold: int = 2  # unanswered OPTIONS before a pod is inactive; answered ones before it is active again
     invite_timeout_s: float = 2.0  # no reply at all to an INVITE: try the next pod
+    health_interval_s: int = 1  # each robot's health URL asked every so many seconds
+    health_timeout_s: int = 1  # an answer slower than this is a failed one (a hung robot)
     children: int = 2
     modules_dir: str = MODULES_DIR
 
     def __post_init__(self) -> None:
         if not self.pods:
             raise ValueError("at least one pod (--pod HOST:PORT)")
-        if len(set(self.pods)) != len(self.pods):
-            raise ValueError("a pod is listed twice")
         if self.listen in self.pods:
             raise ValueError("Kamailio cannot listen on a pod's own address")
         try:
             ipaddress.IPv4Address(self.listen.host)
         except ValueError:
             raise ValueError(f"Kamailio listens on an IPv4 address, got {self.listen.host!r}") from None
-        if self.ping_interval_s < 1 or self.threshold < 1 or self.invite_timeout_s <= 0 or self.children < 1:
-            raise ValueError("ping interval, threshold, INVITE timeout and children must be positive")
+        if min(self.ping_interval_s, self.threshold, self.children, self.health_interval_s, self.health_timeout_s) < 1 \
+                or self.invite_timeout_s <= 0:  # fmt: skip
+            raise ValueError("ping interval, threshold, INVITE timeout, children and health timings must be positive")
+        if len({pod.uri for pod in self.pods}) != len(self.pods):
+            raise ValueError("a pod is listed twice")
         if any(c in str(self.list_file) for c in '"\r\n'):
             raise ValueError("the dispatcher list's path goes into a quoted string")
 
@@ -110,7 +126,28 @@ def kamailio_cfg(config: KamailioConfig) -> str:
         threshold=config.threshold,
         fr_timer_ms=round(config.invite_timeout_s * 1000),
         set=DISPATCHER_SET,
+        robot_modules=_robot_modules(config),
+        robot_pick="    route(ROBOT_PICK);\n" if _checked(config) else "",
+        robot_routes=_robot_routes(config),
     )
+
+
+def _checked(config: KamailioConfig) -> list[Pod]:
+    return [pod for pod in config.pods if pod.health]
+
+
+def _robot_modules(config: KamailioConfig) -> str:
+    if not _checked(config):
+        return ""
+    return _ROBOT_MODULES.format(interval=config.health_interval_s, timeout=config.health_timeout_s)
+
+
+def _robot_routes(config: KamailioConfig) -> str:
+    pods = _checked(config)
+    if not pods:
+        return ""
+    asks = "".join(f'    $var(pod) = "{pod.uri}";\n    $var(url) = "{pod.health}";\n    route(ROBOT_ASK);\n' for pod in pods)
+    return _ROBOT_ROUTES.format(asks=asks, threshold=config.threshold)
 
 
 def write(config: KamailioConfig, folder: Path) -> tuple[Path, Path]:
@@ -149,8 +186,11 @@ def command_line(cfg: Path, *, pid_file: Path | None = None) -> list[str]:
     return command
 
 
-def parse_pods(values: Sequence[str]) -> tuple[Pod, ...]:
-    return tuple(Pod.parse(v) for v in values)
+def parse_pods(values: Sequence[str], health: Sequence[str] = ()) -> tuple[Pod, ...]:
+    """The pods, and their robots' health URLs (none, or one per pod in the same order)."""
+    if health and len(health) != len(values):
+        raise ValueError(f"one robot health URL per pod, in the same order: {len(values)} pods, {len(health)} URLs")
+    return tuple(Pod.parse(v, h) for v, h in zip(values, health or [""] * len(values), strict=True))
 
 
 _TEMPLATE = """#!KAMAILIO
@@ -184,7 +224,7 @@ loadmodule "textops.so"
 loadmodule "siputils.so"
 loadmodule "xlog.so"
 loadmodule "dispatcher.so"
-
+{robot_modules}
 # an INVITE with no reply at all within fr_timer goes to the next pod (failure_route); once a pod has
 # answered with a provisional reply (100 Trying), fr_inv_timer covers the ringing
 modparam("tm", "fr_timer", {fr_timer_ms})
@@ -251,7 +291,7 @@ request_route {{
         send_reply("503", "No pod available");
         exit;
     }}
-    xlog("L_NOTICE", "ivr-pod $rm to $du\\n");
+{robot_pick}    xlog("L_NOTICE", "ivr-pod $rm to $du\\n");
     if (is_method("INVITE")) {{
         t_on_failure("POD_FAILED");
     }}
@@ -289,5 +329,61 @@ event_route[dispatcher:dst-down] {{
 
 event_route[dispatcher:dst-up] {{
     xlog("L_NOTICE", "ivr-pod up $ru\\n");
+}}
+{robot_routes}"""
+
+_ROBOT_MODULES = """loadmodule "htable.so"
+loadmodule "rtimer.so"
+loadmodule "http_client.so"
+
+# each pod's robot, asked over HTTP by one timer process; the verdicts in shared memory for every SIP worker
+modparam("htable", "htable", "robot=>size=4;")
+modparam("http_client", "connection_timeout", {timeout})
+modparam("rtimer", "timer", "name=robots;interval={interval};mode=1;")
+modparam("rtimer", "exec", "timer=robots;route=ROBOTS")
+"""
+
+_ROBOT_ROUTES = """
+# a pod whose robot is down: skipped while another pod is left. When none is left the call still goes to
+# a live Asterisk (its dialplan's apology and a person): never refused for want of a robot
+route[ROBOT_PICK] {{
+    $var(more) = 1;
+    while ($sht(robot=>$du) == 1 && $var(more) == 1) {{
+        $var(skipped) = $du;
+        if (ds_next_dst()) {{
+            xlog("L_NOTICE", "ivr-pod robot down at $var(skipped): $rm to $du instead\\n");
+        }} else {{
+            $var(more) = 0;
+            xlog("L_WARN", "ivr-pod no pod with a robot: $rm to $du, whose dialplan puts it through to a person\\n");
+        }}
+    }}
+}}
+
+route[ROBOTS] {{
+{asks}}}
+
+# $var(pod): the pod's SIP URI (the key), $var(url): its robot's health URL. {threshold} failed answers in a
+# row (an error status, no answer within the timeout, a refused connection) mark it down, as many good ones up
+route[ROBOT_ASK] {{
+    $var(code) = http_client_query("$var(url)", "$var(reply)");
+    if ($var(code) == 200) {{
+        $sht(robot=>$var(pod)::failed) = 0;
+        if ($sht(robot=>$var(pod)) == 1) {{
+            $sht(robot=>$var(pod)::good) = $sht(robot=>$var(pod)::good) + 1;
+            if ($sht(robot=>$var(pod)::good) >= {threshold}) {{
+                $sht(robot=>$var(pod)) = 0;
+                xlog("L_NOTICE", "ivr-pod robot up $var(pod)\\n");
+            }}
+        }}
+    }} else {{
+        $sht(robot=>$var(pod)::good) = 0;
+        if ($sht(robot=>$var(pod)) != 1) {{
+            $sht(robot=>$var(pod)::failed) = $sht(robot=>$var(pod)::failed) + 1;
+            if ($sht(robot=>$var(pod)::failed) >= {threshold}) {{
+                $sht(robot=>$var(pod)) = 1;
+                xlog("L_NOTICE", "ivr-pod robot down $var(pod) ($var(code))\\n");
+            }}
+        }}
+    }}
 }}
 """
