@@ -71,11 +71,12 @@ async def test_health_reports_a_database_that_is_down(demo_settings: Settings, t
 
 async def test_health_checks_the_dialogue_for_real(demo_settings: Settings, tmp_path: Path) -> None:
     """Up only while a model is loaded and a parse answers in time; down without a model, and down
-    while the agent is too busy to parse (its loop blocked), up again after."""
+    while the agent is too busy to parse (its loop blocked), up again after. A dialogue that answered
+    within HEALTH_FRESH_S is not probed again (HAProxy and the supervisor ask twice a second)."""
     import time
 
     from ivr.accounts.store import SqlAccountStore
-    from ivr.dialogue.engine import RasaEngine
+    from ivr.dialogue.engine import HEALTH_FRESH_S, HEALTH_PARSE_S, RasaEngine
 
     store = SqlAccountStore.from_settings(demo_settings)
     no_models = RasaEngine(demo_settings, store, locales=["zh-CN"], models_dir=tmp_path / "no-models")
@@ -92,11 +93,18 @@ async def test_health_checks_the_dialogue_for_real(demo_settings: Settings, tmp_
         status, body = await http_get(robot.http_port, "/health")
         assert (status, json.loads(body)["parts"]["dialogue"]) == (200, "up")
 
-        async def busy() -> None:
-            time.sleep(2.5)  # noqa: ASYNC251  (blocks the zh-CN agent's loop on purpose, as a stuck turn would)
+        blocked_s = HEALTH_FRESH_S + HEALTH_PARSE_S + 1.5
 
+        async def busy() -> None:
+            time.sleep(blocked_s)  # noqa: ASYNC251  (blocks the zh-CN agent's loop on purpose, as a stuck turn would)
+
+        await asyncio.sleep(HEALTH_FRESH_S)  # the check's own proof is stale: the next check parses
+        await engine.classify("你好", "zh-CN")  # a call's turn: the dialogue has just answered
         blocked = engine._agents["zh-CN"].submit(busy())
         status, body = await http_get(robot.http_port, "/health")
+        assert (status, json.loads(body)["parts"]["dialogue"]) == (200, "up")  # no probe: it answered just now
+        await asyncio.sleep(HEALTH_FRESH_S)
+        status, body = await http_get(robot.http_port, "/health")  # a probe, into the blocked loop
         assert (status, json.loads(body)["parts"]["dialogue"]) == (503, "down")
         await asyncio.wrap_future(blocked)
         status, body = await http_get(robot.http_port, "/health")
