@@ -289,6 +289,8 @@ def test_generated_config_is_accepted_by_kamailio(kamailio_binary: str, tmp_path
         kamailio.Pod.parse("10.0.0.5:sip")
     with pytest.raises(ValueError, match="listen on a pod"):
         kamailio.KamailioConfig(pods=(kamailio.Pod("127.0.0.1", 5070),))
+    with pytest.raises(ValueError, match="listen on a pod"):  # the same address, whatever the pod's health URL
+        kamailio.KamailioConfig(pods=(kamailio.Pod("127.0.0.1", 5070, "http://127.0.0.1:8089/health"),))
     assert "http_client" not in text and "ROBOT_PICK" not in text  # no robot health URL given: no robot check
     # with the robots' health URLs: a timer asks each, and new calls skip a pod whose robot is down
     health = ["http://10.0.0.5:8089/health?part=dialogue", "http://pod-b.example:8089/health?part=dialogue"]

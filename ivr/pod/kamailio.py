@@ -89,7 +89,7 @@ class KamailioConfig:
     def __post_init__(self) -> None:
         if not self.pods:
             raise ValueError("at least one pod (--pod HOST:PORT)")
-        if self.listen in self.pods:
+        if self.listen.uri in {pod.uri for pod in self.pods}:  # by address: a pod may carry a health URL
             raise ValueError("Kamailio cannot listen on a pod's own address")
         try:
             ipaddress.IPv4Address(self.listen.host)
@@ -126,28 +126,22 @@ def kamailio_cfg(config: KamailioConfig) -> str:
         threshold=config.threshold,
         fr_timer_ms=round(config.invite_timeout_s * 1000),
         set=DISPATCHER_SET,
-        robot_modules=_robot_modules(config),
-        robot_pick="    route(ROBOT_PICK);\n" if _checked(config) else "",
-        robot_routes=_robot_routes(config),
+        **_robot_check(config),
     )
 
 
-def _checked(config: KamailioConfig) -> list[Pod]:
-    return [pod for pod in config.pods if pod.health]
-
-
-def _robot_modules(config: KamailioConfig) -> str:
-    if not _checked(config):
-        return ""
-    return _ROBOT_MODULES.format(interval=config.health_interval_s, timeout=config.health_timeout_s)
-
-
-def _robot_routes(config: KamailioConfig) -> str:
-    pods = _checked(config)
-    if not pods:
-        return ""
-    asks = "".join(f'    $var(pod) = "{pod.uri}";\n    $var(url) = "{pod.health}";\n    route(ROBOT_ASK);\n' for pod in pods)
-    return _ROBOT_ROUTES.format(asks=asks, threshold=config.threshold)
+def _robot_check(config: KamailioConfig) -> dict[str, str]:
+    """The template's robot-check parts: the modules, the pick in the request route, the routes (all
+    empty when no pod names its robot's health URL)."""
+    checked = [pod for pod in config.pods if pod.health]
+    if not checked:
+        return {"robot_modules": "", "robot_pick": "", "robot_routes": ""}
+    asks = "".join(f'    $var(pod) = "{pod.uri}";\n    $var(url) = "{pod.health}";\n    route(ROBOT_ASK);\n' for pod in checked)
+    return {
+        "robot_modules": _ROBOT_MODULES.format(interval=config.health_interval_s, timeout=config.health_timeout_s),
+        "robot_pick": "    route(ROBOT_PICK);\n",
+        "robot_routes": _ROBOT_ROUTES.format(asks=asks, threshold=config.threshold),
+    }
 
 
 def write(config: KamailioConfig, folder: Path) -> tuple[Path, Path]:
