@@ -107,6 +107,9 @@ class Settings:
     # acoustic frames Vosk's network computes at once; 0: Vosk's own choice. Larger batches cost less CPU
     # but change the words the Korean model hears (README "CPU per turn"; python -m ivr.testing.asrchunks)
     asr_frames_per_chunk: int = 0
+    # record mode: decode a recording from LEAD_MS before its first loud frame to endpoint_silence_ms after
+    # its last (the audio stream mode gives Vosk); a recording with no loud frame is silence, not decoded
+    asr_trim_silence: bool = True
     vosk_model_base_url: str = ""  # empty: the Vosk project's model site (for `ivr models pull`)
     tts_rate_wpm: int = 160
     tts_voice: str = ""  # empty: the locale's default espeak-ng voice

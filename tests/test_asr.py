@@ -39,6 +39,7 @@ from ivr.asr.grammar import (
 )
 from ivr.asr.models import model_path
 from ivr.asr.recognizer import (
+    LEAD_MS,
     UNK_WORD,
     VoskRecognizer,
     _compile_grammar,
@@ -47,9 +48,11 @@ from ivr.asr.recognizer import (
     _tuned_copy,
     heard_nothing,
     join_words,
+    speech_span,
 )
 from ivr.config import Settings
 from ivr.parts import Expect, Recognition, RecognizerError, Word
+from ivr.testing.asrchunks import pad_with_line_noise
 
 KO_MODEL = model_path("ko-KR", Settings())
 
@@ -654,6 +657,54 @@ def test_a_reused_recognizer_hears_what_a_new_one_hears(
 
 
 @pytest.mark.audio
+def test_the_quiet_line_around_a_recording_s_speech_is_not_decoded(
+    recognizer: VoskRecognizer, clips: Clips, ko_grammars: dict[Expect, list[str]], tmp_path: Path
+) -> None:
+    """A recording holds a pause before the caller speaks and the second Asterisk waits after the last
+    word (issue #16): only the speech, with stream mode's lead and trailing silence, goes through Vosk.
+    So the words no longer depend on how long the caller waited or the recorder listened (the Korean
+    model hears other words after a long lead, as without trimming below), their times count from the
+    file's start, and a recording with no loud frame at all is silence without a decode."""
+    grammar = ko_grammars[Expect.SPEECH]
+    short, long = tmp_path / "short.wav", tmp_path / "long.wav"
+    subprocess.run(["sox", str(clips.balance), str(short), "pad", "0.3", "0.5"], check=True)
+    subprocess.run(["sox", str(clips.balance), str(long), "pad", "2.0", "1.5"], check=True)
+    whole = VoskRecognizer(Settings(asr_dither=False, asr_trim_silence=False), reuse=True)
+    trimmed = VoskRecognizer(Settings(asr_dither=False), reuse=True)
+    whole._loaded = trimmed._loaded = recognizer._loaded  # the session's loaded model, not another copy
+    after_short, after_long = trimmed.transcribe(short, "ko-KR", grammar), trimmed.transcribe(long, "ko-KR", grammar)
+    assert after_short.words and [(w.word, w.confidence) for w in after_long.words] == [
+        (w.word, w.confidence) for w in after_short.words
+    ]
+    for s, lg in zip(after_short.words, after_long.words, strict=True):
+        assert lg.start_s == pytest.approx(s.start_s + 1.7, abs=1e-3) and lg.end_s == pytest.approx(s.end_s + 1.7, abs=1e-3)
+    untrimmed = whole.transcribe(short, "ko-KR", grammar), whole.transcribe(long, "ko-KR", grammar)
+    assert untrimmed[0].words != untrimmed[1].words, "this model hears the same words after any lead: pick another clip"
+
+    [(kept,)] = trimmed._idle.values()
+    speech_s = duration_s(clips.balance) + (LEAD_MS + Settings().endpoint_silence_ms) / 1000
+    assert kept.fed_samples <= 2 * speech_s * 8000 < (duration_s(short) + duration_s(long)) * 8000
+    [(kept_whole,)] = whole._idle.values()
+    assert kept_whole.fed_samples == (duration_s(short) + duration_s(long)) * 8000
+
+    quiet = tmp_path / "quiet.wav"
+    shutil.copy(clips.silence, quiet)
+    pad_with_line_noise(quiet, 1.0, 1.0, seed=2)
+    fresh = VoskRecognizer(Settings(asr_dither=False), reuse=True)
+    fresh._loaded = recognizer._loaded
+    assert heard_nothing(fresh.transcribe(quiet, "ko-KR", grammar))
+    assert not fresh._idle  # no recognizer was even made
+
+
+def test_speech_span_keeps_the_lead_and_the_trail_around_the_loud_frames() -> None:
+    quiet, loud = b"\0\0" * 160, struct.pack("<h", 3000) * 160  # 20 ms frames at 8 kHz
+    pcm = quiet * 50 + loud * 10 + quiet * 5 + loud * 3 + quiet * 100
+    assert speech_span(pcm, 8000, lead_ms=140, trail_ms=440) == ((50 - 7) * 160, (68 + 22) * 160)
+    assert speech_span(loud * 2 + quiet, 8000, lead_ms=140, trail_ms=440) == (0, 3 * 160)  # clipped to the file
+    assert speech_span(quiet * 20, 8000, lead_ms=140, trail_ms=440) == (0, 0)
+    assert speech_span(struct.pack("<h", 255) * 8000, 8000, lead_ms=0, trail_ms=0) == (0, 0)  # below Asterisk's threshold
+
+
 def test_model_word_lookup_agrees_with_the_vocabulary(
     recognizer: VoskRecognizer, ko_vocabulary: set[str]
 ) -> None:

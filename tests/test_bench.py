@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from ivr.cli import main
-from ivr.testing.harness import trailing_quiet_s
+from ivr.testing.callfile import CallFile, Turn
+from ivr.testing.harness import ScriptedAsterisk, trailing_quiet_s, wav_duration_s
 from tests.conftest import SuiteDirs, make_demo_db
 
 FIGURES = ("compute_latency_ms", "perceived_latency_ms", "server_compute_ms", "asr_ms", "dialogue_ms", "tts_ms",
@@ -155,8 +156,7 @@ def test_asterisk_mode_needs_the_local_asterisk(
     assert "the local Asterisk is not running: start it with `ivr asterisk up`" in capsys.readouterr().err
 
 
-def test_quiet_tail_of_the_callers_audio(tmp_path: Path) -> None:
-    path = tmp_path / "speech.wav"
+def write_tone_then_line_noise(path: Path) -> None:
     t = np.arange(int(0.5 * 8000)) / 8000
     tone = (8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2")
     quiet = (np.random.default_rng(1).normal(0, 40, int(0.3 * 8000))).astype("<i2")  # line noise, below 256
@@ -165,4 +165,25 @@ def test_quiet_tail_of_the_callers_audio(tmp_path: Path) -> None:
         w.setsampwidth(2)
         w.setframerate(8000)
         w.writeframes(np.concatenate([tone, quiet]).tobytes())
+
+
+def test_quiet_tail_of_the_callers_audio(tmp_path: Path) -> None:
+    path = tmp_path / "speech.wav"
+    write_tone_then_line_noise(path)
     assert trailing_quiet_s(path) == pytest.approx(0.3, abs=0.021)
+
+
+async def test_a_real_time_caller_s_recording_ends_with_the_recorder_s_silence(tmp_path: Path) -> None:
+    """As Asterisk's file does: RECORD FILE with s=1 stops one second into the quiet, so the robot gets
+    the speech (0.5 s), its quiet end (0.3 s) and as much more silence as makes the second; within the
+    command's own time limit."""
+    speech = tmp_path / "speech.wav"
+    write_tone_then_line_noise(speech)
+    turns = (Turn("audio", speech), Turn("audio", speech))
+    peer = ScriptedAsterisk(CallFile(tmp_path / "c.yml", "100", "en-US", turns), locale="en-US", text_mode=False, realtime=True)
+    reply = await peer._record_file(["RECORD", "FILE", str(tmp_path / "one"), "wav", "#", "10000", "s=1"])
+    assert wav_duration_s(tmp_path / "one.wav") == pytest.approx(1.5, abs=0.021)
+    assert trailing_quiet_s(tmp_path / "one.wav") == pytest.approx(1.0, abs=0.021)
+    assert reply == "200 result=0 (timeout) endpos=12000\n"
+    await peer._record_file(["RECORD", "FILE", str(tmp_path / "two"), "wav", "#", "1200", "s=1"])
+    assert wav_duration_s(tmp_path / "two.wav") == pytest.approx(1.2, abs=0.001)

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from ivr.asr.grammar import load_grammars
-from ivr.asr.recognizer import VoskRecognizer
+from ivr.asr.recognizer import LEAD_MS, VoskRecognizer
 from ivr.asr.stream import StreamingRecognizer, open_stream
 from ivr.config import Settings
 from ivr.media.audiosocket import split_frames
 from ivr.media.listen import Listener, Partial, TurnEnded
-from ivr.media.stream import LEAD_MS, _loud_run_start_ms
+from ivr.media.stream import _loud_run_start_ms
 from ivr.media.vad import Endpointer, SileroVad, SpeechStarted
 from ivr.media.vad_bench import sox_noise
 from ivr.parts import Expect, Recognition, RecognizerError
@@ -30,8 +30,9 @@ SPEECH = sorted(p.stem for p in AUDIO.glob("*.wav") if p.with_suffix(".txt").exi
 
 @pytest.fixture(scope="module")
 def recognizer() -> VoskRecognizer:
-    """The Korean model, dither off (reproducible), loaded once for this module."""
-    rec = VoskRecognizer(Settings(asr_dither=False))
+    """The Korean model, dither off (reproducible), loaded once for this module. It decodes every sample of
+    a file (no trimming of its quiet ends): the reference for what Vosk makes of exactly that audio."""
+    rec = VoskRecognizer(Settings(asr_dither=False, asr_trim_silence=False))
     rec.load("ko-KR")
     return rec
 

@@ -32,6 +32,7 @@ model is in memory), for two settings Vosk only reads from there:
 
 from __future__ import annotations
 
+import audioop
 import contextlib
 import json
 import logging
@@ -63,6 +64,10 @@ _GRAMMAR_CACHE_SIZE = 32
 _IDLE_PER_GRAMMAR = 8  # reused recognizers kept per grammar: enough for the decodes that run at once
 _REUSE_MAX_S = 600  # audio a reused recognizer decodes before it is retired (see the module doc)
 MIN_RATE_HZ = 8000
+SPEECH_RMS = 256  # Asterisk's default silence threshold (dsp.conf), on 16-bit samples: quieter is not speech
+# Silence kept around the speech of a recording (``settings.asr_trim_silence``): the lead stream mode
+# gives Vosk (ivr/media/listen.py), the trailing silence that ends a turn in stream mode.
+LEAD_MS = 140
 MAX_RATE_HZ = 48000
 
 
@@ -226,6 +231,18 @@ class VoskRecognizer:
         with _open_wav(wav) as wf:
             rate = wf.rate
             frames = wf.frames
+            try:
+                pcm = wf.read(frames)
+            except OSError as exc:
+                raise RecognizerError(f"{wav}: the audio data is unreadable: {exc}") from exc
+            if self._settings.asr_trim_silence:
+                first, last = speech_span(pcm, rate, lead_ms=LEAD_MS, trail_ms=self._settings.endpoint_silence_ms)
+                if first == last:  # not one frame above the recorder's silence threshold: nobody spoke
+                    logger.debug("%.2f s of audio, all of it quiet: not decoded", frames / rate if rate else 0.0)
+                    return Recognition(text="", confidence=0.0)
+                pcm = pcm[2 * first : 2 * last]
+            else:
+                first = 0
             key = (locale, compiled.json, rate) if compiled is not None and self._reuse else None
             reused = self._take(key)
             if reused is None:
@@ -243,27 +260,25 @@ class VoskRecognizer:
             raw: list[dict[str, Any]] = []
             fed = 0
             try:
-                while True:
-                    data = wf.read(_CHUNK_FRAMES)
-                    if not data:
-                        break
+                for offset in range(0, len(pcm), 2 * _CHUNK_FRAMES):
+                    data = pcm[offset : offset + 2 * _CHUNK_FRAMES]
                     fed += len(data) // 2
                     if rec.AcceptWaveform(data):  # an endpoint: a pause inside the recording
                         raw.extend(json.loads(rec.Result()).get("result", []))
                 raw.extend(json.loads(rec.FinalResult()).get("result", []))
-            except OSError as exc:
-                raise RecognizerError(f"{wav}: the audio data is unreadable: {exc}") from exc
             except Exception as exc:
                 raise RecognizerError(f"{wav}: decoding failed: {exc}") from exc
-            _shift_times(raw, reused.fed_samples / rate)
+            # Word times count from the file's first sample: Vosk's from what this recognizer was fed.
+            _shift_times(raw, (reused.fed_samples - first) / rate)
             reused.fed_samples += fed
             if key is not None and reused.fed_samples < _REUSE_MAX_S * rate:
                 self._give_back(key, reused)
         elapsed = time.perf_counter() - started
-        duration = frames / rate if rate else 0.0
+        duration = fed / rate if rate else 0.0
         logger.debug(
-            "decoded %.2f s of audio in %.3f s (rtf %.3f, %s)",
+            "decoded %.2f of %.2f s of audio in %.3f s (rtf %.3f, %s)",
             duration,
+            frames / rate if rate else 0.0,
             elapsed,
             elapsed / duration if duration else 0.0,
             "grammar" if compiled else "free",
@@ -308,6 +323,20 @@ class _Reusable:
 
     rec: Any
     fed_samples: int = 0
+
+
+def speech_span(pcm: bytes, rate: int, *, lead_ms: int, trail_ms: int, frame_ms: int = 20) -> tuple[int, int]:
+    """The samples of a 16-bit mono recording worth decoding, as ``(first, last)`` sample indexes: from
+    ``lead_ms`` before its first frame at or above ``SPEECH_RMS`` to ``trail_ms`` after its last one.
+    ``(0, 0)`` when no frame is that loud. Frames are ``frame_ms`` long."""
+    step = max(1, rate * frame_ms // 1000)
+    samples = len(pcm) // 2
+    loud = [i for i in range(0, samples, step) if audioop.rms(pcm[2 * i : 2 * (i + step)], 2) >= SPEECH_RMS]
+    if not loud:
+        return 0, 0
+    first = max(0, loud[0] - rate * lead_ms // 1000)
+    last = min(samples, loud[-1] + step + rate * trail_ms // 1000)
+    return first, last
 
 
 def _shift_times(raw: list[dict[str, Any]], offset_s: float) -> None:

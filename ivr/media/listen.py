@@ -20,12 +20,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ivr.asr.recognizer import LEAD_MS
 from ivr.asr.stream import StreamingRecognizer
 from ivr.media.audiosocket import FRAME_BYTES, FRAME_MS
 from ivr.media.vad import Endpointer, SpeechEnded, SpeechStarted
 from ivr.parts import Recognition
 
-LEAD_MS = 140  # audio before the onset given to Vosk (7 frames)
 MAX_PREROLL_MS = 1000  # audio kept while quiet (an onset is declared ~280 ms after it, more with gaps)
 
 

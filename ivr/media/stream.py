@@ -35,6 +35,7 @@ from typing import Any
 
 from ivr.agi.connection import AgiChannel
 from ivr.agi.record_mode import recognizer_serves
+from ivr.asr.recognizer import LEAD_MS, SPEECH_RMS
 from ivr.channel import Heard, Playback
 from ivr.config import Settings
 from ivr.media.audiosocket import (
@@ -54,11 +55,8 @@ from ivr.pools import PartPool
 log = logging.getLogger(__name__)
 
 PRE_ROLL_MS = 1000  # caller audio kept while nobody speaks: the onset is declared some 200-400 ms in
-LEAD_MS = 140  # the recognizer gets this much before the speech's first frame (the Korean model misreads
-#               words after long leading silence: 140 ms measured best, ivr/media/listen.py)
 QUIET_DBFS = -55.0  # frames quieter than this are never speech: the VAD model is not even run on them
 #                    (an idle line costs next to nothing; speech is 20 dB and more above it)
-SPEECH_RMS = 256  # frames below this (Asterisk's default silence threshold, 16-bit) are not speech
 QUIET_FRAMES_IN_SPEECH = 3  # quiet frames a word's onset may hold (stops, short pauses)
 READ_CHUNK = 4096
 UUID_TIMEOUT_S = 3.0

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ivr.asr.recognizer import SPEECH_RMS
 from ivr.masking import mask_secret, mask_text
 from ivr.testing.callfile import CallFile, Turn
 
@@ -132,6 +133,25 @@ def write_silence(path: Path, seconds: float) -> None:
         w.writeframes(b"\x00\x00" * int(8000 * seconds))
 
 
+def append_silence(path: Path, seconds: float) -> None:
+    with wave.open(str(path), "rb") as r:
+        params, frames = r.getparams(), r.readframes(r.getnframes())
+    with wave.open(str(path), "wb") as w:
+        w.setparams(params)
+        w.writeframes(frames + b"\x00" * params.sampwidth * int(params.framerate * seconds))
+
+
+def end_as_recorded(path: Path, silence_s: float, limit_s: float | None = None) -> None:
+    """Give a caller's utterance the end Asterisk's file has: ``RECORD FILE`` with ``s=silence_s`` stops
+    that long into the quiet (which starts with the utterance's own quiet end), so the robot gets the
+    speech and then the recorder's wait; never past the command's time limit ``limit_s``."""
+    tail_s = silence_s - min(silence_s, trailing_quiet_s(path))
+    if limit_s is not None:
+        tail_s = min(tail_s, limit_s - wav_duration_s(path))
+    if tail_s > 0:
+        append_silence(path, tail_s)
+
+
 def truncate_wav(path: Path, seconds: float) -> None:
     with wave.open(str(path), "rb") as w:
         params = w.getparams()
@@ -162,7 +182,7 @@ def wav_duration_s(path: Path) -> float:
         return w.getnframes() / float(w.getframerate())
 
 
-SILENCE_THRESHOLD = 256  # Asterisk's default silence threshold (dsp.conf), on 16-bit samples
+SILENCE_THRESHOLD = SPEECH_RMS  # Asterisk's default silence threshold (dsp.conf), on 16-bit samples
 
 
 def trailing_quiet_s(path: Path, frame_s: float = 0.02) -> float:
@@ -470,6 +490,7 @@ class ScriptedAsterisk:
             quiet_s = min(silence_s, await asyncio.to_thread(trailing_quiet_s, target))
             await asyncio.sleep(wav_duration_s(target) - quiet_s)  # the caller's last word
             await asyncio.sleep(silence_s)
+            await asyncio.to_thread(end_as_recorded, target, silence_s, self._record_limit_s)
             self.report.silence_waits_s.append(silence_s)
             self._silence_waited = silence_s
         self._recorded_at = time.monotonic()

@@ -3,7 +3,8 @@
 The bench's calls (``ivr.testing.bench.BENCH_CALLS``) are placed one after another on the real parts of
 the robot (``ivr.app.build_robot``: Vosk with the per-state grammars, the in-process Rasa agent with its
 custom actions, the account store, the prompt cache, the session, JSON logging) through an in-memory
-channel whose caller speech is the synthesized WAV that ``ivr bench`` sends, decoded by the real
+channel whose caller speech is the synthesized WAV that ``ivr bench`` sends, ended as Asterisk's recorder
+ends it (the robot's ``record_silence_s`` of silence after the last word; ``--recorder-silence``), decoded by the real
 recognizer on the recognition threads (``--text``: the words themselves, as ``ivr bench --text``). Nothing else runs in the process, so the process CPU consumed
 between two dialogue replies is the CPU of one caller turn (speaking the previous reply, listening,
 recognizing, deciding, looking up, rendering, bookkeeping, logging).
@@ -236,10 +237,12 @@ def _instrument(robot: Any, clock: StageClock, locale: str) -> int:
     return time.pthread_getcpuclockid(ident)
 
 
-async def _calls(settings: Settings, locale: str, calls: int, work: Path, text: bool) -> dict[str, Any]:
+async def _calls(
+    settings: Settings, locale: str, calls: int, work: Path, text: bool, recorder_silence_s: float
+) -> dict[str, Any]:
     from ivr.app import build_robot
     from ivr.testing.bench import BENCH_CALLS
-    from ivr.testing.harness import copy_as_8k
+    from ivr.testing.harness import copy_as_8k, end_as_recorded
 
     robot = build_robot(settings)
     await robot.warm_up()
@@ -250,6 +253,7 @@ async def _calls(settings: Settings, locale: str, calls: int, work: Path, text: 
             if turn.kind == "say" and wavs is not None:
                 target = work / f"caller-{i}.wav"
                 copy_as_8k(await robot.parts.synthesizer.render(turn.value, locale), target)
+                end_as_recorded(target, recorder_silence_s)
                 wavs[turn.value] = target
         clock = StageClock()
         meter = TurnMeter(robot.parts.dialogue, clock, _instrument(robot, clock, locale))
@@ -299,7 +303,9 @@ def summarise(per_call: list[list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
-def run(settings: Settings, locale: str, calls: int, *, text: bool = False) -> dict[str, Any]:
+def run(
+    settings: Settings, locale: str, calls: int, *, text: bool = False, recorder_silence_s: float | None = None
+) -> dict[str, Any]:
     from ivr.testing.replay import replay_settings
 
     with tempfile.TemporaryDirectory(prefix="ivr-turncpu-") as tmp:
@@ -315,13 +321,17 @@ def run(settings: Settings, locale: str, calls: int, *, text: bool = False) -> d
             replay_settings(settings), tts_dynamic_sidecars=False, database_url=url,
             transcripts_dir=work / "transcripts", spool_dir=work / "spool", lockout_failures=1_000_000,
         )
-        result = asyncio.run(_calls(settings, locale, calls, work, text))
+        if recorder_silence_s is None:
+            recorder_silence_s = float(settings.record_silence_s)
+        result = asyncio.run(_calls(settings, locale, calls, work, text, recorder_silence_s))
     summary = summarise(result["calls"])
     return {
         "command": " ".join(["python -m ivr.testing.turncpu", *sys.argv[1:]]),
         "machine": {"cores": os.cpu_count()},
         "locale": locale,
         "recognition": "text" if text else "vosk",
+        "recorder_silence_s": recorder_silence_s,
+        "trim_silence": settings.asr_trim_silence,
         "calls": calls,
         "outcomes": result["outcomes"],
         "summary": summary,
@@ -336,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text", action="store_true",
                         help="the caller's words reach the dialogue as text (no recognition), as `ivr bench --text`: "
                              "the intended path, with the verification and the account look-ups")
+    parser.add_argument("--recorder-silence", type=float, default=None, metavar="S",
+                        help="silence at the end of each caller recording, as RECORD FILE's s= leaves it "
+                             "(default: the robot's record_silence_s; 0: the synthesized speech alone)")
     parser.add_argument("--json", help="write every turn's figures here")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -343,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # As `ivr serve` logs (JSON lines), into the void: what counts is the work, not the terminal.
     configure_logging(args.log_level, stream=open(os.devnull, "w", encoding="utf-8"), log_format="json")
-    result = run(load_settings(), args.locale, args.calls, text=args.text)
+    result = run(load_settings(), args.locale, args.calls, text=args.text, recorder_silence_s=args.recorder_silence)
     if args.json:
         Path(args.json).write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in result.items() if k != "turns"}, ensure_ascii=False, indent=1))
