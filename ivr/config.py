@@ -110,6 +110,9 @@ class Settings:
     # record mode: decode a recording from LEAD_MS before its first loud frame to endpoint_silence_ms after
     # its last (the audio stream mode gives Vosk); a recording with no loud frame is silence, not decoded
     asr_trim_silence: bool = True
+    # record mode: decode the recording while Asterisk writes it (the same audio, the same words), so a
+    # turn's decoding is mostly done when the caller stops speaking; off: once the file is complete
+    asr_while_recording: bool = True
     vosk_model_base_url: str = ""  # empty: the Vosk project's model site (for `ivr models pull`)
     tts_rate_wpm: int = 160
     tts_voice: str = ""  # empty: the locale's default espeak-ng voice

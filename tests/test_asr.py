@@ -14,11 +14,14 @@ import re
 import shutil
 import struct
 import subprocess
+import threading
+import time
 import wave
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -694,6 +697,120 @@ def test_the_quiet_line_around_a_recording_s_speech_is_not_decoded(
     fresh._loaded = recognizer._loaded
     assert heard_nothing(fresh.transcribe(quiet, "ko-KR", grammar))
     assert not fresh._idle  # no recognizer was even made
+
+
+class SpyRecognizers:
+    """Stands in for ``vosk.KaldiRecognizer`` (real ones inside): notes, for every chunk fed, whether the
+    recording had already ended."""
+
+    def __init__(self, real: Any, ended: threading.Event) -> None:
+        self.real, self.ended = real, ended
+        self.made = 0
+        self.fed_after_end: list[bool] = []
+
+    def __call__(self, *args: Any) -> Any:
+        self.made += 1
+        spy, rec = self, self.real(*args)
+
+        class Spy:
+            def AcceptWaveform(self, data: bytes) -> bool:
+                spy.fed_after_end.append(spy.ended.is_set())
+                return bool(rec.AcceptWaveform(data))
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(rec, name)
+
+        return Spy()
+
+
+def record_like_asterisk(
+    target: Path, pcm: bytes, ended: threading.Event, spy: SpyRecognizers, *, keep_bytes: int | None = None
+) -> None:
+    """Asterisk's RECORD FILE, fast: the header with the sizes unset, the audio in 4 KB writes, then (once
+    the recognizer has had time to read it) the sizes, and the command returns. ``keep_bytes``: the file is
+    cut back to that much audio first, as Asterisk cuts the silence it waited for when s > 1."""
+    time.sleep(0.2)  # the file appears a little after the recording starts
+    with open(target, "wb") as f:
+        f.write(b"RIFF" + struct.pack("<I", 0) + b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16))
+        f.write(b"data" + struct.pack("<I", 0))
+        for i in range(0, len(pcm), 4096):
+            f.write(pcm[i : i + 4096])
+            f.flush()
+            time.sleep(0.005)
+        deadline, seen = time.monotonic() + 30, -1
+        while seen != len(spy.fed_after_end) and time.monotonic() < deadline:  # until it stops decoding
+            seen = len(spy.fed_after_end)
+            time.sleep(0.5)
+        size = len(pcm) if keep_bytes is None else keep_bytes
+        f.truncate(44 + size)
+        f.seek(4)
+        f.write(struct.pack("<I", 36 + size))
+        f.seek(40)
+        f.write(struct.pack("<I", size))
+    ended.set()
+
+
+def test_a_recording_is_decoded_while_asterisk_writes_it(
+    recognizer: VoskRecognizer, clips: Clips, ko_grammars: dict[Expect, list[str]], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Record mode (issue #16): the recognizer reads the recording as Asterisk writes it, so when the
+    caller's turn ends only the last chunk is left to decode; the same samples in the same chunks as the
+    finished file's, so the very same result (words, confidences, times)."""
+    import vosk
+
+    finished = tmp_path / "finished.wav"
+    subprocess.run(["sox", str(clips.two_parts), str(finished), "pad", "0.5", "1.0"], check=True)
+    grammar = ko_grammars[Expect.SPEECH]
+    expected = recognizer.transcribe(finished, "ko-KR", grammar)
+    assert expected.words
+    with wave.open(str(finished)) as w:
+        pcm = w.readframes(w.getnframes())
+    ended = threading.Event()
+    spy = SpyRecognizers(vosk.KaldiRecognizer, ended)
+    monkeypatch.setattr(vosk, "KaldiRecognizer", spy)
+    growing = VoskRecognizer(Settings(asr_dither=False))
+    growing._loaded = recognizer._loaded
+    target = tmp_path / "growing.wav"
+    writer = threading.Thread(target=record_like_asterisk, args=(target, pcm, ended, spy))
+    writer.start()
+    result = growing.transcribe_while_recorded(target, "ko-KR", grammar, ended)
+    writer.join()
+    assert result == expected
+    assert spy.made == 1 and len(spy.fed_after_end) >= 6
+    # the last chunks hold the trailing silence, kept back until the recording says it is the end
+    assert spy.fed_after_end.count(True) <= 2, spy.fed_after_end
+
+
+def test_a_recording_asterisk_cuts_back_is_decoded_as_it_was_kept(
+    recognizer: VoskRecognizer, clips: Clips, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vosk
+
+    speech = tmp_path / "speech.wav"
+    subprocess.run(["sox", str(clips.balance), str(speech), "pad", "0", "3.0"], check=True)
+    with wave.open(str(speech)) as w:
+        pcm = w.readframes(w.getnframes())
+    kept = len(pcm) - 2 * 16000  # the last 2 s cut back
+    ended = threading.Event()
+    spy = SpyRecognizers(vosk.KaldiRecognizer, ended)
+    monkeypatch.setattr(vosk, "KaldiRecognizer", spy)
+    untrimmed = VoskRecognizer(Settings(asr_dither=False, asr_trim_silence=False))
+    untrimmed._loaded = recognizer._loaded
+    target = tmp_path / "growing.wav"
+    writer = threading.Thread(target=record_like_asterisk, args=(target, pcm, ended, spy), kwargs={"keep_bytes": kept})
+    writer.start()
+    result = untrimmed.transcribe_while_recorded(target, "ko-KR", None, ended)
+    writer.join()
+    assert spy.made == 2  # the audio read while it grew was longer than the file kept: decoded again
+    assert result == untrimmed.transcribe(target, "ko-KR", None)
+
+
+def test_a_recording_that_never_appears_is_a_recognizer_error(recognizer: VoskRecognizer, tmp_path: Path) -> None:
+    ended = threading.Event()
+    threading.Timer(0.3, ended.set).start()
+    with pytest.raises(RecognizerError, match="no such audio file"):
+        recognizer.transcribe_while_recorded(tmp_path / "never.wav", "ko-KR", ["네"], ended)
 
 
 def test_speech_span_keeps_the_lead_and_the_trail_around_the_loud_frames() -> None:

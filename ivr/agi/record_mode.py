@@ -4,8 +4,8 @@
   is kept (type-ahead) as the first key of the next ``listen``. Speech cannot interrupt here: Asterisk
   does not hear the caller while it plays a file.
 - ``listen``: ``RECORD FILE`` into the shared spool until ``record_silence_s`` of silence (any key ends it
-  too), then the recognizer decodes the file on the recognition threads (``asr_pool``), bounded by
-  ``asr_timeout_s``; keypad only: ``WAIT FOR DIGIT``, no recording. The recording is deleted once decoded
+  too); the recognizer decodes the file on the recognition threads (``asr_pool``) as Asterisk writes it
+  (Vosk; else once it is complete), its result bounded by ``asr_timeout_s`` from the end of the recording; keypad only: ``WAIT FOR DIGIT``, no recording. The recording is deleted once decoded
   unless ``IVR_KEEP_RECORDINGS`` keeps it (owner-only, as ``<call_id>-<n>.wav``).
 - ``transfer`` / ``finish``: the dialplan variables ``IVR_RESULT`` and ``IVR_TRANSFER_REASON`` (the
   dialplan then queues the caller, or plays its own apology for ``error``), and ``HANGUP`` when done.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,6 +37,11 @@ async def recognizer_serves(recognizer: Recognizer, locale: str, pool: PartPool,
     if available is None:
         return True
     return bool(await asyncio.wait_for(pool.run(available, locale), timeout_s))
+
+
+def _retrieve(future: asyncio.Future[Recognition]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class RecordModeChannel:
@@ -85,14 +91,22 @@ class RecordModeChannel:
             return Heard(key=await self._agi.wait_digit(self._settings.keypad_wait_s))
         self._recordings += 1
         path = self._settings.spool_dir / f"{self._call_id}-{self._recordings}.wav"
+        ended = threading.Event()
+        decoding = self._decode_while_recorded(path, locale, expect, ended)
         try:
-            recording = await self._agi.record(
-                path, escape_digits=KEYS, max_s=self._settings.record_max_s, silence_s=self._settings.record_silence_s
-            )
+            try:
+                recording = await self._agi.record(
+                    path, escape_digits=KEYS, max_s=self._settings.record_max_s, silence_s=self._settings.record_silence_s
+                )
+            finally:
+                ended.set()
             if recording.digit:
                 return Heard(key=recording.digit)
             started = time.monotonic()
-            recognition = await self._decode(recording.path, locale, expect)
+            if decoding is None:
+                recognition = await self._decode(recording.path, locale, expect)
+            else:
+                recognition = await self._result(decoding)
             return Heard(recognition=recognition, asr_s=time.monotonic() - started, recording=self._recordings)
         finally:
             with contextlib.suppress(OSError):
@@ -105,9 +119,29 @@ class RecordModeChannel:
         def decode() -> Recognition:  # the grammar too: its first build for a locale takes a while
             return self._recognizer.transcribe(wav, locale, self._grammar(locale, expect))
 
+        return await self._result(asyncio.ensure_future(self._asr_pool.run(decode)))
+
+    def _decode_while_recorded(
+        self, wav: Path, locale: str, expect: Expect, ended: threading.Event
+    ) -> asyncio.Future[Recognition] | None:
+        """With a recognizer that can (Vosk), the recording is decoded while Asterisk writes it, on the
+        recognition threads (``IVR_ASR_WHILE_RECORDING``): when the caller's turn ends, only its last
+        half-second is left. None: decode the file once it is complete."""
+        transcribe = getattr(self._recognizer, "transcribe_while_recorded", None)
+        if transcribe is None or not self._settings.asr_while_recording:
+            return None
+
+        def decode() -> Recognition:
+            return transcribe(wav, locale, self._grammar(locale, expect), ended)
+
+        decoding = asyncio.ensure_future(self._asr_pool.run(decode))
+        decoding.add_done_callback(_retrieve)  # a key or a hang-up ended the turn: nobody awaits it
+        return decoding
+
+    async def _result(self, decoding: asyncio.Future[Recognition]) -> Recognition:
         limit = self._settings.asr_timeout_s
         try:
-            return await asyncio.wait_for(self._asr_pool.run(decode), limit)
+            return await asyncio.wait_for(decoding, limit)
         except asyncio.TimeoutError:
             raise RecognizerError(f"the recognizer gave no answer within {limit} s") from None
 

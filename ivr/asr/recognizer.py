@@ -14,6 +14,13 @@ sample, in single precision, and ``transcribe`` shifts them back, which leaves t
 microseconds of a new recognizer's (a recognizer is retired after ``_REUSE_MAX_S`` of audio, so the
 error stays that small).
 
+What Vosk is fed of a recording (``SpeechFeed``): with ``settings.asr_trim_silence``, only its speech, from
+``LEAD_MS`` before its first loud frame to ``endpoint_silence_ms`` after its last one (the audio stream mode
+gives Vosk), since Vosk's cost is the same per second of silence as of speech; a recording with no loud
+frame is not decoded. ``transcribe_while_recorded`` feeds a recording Asterisk is still writing as it
+grows, in the same chunks, so its result is the finished file's and only the last chunk is left to decode
+when the recording ends.
+
 The model is loaded through a temporary copy of its folder (the large files are symlinked, only
 ``conf/`` is copied and edited; the installed model is never touched; the copy is removed once the
 model is in memory), for two settings Vosk only reads from there:
@@ -63,6 +70,7 @@ _CHUNK_FRAMES = 4000
 _GRAMMAR_CACHE_SIZE = 32
 _IDLE_PER_GRAMMAR = 8  # reused recognizers kept per grammar: enough for the decodes that run at once
 _REUSE_MAX_S = 600  # audio a reused recognizer decodes before it is retired (see the module doc)
+_POLL_S = 0.1  # how often a recording being written is read again
 MIN_RATE_HZ = 8000
 SPEECH_RMS = 256  # Asterisk's default silence threshold (dsp.conf), on 16-bit samples: quieter is not speech
 # Silence kept around the speech of a recording (``settings.asr_trim_silence``): the lead stream mode
@@ -226,61 +234,129 @@ class VoskRecognizer:
         """
         model = self._model(locale)
         compiled = self._grammar(locale, grammar) if grammar else None
-        import vosk
-
         with _open_wav(wav) as wf:
-            rate = wf.rate
-            frames = wf.frames
+            feed = self._feed(wf.rate)
             try:
-                pcm = wf.read(frames)
+                chunks = [*feed.add(wf.read(wf.frames)), *feed.finish()]
             except OSError as exc:
                 raise RecognizerError(f"{wav}: the audio data is unreadable: {exc}") from exc
-            if self._settings.asr_trim_silence:
-                first, last = speech_span(pcm, rate, lead_ms=LEAD_MS, trail_ms=self._settings.endpoint_silence_ms)
-                if first == last:  # not one frame above the recorder's silence threshold: nobody spoke
-                    logger.debug("%.2f s of audio, all of it quiet: not decoded", frames / rate if rate else 0.0)
-                    return Recognition(text="", confidence=0.0)
-                pcm = pcm[2 * first : 2 * last]
-            else:
-                first = 0
-            key = (locale, compiled.json, rate) if compiled is not None and self._reuse else None
-            reused = self._take(key)
-            if reused is None:
-                try:
-                    if compiled is None:
-                        rec = vosk.KaldiRecognizer(model, float(rate))
-                    else:
-                        rec = vosk.KaldiRecognizer(model, float(rate), compiled.json)
-                    rec.SetWords(True)
-                except Exception as exc:
-                    raise RecognizerError(f"{wav}: cannot create a {locale} recognizer: {exc}") from exc
-                reused = _Reusable(rec)
-            rec = reused.rec
-            started = time.perf_counter()
-            raw: list[dict[str, Any]] = []
-            fed = 0
+        return self._decode(wav, locale, model, compiled, feed, chunks)
+
+    def transcribe_while_recorded(
+        self, wav: Path, locale: str, grammar: Sequence[str] | None, ended: threading.Event
+    ) -> Recognition:
+        """``transcribe`` for a recording Asterisk is still writing (``RECORD FILE``): the audio is decoded
+        as it reaches the file, so when ``ended`` is set (the command returned, the file is complete) only
+        its last half-second is left to decode. The same samples in the same chunks as ``transcribe`` of
+        the finished file, so the same result. Blocks until then: run it beside the recording."""
+        model = self._model(locale)
+        compiled = self._grammar(locale, grammar) if grammar else None
+        with self._growing(wav, ended) as (rate, data):
+            feed = self._feed(rate)
+
+            def arriving() -> Iterator[bytes]:
+                for part in data:
+                    yield from feed.add(part)
+                yield from feed.finish()
+
+            result = self._decode(wav, locale, model, compiled, feed, arriving())
+        if feed.samples_in != self._samples_in_finished(wav):
+            # Asterisk cut the file back after we read it (its silence detection with s > 1 truncates the
+            # silence it waited for): decode what it kept.
+            return self.transcribe(wav, locale, grammar)
+        return result
+
+    def _feed(self, rate: int) -> SpeechFeed:
+        trim = self._settings.asr_trim_silence
+        return SpeechFeed(rate, lead_ms=LEAD_MS if trim else None, trail_ms=self._settings.endpoint_silence_ms)
+
+    @contextlib.contextmanager
+    def _growing(self, wav: Path, ended: threading.Event) -> Iterator[tuple[int, Iterator[bytes]]]:
+        """The rate of a WAV being written and its data as it arrives, until ``ended`` and the end of the file."""
+        while True:
+            done = ended.is_set()
             try:
-                for offset in range(0, len(pcm), 2 * _CHUNK_FRAMES):
-                    data = pcm[offset : offset + 2 * _CHUNK_FRAMES]
-                    fed += len(data) // 2
-                    if rec.AcceptWaveform(data):  # an endpoint: a pause inside the recording
-                        raw.extend(json.loads(rec.Result()).get("result", []))
-                raw.extend(json.loads(rec.FinalResult()).get("result", []))
-            except Exception as exc:
-                raise RecognizerError(f"{wav}: decoding failed: {exc}") from exc
-            # Word times count from the file's first sample: Vosk's from what this recognizer was fed.
-            _shift_times(raw, (reused.fed_samples - first) / rate)
-            reused.fed_samples += fed
-            if key is not None and reused.fed_samples < _REUSE_MAX_S * rate:
-                self._give_back(key, reused)
+                with _open_wav(wav) as wf:
+                    rate, start = wf.rate, wf.data_start
+                break
+            except RecognizerError:  # not there yet, or its header is not written yet
+                if done:
+                    raise
+            time.sleep(_POLL_S)
+        try:
+            f = open(wav, "rb")
+        except OSError as exc:
+            raise RecognizerError(f"{wav}: cannot read the audio file: {exc}") from exc
+        try:
+            f.seek(start)
+
+            def data() -> Iterator[bytes]:
+                while True:
+                    done = ended.is_set()  # read before the file: what follows the flag is complete
+                    part = f.read()
+                    if part:
+                        yield part
+                    if done:
+                        return
+                    time.sleep(_POLL_S)
+
+            yield rate, data()
+        except OSError as exc:
+            raise RecognizerError(f"{wav}: the audio data is unreadable: {exc}") from exc
+        finally:
+            f.close()
+
+    @staticmethod
+    def _samples_in_finished(wav: Path) -> int:
+        with _open_wav(wav) as wf:
+            return wf.frames
+
+    def _decode(
+        self, wav: Path, locale: str, model: Any, compiled: _Grammar | None, feed: SpeechFeed, chunks: Iterable[bytes]
+    ) -> Recognition:
+        """Feed ``chunks`` to a recognizer (a reused one when it can), made at the first chunk: a recording
+        with nothing to decode (``feed`` found no loud frame) makes none and is silence."""
+        import vosk
+
+        rate = feed.rate
+        key = (locale, compiled.json, rate) if compiled is not None and self._reuse else None
+        reused: _Reusable | None = None
+        raw: list[dict[str, Any]] = []
+        fed = 0
+        started = time.perf_counter()
+        try:
+            for data in chunks:
+                if reused is None:
+                    reused = self._take(key)
+                if reused is None:
+                    try:
+                        rec = vosk.KaldiRecognizer(model, float(rate), *([compiled.json] if compiled else []))
+                        rec.SetWords(True)
+                    except Exception as exc:
+                        raise RecognizerError(f"{wav}: cannot create a {locale} recognizer: {exc}") from exc
+                    reused = _Reusable(rec)
+                fed += len(data) // 2
+                if reused.rec.AcceptWaveform(data):  # an endpoint: a pause inside the recording
+                    raw.extend(json.loads(reused.rec.Result()).get("result", []))
+            if reused is None:
+                logger.debug("%.2f s of audio, none of it loud: not decoded", feed.samples_in / rate)
+                return Recognition(text="", confidence=0.0)
+            raw.extend(json.loads(reused.rec.FinalResult()).get("result", []))
+        except RecognizerError:
+            raise
+        except Exception as exc:
+            raise RecognizerError(f"{wav}: decoding failed: {exc}") from exc
+        # Word times count from the file's first sample: Vosk's from what this recognizer was fed.
+        _shift_times(raw, (reused.fed_samples - feed.first) / rate)
+        reused.fed_samples += fed
+        if key is not None and reused.fed_samples < _REUSE_MAX_S * rate:
+            self._give_back(key, reused)
         elapsed = time.perf_counter() - started
-        duration = fed / rate if rate else 0.0
         logger.debug(
-            "decoded %.2f of %.2f s of audio in %.3f s (rtf %.3f, %s)",
-            duration,
-            frames / rate if rate else 0.0,
+            "decoded %.2f of %.2f s of audio, the last part in %.3f s (%s)",
+            fed / rate,
+            feed.samples_in / rate,
             elapsed,
-            elapsed / duration if duration else 0.0,
             "grammar" if compiled else "free",
         )
         return _recognition(raw, compiled.joins if compiled else None)
@@ -325,18 +401,83 @@ class _Reusable:
     fed_samples: int = 0
 
 
-def speech_span(pcm: bytes, rate: int, *, lead_ms: int, trail_ms: int, frame_ms: int = 20) -> tuple[int, int]:
-    """The samples of a 16-bit mono recording worth decoding, as ``(first, last)`` sample indexes: from
-    ``lead_ms`` before its first frame at or above ``SPEECH_RMS`` to ``trail_ms`` after its last one.
-    ``(0, 0)`` when no frame is that loud. Frames are ``frame_ms`` long."""
-    step = max(1, rate * frame_ms // 1000)
-    samples = len(pcm) // 2
-    loud = [i for i in range(0, samples, step) if audioop.rms(pcm[2 * i : 2 * (i + step)], 2) >= SPEECH_RMS]
-    if not loud:
-        return 0, 0
-    first = max(0, loud[0] - rate * lead_ms // 1000)
-    last = min(samples, loud[-1] + step + rate * trail_ms // 1000)
-    return first, last
+class SpeechFeed:
+    """A recording's samples in, as they come; out, the chunks Vosk decodes (``_CHUNK_FRAMES`` samples):
+    with ``lead_ms``, only from ``lead_ms`` before its first loud 20 ms frame (RMS >= ``SPEECH_RMS``) to
+    ``trail_ms`` after its last one; with None, everything. The same chunks however the samples arrive
+    (a finished file at once, or a file Asterisk is still writing), so the same words."""
+
+    def __init__(self, rate: int, *, lead_ms: int | None, trail_ms: int) -> None:
+        self.rate = rate
+        self._bytes_in = 0
+        self.first = 0  # the file's sample the first chunk starts at
+        self._step = 2 * max(1, rate * 20 // 1000)  # bytes per frame
+        self._lead = None if lead_ms is None else 2 * (rate * lead_ms // 1000)
+        self._trail = 2 * (rate * trail_ms // 1000)
+        self._partial = bytearray()  # the frame being filled
+        self._quiet = bytearray()  # quiet audio not decoded yet: before the speech (its last lead), or after it
+        self._speaking = False
+        self._framed = 0  # bytes of the recording gone through _frame
+        self._out = bytearray()
+
+    @property
+    def samples_in(self) -> int:
+        return self._bytes_in // 2
+
+    def add(self, data: bytes) -> list[bytes]:
+        self._bytes_in += len(data)
+        if self._lead is None:
+            self._out += data
+            return self._full_chunks()
+        self._partial += data
+        while len(self._partial) >= self._step:
+            self._frame(bytes(self._partial[: self._step]))
+            del self._partial[: self._step]
+        return self._full_chunks()
+
+    def finish(self) -> list[bytes]:
+        """The last chunks, once the recording is complete."""
+        if self._lead is not None:
+            if self._partial:
+                self._frame(bytes(self._partial[: len(self._partial) - len(self._partial) % 2]))
+                self._partial.clear()
+            if self._speaking:
+                self._out += self._quiet[: self._trail]
+        chunks = self._full_chunks()
+        if len(self._out) > 1:
+            chunks.append(bytes(self._out[: len(self._out) - len(self._out) % 2]))
+        self._out.clear()
+        return chunks
+
+    def _frame(self, frame: bytes) -> None:
+        assert self._lead is not None
+        start = self._framed
+        self._framed += len(frame)
+        if audioop.rms(frame, 2) >= SPEECH_RMS:
+            if not self._speaking:
+                self._speaking = True
+                self.first = (start - len(self._quiet)) // 2
+            self._out += self._quiet
+            self._out += frame
+            self._quiet = bytearray()
+        else:
+            self._quiet += frame
+            if not self._speaking and len(self._quiet) > self._lead:
+                del self._quiet[: len(self._quiet) - self._lead]
+
+    def _full_chunks(self) -> list[bytes]:
+        size = 2 * _CHUNK_FRAMES
+        chunks = [bytes(self._out[i : i + size]) for i in range(0, len(self._out) - size + 1, size)]
+        del self._out[: size * len(chunks)]
+        return chunks
+
+
+def speech_span(pcm: bytes, rate: int, *, lead_ms: int, trail_ms: int) -> tuple[int, int]:
+    """The samples of a finished recording that ``SpeechFeed`` decodes, as ``(first, last)`` indexes;
+    ``(0, 0)`` when no frame is loud."""
+    feed = SpeechFeed(rate, lead_ms=lead_ms, trail_ms=trail_ms)
+    decoded = sum(len(c) for c in [*feed.add(pcm), *feed.finish()]) // 2
+    return (feed.first, feed.first + decoded) if decoded else (0, 0)
 
 
 def _shift_times(raw: list[dict[str, Any]], offset_s: float) -> None:
@@ -495,7 +636,7 @@ class _WavReader:
             elif cid == b"data":
                 if fmt is None:
                     raise RecognizerError(f"{path}: not a readable WAV file: data before the fmt chunk")
-                self._start = f.tell()
+                self.data_start = self._start = f.tell()
                 f.seek(0, os.SEEK_END)
                 available = f.tell() - self._start
                 f.seek(self._start)

@@ -15,12 +15,13 @@ import itertools
 import json
 import os
 import shutil
+import struct
 import time
 import wave
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ivr.asr.recognizer import SPEECH_RMS
 from ivr.masking import mask_secret, mask_text
@@ -150,6 +151,37 @@ def end_as_recorded(path: Path, silence_s: float, limit_s: float | None = None) 
         tail_s = min(tail_s, limit_s - wav_duration_s(path))
     if tail_s > 0:
         append_silence(path, tail_s)
+
+
+REALTIME_WRITE_S = 0.1  # how much audio a real-time recording gets at a time (Asterisk's buffered writes)
+
+
+async def record_in_real_time(source: Path, target: Path) -> None:
+    """Write ``source`` (8 kHz mono 16-bit) to ``target`` at the pace of the audio, as Asterisk records:
+    the header first, with the data size unset until the end, then the samples as they come."""
+    with wave.open(str(source), "rb") as r:
+        rate, pcm = r.getframerate(), r.readframes(r.getnframes())
+    header = b"RIFF" + struct.pack("<I", 0) + b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, 2 * rate, 2, 16)
+    step = 2 * int(rate * REALTIME_WRITE_S)
+    began = time.monotonic()
+    f = await asyncio.to_thread(open, target, "wb")
+    try:
+        await asyncio.to_thread(_write_at, f, None, header + b"data" + struct.pack("<I", 0))
+        for i in range(0, len(pcm), step):
+            chunk = pcm[i : i + step]
+            await asyncio.sleep(max(0.0, began + (i + len(chunk)) / (2 * rate) - time.monotonic()))
+            await asyncio.to_thread(_write_at, f, None, chunk)
+        await asyncio.to_thread(_write_at, f, 4, struct.pack("<I", 36 + len(pcm)))
+        await asyncio.to_thread(_write_at, f, 40, struct.pack("<I", len(pcm)))
+    finally:
+        await asyncio.to_thread(f.close)
+
+
+def _write_at(f: BinaryIO, offset: int | None, data: bytes) -> None:
+    if offset is not None:
+        f.seek(offset)
+    f.write(data)
+    f.flush()
 
 
 def truncate_wav(path: Path, seconds: float) -> None:
@@ -467,6 +499,10 @@ class ScriptedAsterisk:
         return await self._speech(turn, target, silence_s)
 
     async def _speech(self, turn: Turn, target: Path, silence_s: float) -> str:
+        # In real time the caller's audio reaches Asterisk's file as it is spoken (the robot may read the
+        # file while it grows): it is prepared beside it first.
+        streamed = self.realtime and not self.text_mode
+        spoken = target.with_name(target.stem + ".caller.wav") if streamed else target
         if turn.kind == "say":
             text: str = turn.value
             self.report.events.append({"who": "caller", "text": mask_text(text), "kind": "say"})
@@ -475,22 +511,26 @@ class ScriptedAsterisk:
             else:
                 if self.speech is None:
                     raise RuntimeError("audio mode needs a speech renderer for say turns")
-                await asyncio.to_thread(copy_as_8k, await self.speech(text, self.locale), target)
+                await asyncio.to_thread(copy_as_8k, await self.speech(text, self.locale), spoken)
         else:
             source: Path = turn.value
             self.report.events.append({"who": "caller", "text": "", "kind": "audio", "file": source.name})
-            await asyncio.to_thread(copy_as_8k, source, target)
-        if self._record_limit_s is not None and wav_duration_s(target) > self._record_limit_s:
+            await asyncio.to_thread(copy_as_8k, source, spoken)
+        if self._record_limit_s is not None and wav_duration_s(spoken) > self._record_limit_s:
             # Asterisk ends the recording at RECORD FILE's timeout, however long the caller talks on.
-            await asyncio.to_thread(truncate_wav, target, self._record_limit_s)
+            await asyncio.to_thread(truncate_wav, spoken, self._record_limit_s)
             self.report.events[-1]["truncated_to_s"] = self._record_limit_s
-        if self.realtime:
+        if streamed:
             # The caller speaks at the pace of speech, then the recorder waits for the silence, which
-            # starts with the quiet end of the caller's audio (as Asterisk's silence detector counts it).
-            quiet_s = min(silence_s, await asyncio.to_thread(trailing_quiet_s, target))
-            await asyncio.sleep(wav_duration_s(target) - quiet_s)  # the caller's last word
+            # starts with the quiet end of the caller's audio (as Asterisk's silence detector counts it);
+            # Asterisk's file holds that wait too.
+            await asyncio.to_thread(end_as_recorded, spoken, silence_s, self._record_limit_s)
+            await record_in_real_time(spoken, target)
+            spoken.unlink()
+            self.report.silence_waits_s.append(silence_s)
+            self._silence_waited = silence_s
+        elif self.realtime:  # text mode: the words are in the sidecar, the recording is a placeholder
             await asyncio.sleep(silence_s)
-            await asyncio.to_thread(end_as_recorded, target, silence_s, self._record_limit_s)
             self.report.silence_waits_s.append(silence_s)
             self._silence_waited = silence_s
         self._recorded_at = time.monotonic()
