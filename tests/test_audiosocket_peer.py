@@ -64,3 +64,21 @@ def test_frames_lost_on_the_way_do_not_make_another_prompt(tmp_path: Path) -> No
         media._robot_frame(f)
     assert media.report.errors == [] and media.frames_lost == 3
     assert media.report.events == [{"who": "robot", "text": "hello", "interrupted": False, "heard_s": 0.2}]
+
+
+def test_a_caller_bridged_late_hears_the_greeting_from_further_on_but_no_later_prompt(tmp_path: Path) -> None:
+    """Through a busy Asterisk the caller's leg may join after the robot's greeting began: its first frames
+    are a known prompt's middle, which is that prompt heard late, not foreign audio. Only for the first
+    prompt: later, audio that starts in a prompt's middle is still no known prompt."""
+    greeting = [SILENCE_FRAME, *(frame(100 * i) for i in range(1, 9)), SILENCE_FRAME]
+    other = [SILENCE_FRAME, *(frame(-100 * i) for i in range(1, 9)), SILENCE_FRAME]
+    write_prompt(tmp_path / "greeting.wav", "hello", greeting)
+    write_prompt(tmp_path / "other.wav", "other", other)
+    media = peer(tmp_path)
+    for f in [*greeting[5:], SILENCE_FRAME, SILENCE_FRAME]:  # frames 0-4 played before the caller's leg joined
+        media._robot_frame(f)
+    assert media.report.errors == [] and media.frames_lost == 4
+    assert media.report.events == [{"who": "robot", "text": "hello", "interrupted": False, "heard_s": 0.2}]
+    for f in [*other[5:], SILENCE_FRAME]:
+        media._robot_frame(f)
+    assert media.report.errors == ["the robot played audio that is no known prompt"]

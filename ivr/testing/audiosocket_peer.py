@@ -85,6 +85,7 @@ class PromptIndex:
         self._dir = sounds_dir
         self._read: dict[Path, tuple[tuple[int, int, bool], _Prompt | None]] = {}
         self._by_frame: dict[bytes, list[_Prompt]] = {}
+        self._anywhere: dict[bytes, list[tuple[_Prompt, int]]] | None = None  # every non-silent frame
 
     def candidates(self, frame: bytes) -> list[_Prompt]:
         found = self._by_frame.get(frame)
@@ -103,6 +104,23 @@ class PromptIndex:
         return [p for p in self._by_frame.get(heard[0], []) if p.frames[p.first : p.first + n] == heard
                 and len(p.frames) > p.first + n and p.frames[p.first + n] == frame]
 
+    def heard_from(self, frame: bytes) -> tuple[list[_Prompt], int]:
+        """The prompts holding ``frame`` further on than their start, and where (the first such place):
+        what a caller hears of a prompt whose beginning played before its leg was bridged."""
+        self._scan()
+        if self._anywhere is None:
+            self._anywhere = {}
+            for _, prompt in self._read.values():
+                if prompt is not None:
+                    for at, f in enumerate(prompt.frames):
+                        if f != SILENCE_FRAME:
+                            self._anywhere.setdefault(f, []).append((prompt, at))
+        places = self._anywhere.get(frame, [])
+        if not places:
+            return [], 0
+        at = places[0][1]
+        return [p for p, pos in places if pos == at], at
+
     def _scan(self) -> None:
         changed = False
         for wav in self._dir.rglob("*.wav"):
@@ -116,6 +134,7 @@ class PromptIndex:
             self._read[wav] = (key, _read_prompt(wav))
             changed = True
         if changed:
+            self._anywhere = None
             self._by_frame = {}
             for _, prompt in self._read.values():
                 if prompt is not None:
@@ -263,6 +282,12 @@ class MediaPeer:
         if frame == SILENCE_FRAME:
             return
         found = self.prompts.candidates(frame)
+        first = found[0].first if found else 0
+        if not found and not self._prompts_started:
+            # Through a busy Asterisk the caller's leg may be bridged after the robot's greeting began:
+            # the caller hears it from further on.
+            found, first = self.prompts.heard_from(frame)
+            self.frames_lost += first - (found[0].first if found else first)
         if not found:
             if not self._unknown:
                 self.unknown_audio_at.append(now)
@@ -276,7 +301,7 @@ class MediaPeer:
             self._unknown = True
             return
         self._unknown = False
-        prompt, first = found[0], found[0].first
+        prompt = found[0]
         self._current, self._position = found, first + 1
         self._prompt_started = now - first * FRAME_S
         if self._speech_ended_at is not None:  # the reply starts: the caller waited this long
