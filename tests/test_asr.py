@@ -44,6 +44,7 @@ from ivr.asr.models import model_path
 from ivr.asr.recognizer import (
     LEAD_MS,
     UNK_WORD,
+    SpeechFeed,
     VoskRecognizer,
     _compile_grammar,
     _recognition,
@@ -51,7 +52,6 @@ from ivr.asr.recognizer import (
     _tuned_copy,
     heard_nothing,
     join_words,
-    speech_span,
 )
 from ivr.config import Settings
 from ivr.parts import Expect, Recognition, RecognizerError, Word
@@ -811,6 +811,14 @@ def test_a_recording_that_never_appears_is_a_recognizer_error(recognizer: VoskRe
     threading.Timer(0.3, ended.set).start()
     with pytest.raises(RecognizerError, match="no such audio file"):
         recognizer.transcribe_while_recorded(tmp_path / "never.wav", "ko-KR", ["네"], ended)
+
+
+def speech_span(pcm: bytes, rate: int, *, lead_ms: int, trail_ms: int) -> tuple[int, int]:
+    """The samples of a finished recording that ``SpeechFeed`` decodes, as ``(first, last)`` indexes;
+    ``(0, 0)`` when no frame is loud."""
+    feed = SpeechFeed(rate, lead_ms=lead_ms, trail_ms=trail_ms)
+    decoded = sum(len(c) for c in [*feed.add(pcm), *feed.finish()]) // 2
+    return (feed.first, feed.first + decoded) if decoded else (0, 0)
 
 
 def test_speech_span_keeps_the_lead_and_the_trail_around_the_loud_frames() -> None:

@@ -5,7 +5,8 @@
   does not hear the caller while it plays a file.
 - ``listen``: ``RECORD FILE`` into the shared spool until ``record_silence_s`` of silence (any key ends it
   too); the recognizer decodes the file on the recognition threads (``asr_pool``) as Asterisk writes it
-  (Vosk; else once it is complete), its result bounded by ``asr_timeout_s`` from the end of the recording; keypad only: ``WAIT FOR DIGIT``, no recording. The recording is deleted once decoded
+  (Vosk; else once it is complete), its result bounded by ``asr_timeout_s`` from the end of the
+  recording; keypad only: ``WAIT FOR DIGIT``, no recording. The recording is deleted once decoded
   unless ``IVR_KEEP_RECORDINGS`` keeps it (owner-only, as ``<call_id>-<n>.wav``).
 - ``transfer`` / ``finish``: the dialplan variables ``IVR_RESULT`` and ``IVR_TRANSFER_REASON`` (the
   dialplan then queues the caller, or plays its own apology for ``error``), and ``HANGUP`` when done.

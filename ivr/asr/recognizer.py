@@ -472,14 +472,6 @@ class SpeechFeed:
         return chunks
 
 
-def speech_span(pcm: bytes, rate: int, *, lead_ms: int, trail_ms: int) -> tuple[int, int]:
-    """The samples of a finished recording that ``SpeechFeed`` decodes, as ``(first, last)`` indexes;
-    ``(0, 0)`` when no frame is loud."""
-    feed = SpeechFeed(rate, lead_ms=lead_ms, trail_ms=trail_ms)
-    decoded = sum(len(c) for c in [*feed.add(pcm), *feed.finish()]) // 2
-    return (feed.first, feed.first + decoded) if decoded else (0, 0)
-
-
 def _shift_times(raw: list[dict[str, Any]], offset_s: float) -> None:
     if not offset_s:
         return
@@ -636,10 +628,10 @@ class _WavReader:
             elif cid == b"data":
                 if fmt is None:
                     raise RecognizerError(f"{path}: not a readable WAV file: data before the fmt chunk")
-                self.data_start = self._start = f.tell()
+                self.data_start = f.tell()
                 f.seek(0, os.SEEK_END)
-                available = f.tell() - self._start
-                f.seek(self._start)
+                available = f.tell() - self.data_start
+                f.seek(self.data_start)
                 self._remaining = available if size in (0, 0xFFFFFFFF) else min(size, available)
                 break
             else:

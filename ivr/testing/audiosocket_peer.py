@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ivr.asr.recognizer import SPEECH_RMS
 from ivr.masking import mask_secret, mask_text
 from ivr.media.audiosocket import (
     FRAME_MS,
@@ -43,7 +44,6 @@ from ivr.media.audiosocket import (
     split_frames,
 )
 from ivr.testing.callfile import Turn
-from ivr.testing.harness import SILENCE_THRESHOLD
 
 QUIET_S = 0.6  # the robot silent this long after a prompt: it is listening
 ROBOT_END_NOTICE_S = 1.0  # through Asterisk: the robot's leg is known to have ended this long after its audio
@@ -287,7 +287,8 @@ class MediaPeer:
             # Through a busy Asterisk the caller's leg may be bridged after the robot's greeting began:
             # the caller hears it from further on.
             found, first = self.prompts.heard_from(frame)
-            self.frames_lost += first - (found[0].first if found else first)
+            if found:
+                self.frames_lost += first - found[0].first
         if not found:
             if not self._unknown:
                 self.unknown_audio_at.append(now)
@@ -426,7 +427,7 @@ class MediaPeer:
 def quiet_edges(frames: list[bytes]) -> tuple[int, int]:
     """How many frames the audio starts and ends with below Asterisk's silence threshold (the recordings
     and espeak-ng's speech have quiet edges: the caller's speech starts after them and ends before them)."""
-    loud = [i for i, f in enumerate(frames) if audioop.rms(f, 2) >= SILENCE_THRESHOLD]
+    loud = [i for i, f in enumerate(frames) if audioop.rms(f, 2) >= SPEECH_RMS]
     if not loud:
         return len(frames), 0
     return loud[0], len(frames) - 1 - loud[-1]

@@ -214,7 +214,6 @@ def wav_duration_s(path: Path) -> float:
         return w.getnframes() / float(w.getframerate())
 
 
-SILENCE_THRESHOLD = SPEECH_RMS  # Asterisk's default silence threshold (dsp.conf), on 16-bit samples
 
 
 def trailing_quiet_s(path: Path, frame_s: float = 0.02) -> float:
@@ -226,7 +225,7 @@ def trailing_quiet_s(path: Path, frame_s: float = 0.02) -> float:
     step = max(1, int(rate * frame_s)) * width
     quiet = 0
     for end in range(len(frames), 0, -step):
-        if audioop.rms(frames[max(0, end - step):end], width) >= SILENCE_THRESHOLD:
+        if audioop.rms(frames[max(0, end - step):end], width) >= SPEECH_RMS:
             break
         quiet += 1
     return min(quiet * frame_s, len(frames) / width / rate)

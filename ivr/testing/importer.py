@@ -22,9 +22,9 @@ import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ivr.asr.recognizer import SPEECH_RMS
 from ivr.retention import private_dir, write_private_text
 from ivr.testing.export import CALL_DATA_HEADER, _q
-from ivr.testing.harness import SILENCE_THRESHOLD
 
 RATE = 8000
 FRAME_S = 0.02
@@ -92,7 +92,7 @@ PAD_AFTER_S = 0.25
 
 
 def speech_segments(
-    frames: bytes, *, threshold: int = SILENCE_THRESHOLD, gap_s: float = 1.0, min_speech_s: float = 0.15,
+    frames: bytes, *, threshold: int = SPEECH_RMS, gap_s: float = 1.0, min_speech_s: float = 0.15,
     pad_before_s: float = PAD_BEFORE_S, pad_after_s: float = PAD_AFTER_S,
 ) -> list[Segment]:
     """Where the caller speaks, in seconds (8 kHz mono 16-bit frames), from the first loud frame of a
@@ -134,7 +134,7 @@ def import_recording(
     locale: str,
     caller_channel: str | None = None,
     caller_id: str = "",
-    threshold: int = SILENCE_THRESHOLD,
+    threshold: int = SPEECH_RMS,
     gap_s: float = 1.0,
 ) -> ImportResult:
     """Write ``<out_dir>/<recording's name>.yaml`` with one ``audio`` turn per stretch of the caller's speech."""
